@@ -1,0 +1,97 @@
+//! # keepfresh
+//!
+//! A token-refresh engine for long-running services — MCP servers, API clients, agents —
+//! that hold OAuth tokens which expire.
+//!
+//! Existing clients get refresh wrong in a few recurring ways: they refresh in every concurrent
+//! request (and with rotating refresh tokens one duplicate refresh looks like theft, so the
+//! provider revokes the whole grant), they block every caller while refreshing, they lose the
+//! rotated refresh token when a save fails, or they fail requests during a provider outage
+//! although the token in hand is still valid. keepfresh's [`Credential`] does none of that:
+//!
+//! - **single-flight**: one refresh per token generation however many callers, sharing its
+//!   outcome, error included; across processes through the store's lease;
+//! - **refresh-ahead** at a jittered point of the lifetime while callers keep the valid token;
+//! - **persist, then publish**: a rotated token set is saved before anyone sees it, and a
+//!   failed save is retried without ever replaying the old refresh token;
+//! - **classified errors** with exponential backoff, full jitter and `Retry-After`;
+//! - a **lock-free hot path**: a fresh token costs one atomic load and one clock read.
+//!
+//! ```
+//! use keepfresh::{refresher_fn, AccessToken, Credential, RefreshPolicy, RefreshToken, TokenResponse};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), keepfresh::Error> {
+//! let refresher = refresher_fn(|req| async move {
+//!     // POST grant_type=refresh_token to your provider here (see keepfresh::oauth for parsing).
+//!     let _rt = req.refresh_token;
+//!     Ok(TokenResponse::new(AccessToken::new("new-access"))
+//!         .with_refresh_token(RefreshToken::new("new-refresh"))
+//!         .with_expires_in(3600))
+//! });
+//! let credential = Credential::builder(refresher)
+//!     .policy(RefreshPolicy::default())
+//!     .refresh_token(RefreshToken::new("stored-refresh"))
+//!     .build()
+//!     .await?;
+//!
+//! let token = credential.token().await?;
+//! assert_eq!(token.secret(), "new-access");
+//! // After an HTTP 401 from the resource server:
+//! credential.invalidate(&token);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! ## Contents
+//! - [`machine`]: the pure, sans-IO state machine ([`Phase`], [`machine::Input`],
+//!   [`machine::Decision`]);
+//! - [`policy`]: refresh window, jitter, backoff, lifetime validation ([`RefreshPolicy`]);
+//! - [`Credential`]: the concurrent shell;
+//! - [`Refresher`], [`RefreshError`], [`ErrorClass`]: how tokens are obtained;
+//! - [`store`]: [`TokenStore`](store::TokenStore) with versions, compare-and-swap and leases;
+//! - [`runtime`]: the clock, timer and spawner seams ([`Runtime::tokio`](runtime::Runtime::tokio),
+//!   [`ManualClock`](runtime::ManualClock));
+//! - [`oauth`]: parsing token-endpoint answers and `Retry-After`;
+//! - [`event`]: what a credential reports.
+//!
+//! ## Features
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `tokio` | yes | [`Runtime::tokio`](runtime::Runtime::tokio), the default runtime |
+//! | `tracing` | no | `tracing` spans around refreshes and events for every [`Event`], with fingerprints only |
+//!
+//! Without `tokio` the crate builds on `futures`, `parking_lot`, `arc-swap`, `time` and `serde`
+//! alone and runs on any executor through [`runtime::Runtime::new`].
+#![forbid(unsafe_code)]
+#![warn(
+    missing_docs,
+    missing_debug_implementations,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+
+mod credential;
+mod error;
+pub mod event;
+mod flight;
+pub mod machine;
+pub mod oauth;
+pub mod policy;
+mod refresher;
+pub mod runtime;
+mod secret;
+pub mod store;
+mod sync;
+mod token;
+
+pub use credential::{Credential, CredentialBuilder, Status, Token};
+pub use error::Error;
+pub use event::Event;
+pub use machine::{Phase, ReauthReason};
+pub use policy::RefreshPolicy;
+pub use refresher::{
+    refresher_fn, ErrorClass, RefreshError, RefreshRequest, Refresher, RefresherFn,
+};
+pub use secret::{AccessToken, ClientSecret, Fingerprint, RefreshToken};
+pub use token::{TokenResponse, TokenSet};

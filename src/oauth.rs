@@ -1,0 +1,270 @@
+//! Turning a token endpoint's HTTP answer into a [`TokenResponse`] or a classified
+//! [`RefreshError`], with the quirks real providers have.
+//!
+//! Handled: JSON and form-encoded bodies; errors sent with HTTP 200 (GitHub's
+//! `bad_refresh_token`); Slack's `{"ok": false, "error": …}` envelope; `expires_in` as a number,
+//! a float or a string (PayPal), missing (Salesforce, Zendesk), zero, negative or out of range
+//! (clamped later by [`RefreshPolicy::lifetime`](crate::RefreshPolicy::lifetime)); empty or HTML
+//! bodies; `Retry-After` as seconds or as an HTTP date. Nothing here panics on any input, and
+//! no error message contains a token.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use time::OffsetDateTime;
+
+use crate::refresher::{ErrorClass, RefreshError};
+use crate::secret::{AccessToken, RefreshToken};
+use crate::token::TokenResponse;
+
+/// Parses a `Retry-After` header value — delay-seconds or an HTTP date — into a delay from
+/// `now`. Dates in the past give zero; garbage gives `None`.
+///
+/// ```
+/// use keepfresh::oauth::parse_retry_after;
+/// use std::time::Duration;
+/// use time::macros::datetime;
+///
+/// let now = datetime!(2026-11-26 10:00:00 UTC);
+/// assert_eq!(parse_retry_after("120", now), Some(Duration::from_secs(120)));
+/// assert_eq!(parse_retry_after("Thu, 26 Nov 2026 10:01:30 GMT", now), Some(Duration::from_secs(90)));
+/// assert_eq!(parse_retry_after("Thu, 26 Nov 2026 09:00:00 GMT", now), Some(Duration::ZERO));
+/// assert_eq!(parse_retry_after("soon", now), None);
+/// assert_eq!(parse_retry_after("-5", now), None);
+/// ```
+pub fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
+    let value = value.trim();
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        // Absurdly long numbers saturate; the policy caps the delay anyway.
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let at = OffsetDateTime::from(at);
+    Some(Duration::try_from(at - now).unwrap_or(Duration::ZERO))
+}
+
+/// An HTTP answer from a token endpoint.
+#[derive(Clone, Copy, Debug)]
+pub struct HttpAnswer<'a> {
+    /// The status code.
+    pub status: u16,
+    /// The `Content-Type` header, if any.
+    pub content_type: Option<&'a str>,
+    /// The `Retry-After` header, already parsed (see [`parse_retry_after`]).
+    pub retry_after: Option<Duration>,
+    /// The body.
+    pub body: &'a [u8],
+}
+
+/// Classifies a token endpoint's answer.
+///
+/// # Errors
+/// A [`RefreshError`] of the class the engine needs:
+/// `invalid_grant` (and vendor equivalents) → [`ErrorClass::InvalidGrant`];
+/// `invalid_client` → [`ErrorClass::InvalidClient`];
+/// `invalid_scope`, `unauthorized_client`, `unsupported_grant_type`, `invalid_request`, 404 →
+/// [`ErrorClass::Configuration`]; 408, 429, 5xx → [`ErrorClass::Transient`] with the
+/// `Retry-After`; a 2xx whose body cannot be understood → [`ErrorClass::Ambiguous`] (the
+/// provider may have rotated the refresh token).
+///
+/// ```
+/// use keepfresh::oauth::{parse_token_response, HttpAnswer};
+/// use keepfresh::ErrorClass;
+///
+/// let ok = parse_token_response(HttpAnswer {
+///     status: 200,
+///     content_type: Some("application/json"),
+///     retry_after: None,
+///     body: br#"{"access_token":"a","refresh_token":"r","expires_in":"3600","token_type":"Bearer"}"#,
+/// })
+/// .unwrap();
+/// assert_eq!(ok.expires_in(), Some(3600));
+///
+/// // GitHub reports errors with HTTP 200.
+/// let err = parse_token_response(HttpAnswer {
+///     status: 200,
+///     content_type: Some("application/json"),
+///     retry_after: None,
+///     body: br#"{"error":"bad_refresh_token","error_description":"The refresh token passed is incorrect or expired."}"#,
+/// })
+/// .unwrap_err();
+/// assert_eq!(err.class(), ErrorClass::InvalidGrant);
+///
+/// // Slack's envelope.
+/// let err = parse_token_response(HttpAnswer {
+///     status: 200, content_type: Some("application/json"), retry_after: None,
+///     body: br#"{"ok":false,"error":"invalid_refresh_token"}"#,
+/// }).unwrap_err();
+/// assert_eq!(err.class(), ErrorClass::InvalidGrant);
+///
+/// // An HTML page with 200: the answer is lost.
+/// let err = parse_token_response(HttpAnswer {
+///     status: 200, content_type: Some("text/html"), retry_after: None, body: b"<html>",
+/// }).unwrap_err();
+/// assert_eq!(err.class(), ErrorClass::Ambiguous);
+/// ```
+pub fn parse_token_response(answer: HttpAnswer<'_>) -> Result<TokenResponse, RefreshError> {
+    let fields = parse_body(answer.content_type, answer.body);
+    let success = (200..300).contains(&answer.status);
+    if let Some(fields) = &fields {
+        if let Some(code) = error_code(fields) {
+            let class = classify(&code, answer.status);
+            let mut message = format!("HTTP {}: {}", answer.status, sanitize(&code, 64));
+            if let Some(desc) = fields.get("error_description").and_then(Value::as_str) {
+                message.push_str(": ");
+                message.push_str(&sanitize(desc, 160));
+            }
+            let mut e = RefreshError::new(class, message);
+            if let Some(ra) = answer.retry_after {
+                e = e.with_retry_after(ra);
+            }
+            return Err(e);
+        }
+    }
+    if !success {
+        let class = match answer.status {
+            408 | 425 | 429 | 500..=599 => ErrorClass::Transient,
+            400 | 401 | 403 | 404 | 405 | 410 | 415 => ErrorClass::Configuration,
+            _ => ErrorClass::Transient,
+        };
+        let mut e = RefreshError::new(
+            class,
+            format!("HTTP {} from the token endpoint", answer.status),
+        );
+        if let Some(ra) = answer.retry_after {
+            e = e.with_retry_after(ra);
+        }
+        return Err(e);
+    }
+    let Some(fields) = fields else {
+        return Err(RefreshError::ambiguous(format!(
+            "HTTP {} with a body that is not a token response ({} bytes)",
+            answer.status,
+            answer.body.len()
+        )));
+    };
+    let access = match fields.get("access_token") {
+        Some(Value::String(s)) if !s.is_empty() => AccessToken::new(s.as_str()),
+        _ => {
+            return Err(RefreshError::ambiguous(
+                "token response without an access_token",
+            ))
+        }
+    };
+    let mut response = TokenResponse::new(access);
+    if let Some(Value::String(rt)) = fields.get("refresh_token") {
+        if !rt.is_empty() {
+            response = response.with_refresh_token(RefreshToken::new(rt.as_str()));
+        }
+    }
+    if let Some(secs) = fields.get("expires_in").and_then(lifetime_seconds) {
+        response = response.with_expires_in(secs);
+    }
+    if let Some(Value::String(scope)) = fields.get("scope") {
+        response = response.with_scope(scope.as_str());
+    }
+    Ok(response)
+}
+
+fn parse_body(content_type: Option<&str>, body: &[u8]) -> Option<Map<String, Value>> {
+    let is_form = content_type.is_some_and(|c| c.contains("x-www-form-urlencoded"));
+    if !is_form {
+        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
+            return Some(map);
+        }
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    if text.trim_start().starts_with('<') || !text.contains('=') {
+        return None;
+    }
+    let map: Map<String, Value> = form_urlencoded::parse(text.trim().as_bytes())
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    (!map.is_empty()).then_some(map)
+}
+
+fn error_code(fields: &Map<String, Value>) -> Option<String> {
+    if fields.get("ok") == Some(&Value::Bool(false)) {
+        return Some(
+            fields
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown_error")
+                .to_owned(),
+        );
+    }
+    match fields.get("error") {
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(Value::Object(o)) => o
+            .get("code")
+            .or_else(|| o.get("message"))
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn classify(code: &str, status: u16) -> ErrorClass {
+    match code {
+        "invalid_grant"
+        | "bad_refresh_token"
+        | "invalid_refresh_token"
+        | "token_revoked"
+        | "token_expired"
+        | "invalid_auth"
+        | "expired_token" => ErrorClass::InvalidGrant,
+        "invalid_client" | "incorrect_client_credentials" | "bad_client_secret" => {
+            ErrorClass::InvalidClient
+        }
+        "invalid_scope"
+        | "unauthorized_client"
+        | "unsupported_grant_type"
+        | "invalid_request"
+        | "invalid_target" => ErrorClass::Configuration,
+        "temporarily_unavailable" | "server_error" | "slow_down" | "ratelimited" => {
+            ErrorClass::Transient
+        }
+        _ if status >= 500 || status == 429 => ErrorClass::Transient,
+        _ => ErrorClass::Transient,
+    }
+}
+
+fn lifetime_seconds(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n
+            .as_i64()
+            .or_else(|| n.as_u64().map(|_| i64::MAX))
+            .or_else(|| n.as_f64().map(saturating_f64)),
+        Value::String(s) => {
+            let s = s.trim();
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| {
+                    s.parse::<f64>()
+                        .ok()
+                        .filter(|f| f.is_finite())
+                        .map(saturating_f64)
+                })
+                .or_else(|| {
+                    (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())).then_some(i64::MAX)
+                })
+        }
+        _ => None,
+    }
+}
+
+fn saturating_f64(f: f64) -> i64 {
+    if f.is_nan() {
+        0
+    } else {
+        // `as` saturates at the i64 bounds.
+        f as i64
+    }
+}
+
+/// Keeps a provider-supplied string printable and short.
+fn sanitize(s: &str, max: usize) -> String {
+    s.chars().filter(|c| !c.is_control()).take(max).collect()
+}

@@ -1,0 +1,296 @@
+//! The seams between the engine and the outside world: time, timers and task spawning.
+//!
+//! The engine never names an async runtime. It reads time from a [`Clock`], waits with a
+//! [`Sleep`] and runs detached refreshes with a [`Spawn`]; a [`Runtime`] bundles the three. The
+//! `tokio` feature provides [`Runtime::tokio`]; [`ManualClock`] is a hand-driven clock and timer
+//! for tests; the simulator (`keepfresh-sim`) plugs in its own deterministic executor.
+
+mod manual;
+mod system;
+#[cfg(feature = "tokio")]
+mod tokio_rt;
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use time::OffsetDateTime;
+
+pub use manual::{ManualClock, ManualSpawner};
+pub use system::SystemClock;
+#[cfg(feature = "tokio")]
+pub use tokio_rt::TokioExecutor;
+
+/// A point on a monotonic clock, counted in nanoseconds from the clock's own origin.
+///
+/// Monotonic time never jumps backwards or forwards with wall-clock changes (NTP steps,
+/// suspend/resume), so every deadline inside the engine is a `MonoTime`. Wall-clock time is used
+/// only for the absolute expiry that is persisted.
+///
+/// ```
+/// use keepfresh::runtime::MonoTime;
+/// use std::time::Duration;
+///
+/// let t = MonoTime::from_nanos(1_000);
+/// let later = t + Duration::from_micros(1);
+/// assert_eq!(later.as_nanos(), 2_000);
+/// assert_eq!(later.saturating_duration_since(t), Duration::from_micros(1));
+/// assert_eq!(t.saturating_duration_since(later), Duration::ZERO);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct MonoTime(u64);
+
+impl MonoTime {
+    /// The clock's origin.
+    pub const ZERO: MonoTime = MonoTime(0);
+    /// The latest representable instant; used as "never".
+    pub const MAX: MonoTime = MonoTime(u64::MAX);
+
+    /// A time `nanos` nanoseconds after the clock's origin.
+    ///
+    /// ```
+    /// # use keepfresh::runtime::MonoTime;
+    /// assert_eq!(MonoTime::from_nanos(5).as_nanos(), 5);
+    /// ```
+    pub const fn from_nanos(nanos: u64) -> Self {
+        MonoTime(nanos)
+    }
+
+    /// A time `d` after the clock's origin, saturating at [`MonoTime::MAX`].
+    ///
+    /// ```
+    /// # use keepfresh::runtime::MonoTime;
+    /// # use std::time::Duration;
+    /// assert_eq!(MonoTime::from_duration(Duration::from_secs(1)).as_nanos(), 1_000_000_000);
+    /// ```
+    pub fn from_duration(d: Duration) -> Self {
+        MonoTime(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// Nanoseconds since the clock's origin.
+    ///
+    /// ```
+    /// # use keepfresh::runtime::MonoTime;
+    /// assert_eq!(MonoTime::ZERO.as_nanos(), 0);
+    /// ```
+    pub const fn as_nanos(self) -> u64 {
+        self.0
+    }
+
+    /// Time since the clock's origin as a [`Duration`].
+    ///
+    /// ```
+    /// # use keepfresh::runtime::MonoTime;
+    /// # use std::time::Duration;
+    /// assert_eq!(MonoTime::from_nanos(1_500_000_000).as_duration(), Duration::from_millis(1_500));
+    /// ```
+    pub const fn as_duration(self) -> Duration {
+        Duration::from_nanos(self.0)
+    }
+
+    /// `self - earlier`, or zero when `earlier` is later.
+    ///
+    /// ```
+    /// # use keepfresh::runtime::MonoTime;
+    /// # use std::time::Duration;
+    /// let a = MonoTime::from_nanos(10);
+    /// assert_eq!(a.saturating_duration_since(MonoTime::from_nanos(4)), Duration::from_nanos(6));
+    /// ```
+    pub fn saturating_duration_since(self, earlier: MonoTime) -> Duration {
+        Duration::from_nanos(self.0.saturating_sub(earlier.0))
+    }
+
+    /// `self + d`, saturating at [`MonoTime::MAX`].
+    ///
+    /// ```
+    /// # use keepfresh::runtime::MonoTime;
+    /// # use std::time::Duration;
+    /// assert_eq!(MonoTime::MAX.saturating_add(Duration::from_secs(1)), MonoTime::MAX);
+    /// ```
+    pub fn saturating_add(self, d: Duration) -> MonoTime {
+        let add = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        MonoTime(self.0.saturating_add(add))
+    }
+
+    /// `self - d`, saturating at [`MonoTime::ZERO`].
+    ///
+    /// ```
+    /// # use keepfresh::runtime::MonoTime;
+    /// # use std::time::Duration;
+    /// assert_eq!(MonoTime::from_nanos(5).saturating_sub(Duration::from_secs(1)), MonoTime::ZERO);
+    /// ```
+    pub fn saturating_sub(self, d: Duration) -> MonoTime {
+        let sub = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        MonoTime(self.0.saturating_sub(sub))
+    }
+}
+
+impl std::ops::Add<Duration> for MonoTime {
+    type Output = MonoTime;
+    fn add(self, rhs: Duration) -> MonoTime {
+        self.saturating_add(rhs)
+    }
+}
+
+impl fmt::Debug for MonoTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.3}s", self.as_duration().as_secs_f64())
+    }
+}
+
+impl fmt::Display for MonoTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A source of monotonic and wall-clock time.
+///
+/// `monotonic` is on the hot path of [`Credential::token`](crate::Credential::token): keep it
+/// cheap (one `clock_gettime` for real clocks, one atomic load for manual ones).
+pub trait Clock: Send + Sync + 'static {
+    /// The current monotonic time.
+    fn monotonic(&self) -> MonoTime;
+    /// The current wall-clock time, used only for persisted absolute expiry.
+    fn wall(&self) -> OffsetDateTime;
+}
+
+/// A timer: a future that completes at a monotonic deadline of the same runtime's [`Clock`].
+pub trait Sleep: Send + Sync + 'static {
+    /// A future that completes once the clock reads `deadline` or later.
+    fn sleep_until(&self, deadline: MonoTime) -> BoxFuture<'static, ()>;
+}
+
+/// Runs a detached task to completion (a refresh, a save retry, the eager timer).
+pub trait Spawn: Send + Sync + 'static {
+    /// Starts `task`; it must be polled to completion even if nobody awaits its result.
+    fn spawn(&self, task: BoxFuture<'static, ()>);
+}
+
+/// The clock, timer and spawner an engine runs on.
+///
+/// # Examples
+/// A runtime built from a [`ManualClock`] (clock and timer) and a spawner of your choice:
+/// ```
+/// use keepfresh::runtime::{ManualClock, Runtime, Spawn};
+/// use futures::future::BoxFuture;
+/// use std::sync::Arc;
+///
+/// struct ThreadSpawner;
+/// impl Spawn for ThreadSpawner {
+///     fn spawn(&self, task: BoxFuture<'static, ()>) {
+///         std::thread::spawn(move || futures::executor::block_on(task));
+///     }
+/// }
+///
+/// let clock = ManualClock::new();
+/// let rt = Runtime::new(Arc::new(clock.clone()), Arc::new(clock.clone()), Arc::new(ThreadSpawner));
+/// assert_eq!(rt.now(), clock.now());
+/// ```
+#[derive(Clone)]
+pub struct Runtime {
+    clock: Arc<dyn Clock>,
+    sleep: Arc<dyn Sleep>,
+    spawn: Arc<dyn Spawn>,
+}
+
+impl Runtime {
+    /// Bundles a clock, a timer and a spawner. The timer must follow the same clock.
+    ///
+    /// See the [type-level example](Runtime#examples).
+    pub fn new(clock: Arc<dyn Clock>, sleep: Arc<dyn Sleep>, spawn: Arc<dyn Spawn>) -> Self {
+        Runtime {
+            clock,
+            sleep,
+            spawn,
+        }
+    }
+
+    /// The current monotonic time.
+    ///
+    /// ```
+    /// # use keepfresh::runtime::{ManualClock, Runtime};
+    /// # use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let rt = Runtime::manual(&clock);
+    /// clock.advance(Duration::from_secs(2));
+    /// assert_eq!(rt.now().as_duration(), Duration::from_secs(2));
+    /// ```
+    #[inline]
+    pub fn now(&self) -> MonoTime {
+        self.clock.monotonic()
+    }
+
+    /// The current wall-clock time.
+    ///
+    /// ```
+    /// # use keepfresh::runtime::{ManualClock, Runtime};
+    /// let clock = ManualClock::new();
+    /// let rt = Runtime::manual(&clock);
+    /// assert_eq!(rt.wall(), clock.wall_now());
+    /// ```
+    pub fn wall(&self) -> OffsetDateTime {
+        self.clock.wall()
+    }
+
+    /// A future that completes at `deadline`.
+    ///
+    /// ```
+    /// # use keepfresh::runtime::{ManualClock, Runtime, MonoTime};
+    /// # use futures::FutureExt;
+    /// # use std::time::Duration;
+    /// let clock = ManualClock::new();
+    /// let rt = Runtime::manual(&clock);
+    /// let mut timer = rt.sleep_until(MonoTime::from_duration(Duration::from_secs(1)));
+    /// assert!((&mut timer).now_or_never().is_none());
+    /// clock.advance(Duration::from_secs(1));
+    /// assert!(timer.now_or_never().is_some());
+    /// ```
+    pub fn sleep_until(&self, deadline: MonoTime) -> BoxFuture<'static, ()> {
+        self.sleep.sleep_until(deadline)
+    }
+
+    /// Starts a detached task.
+    ///
+    /// ```
+    /// # use keepfresh::runtime::{ManualClock, Runtime};
+    /// # use std::sync::{Arc, atomic::{AtomicBool, Ordering}};
+    /// let clock = ManualClock::new();
+    /// let rt = Runtime::manual(&clock);
+    /// let ran = Arc::new(AtomicBool::new(false));
+    /// let flag = ran.clone();
+    /// rt.spawn(Box::pin(async move { flag.store(true, Ordering::SeqCst) }));
+    /// clock.run_until_stalled();
+    /// assert!(ran.load(Ordering::SeqCst));
+    /// ```
+    pub fn spawn(&self, task: BoxFuture<'static, ()>) {
+        self.spawn.spawn(task)
+    }
+
+    /// A runtime fully driven by hand: `clock` is the clock and the timer, and spawned tasks run
+    /// on the clock's own queue when [`ManualClock::run_until_stalled`] or
+    /// [`ManualClock::advance`] is called. Deterministic; for tests.
+    ///
+    /// ```
+    /// # use keepfresh::runtime::{ManualClock, Runtime};
+    /// let clock = ManualClock::new();
+    /// let rt = Runtime::manual(&clock);
+    /// assert_eq!(rt.now().as_nanos(), 0);
+    /// ```
+    pub fn manual(clock: &ManualClock) -> Self {
+        Runtime::new(
+            Arc::new(clock.clone()),
+            Arc::new(clock.clone()),
+            Arc::new(clock.spawner()),
+        )
+    }
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("now", &self.now())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,181 @@
+//! Secret strings that never print, are wiped from memory on drop and compare in constant time.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// A short, non-reversible identifier of a secret for logs and events: the first 8 hex digits
+/// of the SHA-256 of the secret.
+///
+/// Two fingerprints being equal says (with overwhelming likelihood) that the secrets are equal;
+/// the fingerprint does not help recover the secret.
+///
+/// ```
+/// use keepfresh::AccessToken;
+/// let a = AccessToken::new("at-123");
+/// assert_eq!(a.fingerprint(), AccessToken::new("at-123").fingerprint());
+/// assert_ne!(a.fingerprint(), AccessToken::new("at-124").fingerprint());
+/// assert_eq!(a.fingerprint().to_string().len(), 8);
+/// assert!(!a.fingerprint().to_string().contains("at-123"));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Fingerprint([u8; 4]);
+
+impl Fingerprint {
+    fn of(bytes: &[u8]) -> Self {
+        let digest = Sha256::digest(bytes);
+        Fingerprint([digest[0], digest[1], digest[2], digest[3]])
+    }
+}
+
+impl fmt::Display for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Fingerprint({self})")
+    }
+}
+
+impl Serialize for Fingerprint {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+macro_rules! secret_type {
+    ($(#[$doc:meta])* $name:ident, $label:literal) => {
+        $(#[$doc])*
+        #[derive(Clone)]
+        pub struct $name(Zeroizing<String>);
+
+        impl $name {
+            /// Wraps a secret value.
+            ///
+            /// ```
+            #[doc = concat!("let s = keepfresh::", stringify!($name), "::new(\"value\");")]
+            /// assert_eq!(s.expose_secret(), "value");
+            /// ```
+            pub fn new(value: impl Into<String>) -> Self {
+                $name(Zeroizing::new(value.into()))
+            }
+
+            /// The secret itself. Call this only where the secret is sent (an `Authorization`
+            /// header, a token request body) or stored.
+            ///
+            /// ```
+            #[doc = concat!("let s = keepfresh::", stringify!($name), "::new(\"value\");")]
+            /// assert_eq!(s.expose_secret().len(), 5);
+            /// ```
+            pub fn expose_secret(&self) -> &str {
+                &self.0
+            }
+
+            /// A short hash for logs; see [`Fingerprint`].
+            ///
+            /// ```
+            #[doc = concat!("let s = keepfresh::", stringify!($name), "::new(\"value\");")]
+            /// println!("using {}", s.fingerprint());
+            /// ```
+            pub fn fingerprint(&self) -> Fingerprint {
+                Fingerprint::of(self.0.as_bytes())
+            }
+
+            /// Whether the secret is the empty string.
+            ///
+            /// ```
+            #[doc = concat!("assert!(keepfresh::", stringify!($name), "::new(\"\").is_empty());")]
+            /// ```
+            pub fn is_empty(&self) -> bool {
+                self.0.is_empty()
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!($label, "(<redacted> {})"), self.fingerprint())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("<redacted>")
+            }
+        }
+
+        /// Constant-time comparison: the time taken does not depend on where the values differ.
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                self.0.as_bytes().ct_eq(other.0.as_bytes()).into()
+            }
+        }
+
+        impl Eq for $name {}
+
+        /// Serializes the secret itself: for token stores only.
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d).map(Self::new)
+            }
+        }
+    };
+}
+
+secret_type!(
+    /// An OAuth access token (or API key) sent to resource servers.
+    ///
+    /// `Debug` shows only the fingerprint, `Display` shows `<redacted>`, the bytes are zeroed
+    /// on drop and `==` runs in constant time.
+    ///
+    /// ```
+    /// use keepfresh::AccessToken;
+    /// let t = AccessToken::new("s3cr3t-access");
+    /// assert!(!format!("{t:?} {t}").contains("s3cr3t"));
+    /// assert_eq!(t, AccessToken::new("s3cr3t-access"));
+    /// ```
+    AccessToken,
+    "AccessToken"
+);
+
+secret_type!(
+    /// An OAuth refresh token.
+    ///
+    /// Redacted in `Debug`/`Display`, zeroed on drop, compared in constant time.
+    ///
+    /// ```
+    /// use keepfresh::RefreshToken;
+    /// let t = RefreshToken::new("s3cr3t-refresh");
+    /// assert!(!format!("{t:?} {t}").contains("s3cr3t"));
+    /// ```
+    RefreshToken,
+    "RefreshToken"
+);
+
+secret_type!(
+    /// An OAuth client secret.
+    ///
+    /// Redacted in `Debug`/`Display`, zeroed on drop, compared in constant time.
+    ///
+    /// ```
+    /// use keepfresh::ClientSecret;
+    /// let s = ClientSecret::new("s3cr3t-client");
+    /// assert!(!format!("{s:?} {s}").contains("s3cr3t"));
+    /// ```
+    ClientSecret,
+    "ClientSecret"
+);
