@@ -1,0 +1,1 @@
+//! keepfresh-sim: drives the keepfresh engine in a deterministic simulated world.
