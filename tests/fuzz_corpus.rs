@@ -1,0 +1,38 @@
+//! Replays the committed fuzz corpus (`fuzz/corpus/*`) through the same drivers the cargo-fuzz
+//! targets use, so every `cargo test` re-checks the inputs the fuzzers found interesting.
+
+#[path = "../fuzz/drivers.rs"]
+mod drivers;
+
+use std::path::Path;
+
+fn replay(target: &str, driver: fn(&[u8])) -> usize {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
+    let mut n = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+        .map(|e| e.expect("corpus entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        let data = std::fs::read(&path).expect("corpus file");
+        driver(&data);
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn token_response_corpus() {
+    assert!(replay("token_response", drivers::token_response) >= 5);
+}
+
+#[test]
+fn retry_after_corpus() {
+    assert!(replay("retry_after", drivers::retry_after) >= 3);
+}
+
+#[test]
+fn machine_corpus() {
+    assert!(replay("machine", drivers::machine) >= 2);
+}
