@@ -809,10 +809,7 @@ impl Inner {
     ) -> FlightJob {
         let cell = FlightCell::new();
         core.flight = Some((id, cell.clone()));
-        let attempt = match core.machine.phase() {
-            Phase::BackingOff { attempts, .. } => attempts + 1,
-            _ => 1,
-        };
+        let attempt = core.machine.failed_attempts() + 1;
         events.push(Event::RefreshStarted {
             at: now,
             flight: id,

@@ -369,6 +369,16 @@ impl Machine {
         self.flight
     }
 
+    /// Consecutive failed refreshes since the last success (0 when the last refresh succeeded).
+    ///
+    /// ```
+    /// # use keepfresh::machine::Machine;
+    /// assert_eq!(Machine::new(Default::default()).failed_attempts(), 0);
+    /// ```
+    pub fn failed_attempts(&self) -> u32 {
+        self.backoff.map_or(0, |b| b.attempts)
+    }
+
     /// The policy the machine follows.
     ///
     /// ```
