@@ -85,6 +85,11 @@ pub mod store;
 mod sync;
 mod token;
 
+/// The README's examples, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 pub use credential::{Credential, CredentialBuilder, Status, Token};
 pub use error::Error;
 pub use event::Event;
