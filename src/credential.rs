@@ -238,18 +238,21 @@ struct FlightJob {
     attempt: u32,
 }
 
+/// The outcome of a save: the store's new version (`None` without a store) or the failure.
+type Saved = Result<Option<Version>, StoreError>;
+
 enum FlightResult {
     Refreshed {
         set: Arc<TokenSet>,
         issued: MonoTime,
         lifetime: Duration,
-        saved: Result<Option<Version>, StoreError>,
+        saved: Saved,
         rotated: bool,
     },
     Adopted(Stored),
     Failed {
         error: RefreshError,
-        kept_refresh_token: Option<(Arc<TokenSet>, Result<Option<Version>, StoreError>)>,
+        kept_refresh_token: Option<(Arc<TokenSet>, Saved)>,
     },
 }
 
@@ -1087,11 +1090,7 @@ impl Inner {
         }
     }
 
-    async fn persist(
-        &self,
-        expected: Option<Version>,
-        set: &Arc<TokenSet>,
-    ) -> Result<Option<Version>, StoreError> {
+    async fn persist(&self, expected: Option<Version>, set: &Arc<TokenSet>) -> Saved {
         match &self.store {
             Some(store) => self.save_cas(store.as_ref(), expected, set).await,
             None => Ok(None),
@@ -1257,7 +1256,7 @@ impl Inner {
         &self,
         core: &mut Core,
         generation: u64,
-        saved: Result<Option<Version>, StoreError>,
+        saved: Saved,
         now: MonoTime,
         events: &mut Vec<Event>,
         retry: &mut Option<u64>,
