@@ -28,7 +28,10 @@ pub fn token_response(data: &[u8]) {
     };
     match parse_token_response(answer) {
         Ok(r) => {
-            assert!(!r.access_token().is_empty(), "an empty access token was accepted");
+            assert!(
+                !r.access_token().is_empty(),
+                "an empty access token was accepted"
+            );
             // The lifetime the engine would use is always within policy bounds.
             let (lifetime, _) = RefreshPolicy::default().lifetime(r.expires_in());
             assert!(lifetime >= Duration::from_secs(1));
@@ -77,7 +80,11 @@ pub fn machine(data: &[u8]) {
                 generation: u64::from(c % 4),
             },
             2 => match flight {
-                Some(f) => Input::RefreshSucceeded { now, flight: f, grant },
+                Some(f) => Input::RefreshSucceeded {
+                    now,
+                    flight: f,
+                    grant,
+                },
                 None => Input::Tick { now },
             },
             3 => match flight {
@@ -101,7 +108,10 @@ pub fn machine(data: &[u8]) {
         let was_in_flight = m.flight().is_some();
         let d = m.handle(input);
         if let Some(f) = d.start_refresh {
-            assert!(!was_in_flight || flight.is_none(), "two refreshes in flight");
+            assert!(
+                !was_in_flight || flight.is_none(),
+                "two refreshes in flight"
+            );
             flight = Some(f);
         }
         if m.flight().is_none() {
