@@ -7,6 +7,10 @@
 //! (clamped later by [`RefreshPolicy::lifetime`](crate::RefreshPolicy::lifetime)); empty or HTML
 //! bodies; `Retry-After` as seconds or as an HTTP date. Nothing here panics on any input, and
 //! no error message contains a token.
+//!
+//! With the `http` feature, [`HttpRefresher`] is a ready [`Refresher`](crate::Refresher) for the
+//! RFC 6749 refresh grant (client authentication, RFC 8707 `resource`, no automatic retries,
+//! transport failures classified as transient or ambiguous).
 
 use std::time::Duration;
 
@@ -268,3 +272,8 @@ fn saturating_f64(f: f64) -> i64 {
 fn sanitize(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
+
+#[cfg(feature = "http")]
+mod http;
+#[cfg(feature = "http")]
+pub use http::{ClientAuth, HttpBuildError, HttpRefresher, HttpRefresherBuilder};
