@@ -53,6 +53,7 @@
 //! - [`runtime`]: the clock, timer and spawner seams ([`Runtime::tokio`](runtime::Runtime::tokio),
 //!   [`ManualClock`](runtime::ManualClock));
 //! - [`oauth`]: parsing token-endpoint answers and `Retry-After`;
+//! - [`pool`]: many credentials keyed by issuer, client, resource, scopes and subject;
 //! - [`event`]: what a credential reports.
 //!
 //! ## Features
@@ -78,6 +79,7 @@ mod flight;
 pub mod machine;
 pub mod oauth;
 pub mod policy;
+pub mod pool;
 mod refresher;
 pub mod runtime;
 mod secret;
