@@ -1409,3 +1409,32 @@ async fn eager_loop(weak: Weak<Inner>, rt: Runtime, mut nudges: mpsc::UnboundedR
         inner.tick();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send_sync<T: Send + Sync>(_: &T) {}
+    fn is_send<T: Send>(_: &T) {}
+
+    /// Tokens and `token()` futures cross threads: hosts hold a token across their own I/O and
+    /// spawn callers on multi-threaded executors.
+    #[test]
+    fn tokens_and_futures_are_send() {
+        let clock = crate::runtime::ManualClock::new();
+        let c = futures::executor::block_on(
+            Credential::builder(crate::refresher_fn(|_| async {
+                Err(RefreshError::transient("unused"))
+            }))
+            .runtime(Runtime::manual(&clock))
+            .build(),
+        )
+        .expect("builds");
+        is_send_sync(&c);
+        let fut = c.token();
+        is_send(&fut);
+        drop(fut);
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Token>();
+    }
+}
