@@ -1,1 +1,123 @@
-fn main() {}
+//! keepfresh's benchmarks, one binary: criterion micro-benchmarks of the hot path against its
+//! baselines, then one-shot scenario runs (burst, steady state, failing refresh, sizes) that
+//! print a report checked against the targets and write it to
+//! `<target dir>/keepfresh-bench-report.txt`.
+//!
+//! `cargo bench -p keepfresh-benches` runs everything; a filter argument selects benchmarks
+//! and scenarios whose name contains it (`cargo bench -p keepfresh-benches -- burst`).
+//! With `--test` (as in `cargo test --benches`) every part runs once, scaled down.
+
+mod alloc;
+mod burst;
+mod contenders;
+mod failing;
+mod hot_path;
+mod report;
+mod sizes;
+mod steady;
+
+use std::time::Duration;
+
+use criterion::Criterion;
+
+use report::Report;
+
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
+
+/// Criterion's options that take a value, to tell them from the filter.
+const VALUED: [&str; 16] = [
+    "--baseline",
+    "--baseline-lenient",
+    "--color",
+    "--confidence-level",
+    "--format",
+    "--load-baseline",
+    "--measurement-time",
+    "--noise-threshold",
+    "--nresamples",
+    "--output-format",
+    "--plotting-backend",
+    "--profile-time",
+    "--sample-size",
+    "--save-baseline",
+    "--significance-level",
+    "--warm-up-time",
+];
+
+struct Args {
+    filter: Option<String>,
+    test: bool,
+    list: bool,
+}
+
+impl Args {
+    fn parse() -> Args {
+        let mut args = Args {
+            filter: None,
+            test: false,
+            list: false,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--test" => args.test = true,
+                "--list" => args.list = true,
+                a if VALUED.contains(&a) => {
+                    it.next();
+                }
+                a if a.starts_with('-') => {}
+                a => args.filter = Some(a.to_owned()),
+            }
+        }
+        args
+    }
+
+    fn selects(&self, name: &str) -> bool {
+        self.filter.as_deref().is_none_or(|f| name.contains(f))
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    let mut criterion = Criterion::default().configure_from_args();
+    hot_path::bench_all(&mut criterion);
+    criterion.final_summary();
+    if args.list {
+        return;
+    }
+
+    let mut report = Report::default();
+    report.note(&format!(
+        "keepfresh benchmark report, {} ({} CPUs){}",
+        time::OffsetDateTime::now_utc().date(),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        if args.test {
+            ", --test: scaled down"
+        } else {
+            ""
+        }
+    ));
+    if !args.test && args.selects("hot_path") {
+        hot_path::report(&mut report);
+    }
+    if args.selects("burst") {
+        let sizes: &[usize] = if args.test {
+            &[1_000]
+        } else {
+            &[1_000, 10_000, 100_000]
+        };
+        burst::run(&mut report, sizes);
+    }
+    if args.selects("steady") {
+        let secs = if args.test { 1 } else { 5 };
+        steady::run(&mut report, Duration::from_secs(secs));
+    }
+    if args.selects("failing") {
+        failing::run(&mut report);
+    }
+    if args.selects("sizes") {
+        sizes::run(&mut report);
+    }
+    report.finish();
+}

@@ -1,0 +1,196 @@
+//! The caches keepfresh is measured against, built the way their users build them.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::{ArcSwap, Guard};
+use aws_smithy_async::rt::sleep::TokioSleep;
+use aws_smithy_async::time::SystemTimeSource;
+use aws_smithy_runtime::client::identity::IdentityCache;
+use aws_smithy_runtime_api::client::identity::{
+    Identity, IdentityFuture, ResolveCachedIdentity, ResolveIdentity, SharedIdentityCache,
+    SharedIdentityResolver,
+};
+use aws_smithy_runtime_api::client::runtime_components::{
+    RuntimeComponents, RuntimeComponentsBuilder,
+};
+use aws_smithy_types::config_bag::ConfigBag;
+use futures::future::BoxFuture;
+use keepfresh::{
+    refresher_fn, AccessToken, Credential, RefreshError, RefreshPolicy, RefreshToken,
+    TokenResponse, TokenSet,
+};
+
+/// A cached token and the instant it stops being served.
+pub(crate) struct Snap {
+    pub(crate) token: Arc<str>,
+    pub(crate) valid_until: Instant,
+}
+
+impl Snap {
+    pub(crate) fn new(token: &str, valid_for: Duration) -> Self {
+        Snap {
+            token: token.into(),
+            valid_until: Instant::now() + valid_for,
+        }
+    }
+}
+
+/// The floor: one `ArcSwap::load` and one monotonic clock read, nothing else.
+pub(crate) struct Floor(ArcSwap<Snap>);
+
+impl Floor {
+    pub(crate) fn new() -> Self {
+        Floor(ArcSwap::from_pointee(Snap::new(
+            "floor",
+            Duration::from_secs(3600),
+        )))
+    }
+
+    #[inline]
+    pub(crate) fn get(&self) -> Option<Guard<Arc<Snap>>> {
+        let snap = self.0.load();
+        (Instant::now() < snap.valid_until).then_some(snap)
+    }
+}
+
+/// The classic read-mostly cache: `parking_lot::RwLock<Arc<_>>`, read lock + clone.
+pub(crate) struct RwLockCache(parking_lot::RwLock<Arc<Snap>>);
+
+impl RwLockCache {
+    pub(crate) fn new() -> Self {
+        RwLockCache(parking_lot::RwLock::new(Arc::new(Snap::new(
+            "rwlock",
+            Duration::from_secs(3600),
+        ))))
+    }
+
+    #[inline]
+    pub(crate) fn get(&self) -> Option<Arc<Snap>> {
+        let snap = self.0.read();
+        (Instant::now() < snap.valid_until).then(|| snap.clone())
+    }
+}
+
+type RefreshFn = Box<dyn Fn() -> BoxFuture<'static, Result<Snap, String>> + Send + Sync>;
+
+/// golang's `oauth2.ReuseTokenSource` in Rust: a `tokio::sync::Mutex<Option<token>>`; a caller
+/// that finds the token within `margin` of its end refreshes while holding the lock, and a
+/// failed refresh is returned to that caller (nothing is cached, the next caller tries again).
+pub(crate) struct MutexCache {
+    slot: tokio::sync::Mutex<Option<Arc<Snap>>>,
+    margin: Duration,
+    refresh: RefreshFn,
+}
+
+impl MutexCache {
+    pub(crate) fn new(initial: Option<Snap>, margin: Duration, refresh: RefreshFn) -> Self {
+        MutexCache {
+            slot: tokio::sync::Mutex::new(initial.map(Arc::new)),
+            margin,
+            refresh,
+        }
+    }
+
+    pub(crate) async fn token(&self) -> Result<Arc<Snap>, String> {
+        let mut slot = self.slot.lock().await;
+        if let Some(snap) = slot.as_ref() {
+            if Instant::now() + self.margin < snap.valid_until {
+                return Ok(snap.clone());
+            }
+        }
+        let fresh = Arc::new((self.refresh)().await?);
+        *slot = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+/// The AWS SDK's default identity cache (`IdentityCache::lazy()`), called the way the SDK's
+/// orchestrator calls it for every request.
+pub(crate) struct AwsLazyCache {
+    cache: SharedIdentityCache,
+    resolver: SharedIdentityResolver,
+    components: RuntimeComponents,
+    config: ConfigBag,
+}
+
+impl AwsLazyCache {
+    /// A lazy cache with its defaults, over `resolver`. The lazy cache reads only the time
+    /// source and the sleep impl from the runtime components; the other components are the
+    /// SDK's test stubs, never called here.
+    pub(crate) fn new(resolver: impl ResolveIdentity + 'static) -> Self {
+        Self::with_cache(resolver, IdentityCache::lazy().build())
+    }
+
+    /// Like [`AwsLazyCache::new`], but an identity is reloaded once within `buffer_time` of its
+    /// expiry (10 s by default, too long for short-lived tokens).
+    pub(crate) fn with_buffer_time(
+        resolver: impl ResolveIdentity + 'static,
+        buffer_time: Duration,
+    ) -> Self {
+        Self::with_cache(
+            resolver,
+            IdentityCache::lazy().buffer_time(buffer_time).build(),
+        )
+    }
+
+    fn with_cache(resolver: impl ResolveIdentity + 'static, cache: SharedIdentityCache) -> Self {
+        let components = RuntimeComponentsBuilder::for_tests()
+            .with_time_source(Some(SystemTimeSource::new()))
+            .with_sleep_impl(Some(TokioSleep::new()))
+            .build()
+            .expect("runtime components");
+        AwsLazyCache {
+            cache,
+            resolver: SharedIdentityResolver::new(resolver),
+            components,
+            config: ConfigBag::base(),
+        }
+    }
+
+    /// Must run inside a tokio runtime context (the SDK's `TokioSleep` builds a tokio timer for
+    /// the load timeout on every call).
+    pub(crate) fn token(&self) -> IdentityFuture<'_> {
+        self.cache
+            .resolve_cached_identity(self.resolver.clone(), &self.components, &self.config)
+    }
+}
+
+/// An identity valid for an hour, the AWS resolver of the hot-path benchmark.
+pub(crate) fn aws_identity() -> Identity {
+    let expires = SystemTime::now() + Duration::from_secs(3600);
+    Identity::new("aws-token".to_owned(), Some(expires))
+}
+
+/// A keepfresh credential holding a token set issued now for `lifetime`, with `refresh_token`
+/// and a refresher that sleeps `latency` (tokio timer) and then answers with `answer`.
+pub(crate) async fn credential(
+    lifetime: time::Duration,
+    issued_ago: time::Duration,
+    policy: RefreshPolicy,
+    latency: Duration,
+    calls: Arc<AtomicU32>,
+    answer: fn(u32) -> Result<TokenResponse, RefreshError>,
+) -> Credential {
+    let refresher = refresher_fn(move |_req| {
+        let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+        async move {
+            tokio::time::sleep(latency).await;
+            answer(n)
+        }
+    });
+    let issued = time::OffsetDateTime::now_utc() - issued_ago;
+    let set = TokenSet::new(
+        AccessToken::new("initial-access"),
+        Some(RefreshToken::new("refresh-0")),
+        issued,
+        issued + lifetime,
+    );
+    Credential::builder(refresher)
+        .policy(policy)
+        .tokens(set)
+        .build()
+        .await
+        .expect("credential builds")
+}

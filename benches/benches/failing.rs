@@ -1,0 +1,165 @@
+//! The provider fails while the token in hand is still valid, inside the refresh window: who
+//! still gets the token?
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_smithy_runtime_api::client::identity::{Identity, IdentityFuture, ResolveIdentity};
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use futures::future::join_all;
+use keepfresh::{RefreshError, RefreshPolicy};
+
+use crate::contenders::{self, AwsLazyCache, MutexCache, Snap};
+use crate::report::{Report, Target};
+
+/// What is left of the one-hour token: past keepfresh's refresh point and inside every cache's
+/// early-refresh margin, yet still valid (keepfresh serves it until 30 s before expiry).
+const REMAINING: Duration = Duration::from_secs(45);
+/// The provider answers 503 this fast.
+const FAILURE_LATENCY: Duration = Duration::from_millis(10);
+const WAVES: usize = 4;
+const PER_WAVE: usize = 50;
+const WAVE_GAP: Duration = Duration::from_millis(25);
+/// yup-oauth2 refreshes a token within a minute of its expiry; the same margin for the caches.
+const EARLY_MARGIN: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+struct FailingAfterFirst(Arc<AtomicU32>);
+
+impl ResolveIdentity for FailingAfterFirst {
+    fn resolve_identity<'a>(
+        &'a self,
+        _components: &'a RuntimeComponents,
+        _config: &'a ConfigBag,
+    ) -> IdentityFuture<'a> {
+        let n = self.0.fetch_add(1, Ordering::SeqCst);
+        IdentityFuture::new(async move {
+            if n == 0 {
+                let expires = SystemTime::now() + REMAINING;
+                return Ok(Identity::new("aws".to_owned(), Some(expires)));
+            }
+            tokio::time::sleep(FAILURE_LATENCY).await;
+            Err("503 from the provider".into())
+        })
+    }
+}
+
+/// Calls `get` in `WAVES` waves of `PER_WAVE` concurrent callers; counts the successes.
+async fn waves<F, Fut>(get: F) -> usize
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut ok = 0;
+    for wave in 0..WAVES {
+        if wave > 0 {
+            tokio::time::sleep(WAVE_GAP).await;
+        }
+        ok += join_all((0..PER_WAVE).map(|_| get()))
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+    }
+    ok
+}
+
+pub(crate) fn run(report: &mut Report) {
+    let total = WAVES * PER_WAVE;
+    report.section(&format!(
+        "Refresh failing inside the refresh window: 1 h token with {} s left, the provider \
+         answers 503 after {} ms, {total} callers in {WAVES} waves {} ms apart",
+        REMAINING.as_secs(),
+        FAILURE_LATENCY.as_millis(),
+        WAVE_GAP.as_millis()
+    ));
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let ok = rt.block_on(async {
+        let credential = contenders::credential(
+            time::Duration::hours(1),
+            time::Duration::try_from(Duration::from_secs(3600) - REMAINING).expect("age"),
+            RefreshPolicy::builder()
+                .jitter_seed(42)
+                .build()
+                .expect("policy"),
+            FAILURE_LATENCY,
+            calls.clone(),
+            |_| Err(RefreshError::transient("503 from the provider")),
+        )
+        .await;
+        waves(|| async {
+            credential
+                .token()
+                .await
+                .is_ok_and(|t| t.secret() == "initial-access")
+        })
+        .await
+    });
+    report.figure(
+        "keepfresh: callers served the valid token",
+        ok as f64,
+        "",
+        Target::Exactly(total as f64),
+    );
+    report.figure(
+        "keepfresh: refresher calls (backoff between)",
+        f64::from(calls.load(Ordering::SeqCst)),
+        "",
+        Target::Info,
+    );
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let mutex = MutexCache::new(
+        Some(Snap::new("mutex", REMAINING)),
+        EARLY_MARGIN,
+        Box::new(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async {
+                tokio::time::sleep(FAILURE_LATENCY).await;
+                Err("503 from the provider".to_owned())
+            })
+        }),
+    );
+    let ok = rt.block_on(waves(|| async {
+        mutex.token().await.is_ok_and(|t| &*t.token == "mutex")
+    }));
+    report.figure(
+        "tokio_mutex_golang (60 s margin): callers served",
+        ok as f64,
+        "",
+        Target::Info,
+    );
+    report.figure(
+        "tokio_mutex_golang (60 s margin): refresher calls",
+        f64::from(calls.load(Ordering::SeqCst)),
+        "",
+        Target::Info,
+    );
+
+    let calls = Arc::new(AtomicU32::new(0));
+    let ok = rt.block_on(async {
+        let aws = AwsLazyCache::with_buffer_time(FailingAfterFirst(calls.clone()), EARLY_MARGIN);
+        aws.token().await.expect("first load succeeds");
+        waves(|| async { aws.token().await.is_ok() }).await
+    });
+    report.figure(
+        "aws_lazy_cache (60 s buffer): callers served",
+        ok as f64,
+        "",
+        Target::Info,
+    );
+    report.figure(
+        "aws_lazy_cache (60 s buffer): refresher calls after the first load",
+        f64::from(calls.load(Ordering::SeqCst).saturating_sub(1)),
+        "",
+        Target::Info,
+    );
+}
