@@ -28,6 +28,17 @@ use serde::Serialize;
 use crate::http::{HttpProvider, ServeConfig, ServerSummary};
 
 /// Where the load goes.
+///
+/// ```
+/// use keepfresh::RefreshToken;
+/// use keepfresh_sim::http::ServeConfig;
+/// use keepfresh_sim::load::{ExternalTarget, LoadConfig, Target};
+/// let built_in = Target::BuiltIn(ServeConfig::new("auth0"));
+/// let external = Target::External(ExternalTarget::new(
+///     "https://auth.example.com/oauth/token", "client", RefreshToken::new("rt")));
+/// assert!(LoadConfig::default().target(built_in).validate().is_ok());
+/// assert!(LoadConfig::default().target(external).check_resource(true).validate().is_err());
+/// ```
 #[derive(Clone, Debug)]
 pub enum Target {
     /// The built-in mock provider, started in-process on an ephemeral loopback port.
@@ -497,18 +508,19 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
-    /// Whether the run kept the engine's promises: no caller error, no duplicate refresh, and
-    /// (built-in provider) no revoked family and at most one call per burst.
+    /// Whether the run kept the engine's promises: no caller error, no duplicate refresh, at
+    /// most one token-endpoint call per credential and burst, and (built-in provider) no
+    /// replay and no revoked family.
     ///
     /// See [`run`] for an example.
     pub fn healthy(&self) -> bool {
         self.errors.is_empty()
             && self.duplicate_refreshes == 0
-            && self.server.as_ref().is_none_or(|s| {
-                s.revoked_families.is_empty()
-                    && s.replays == 0
-                    && self.token_endpoint_calls <= (self.bursts * self.credentials) as u64
-            })
+            && self.token_endpoint_calls <= (self.bursts * self.credentials) as u64
+            && self
+                .server
+                .as_ref()
+                .map_or(true, |s| s.revoked_families.is_empty() && s.replays == 0)
     }
 }
 
