@@ -1,5 +1,6 @@
 //! The caches keepfresh is measured against, built the way their users build them.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -193,4 +194,106 @@ pub(crate) async fn credential(
         .build()
         .await
         .expect("credential builds")
+}
+
+/// Something callers get a token from, for the scenario runs.
+pub(crate) trait Source: Send + Sync + 'static {
+    /// Whether a valid token was handed out.
+    fn get(&self) -> impl Future<Output = bool> + Send;
+}
+
+impl Source for Credential {
+    async fn get(&self) -> bool {
+        self.token().await.is_ok()
+    }
+}
+
+impl Source for MutexCache {
+    async fn get(&self) -> bool {
+        self.token().await.is_ok()
+    }
+}
+
+impl Source for AwsLazyCache {
+    async fn get(&self) -> bool {
+        self.token().await.is_ok()
+    }
+}
+
+/// The least a single-flight cache can do: `tokio::sync::OnceCell::get_or_init` (no expiry,
+/// no timeout, no error handling). A yardstick for the burst: what remains is the runtime's
+/// cost of waking N tasks.
+pub(crate) struct OnceCellIdeal {
+    cell: tokio::sync::OnceCell<Arc<str>>,
+    calls: Arc<AtomicU32>,
+    latency: Duration,
+}
+
+impl OnceCellIdeal {
+    pub(crate) fn new(latency: Duration, calls: Arc<AtomicU32>) -> Self {
+        OnceCellIdeal {
+            cell: tokio::sync::OnceCell::new(),
+            calls,
+            latency,
+        }
+    }
+}
+
+impl Source for OnceCellIdeal {
+    async fn get(&self) -> bool {
+        let token = self
+            .cell
+            .get_or_init(|| async {
+                self.calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(self.latency).await;
+                Arc::from("ideal")
+            })
+            .await;
+        !token.is_empty()
+    }
+}
+
+/// An AWS identity resolver that answers after `latency` with an identity valid for
+/// `lifetime`, counting its calls.
+#[derive(Debug)]
+pub(crate) struct SlowResolver {
+    pub(crate) calls: Arc<AtomicU32>,
+    pub(crate) latency: Duration,
+    pub(crate) lifetime: Duration,
+}
+
+impl ResolveIdentity for SlowResolver {
+    fn resolve_identity<'a>(
+        &'a self,
+        _components: &'a RuntimeComponents,
+        _config: &'a ConfigBag,
+    ) -> IdentityFuture<'a> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        IdentityFuture::new(async {
+            tokio::time::sleep(self.latency).await;
+            let expires = SystemTime::now() + self.lifetime;
+            Ok(Identity::new("aws".to_owned(), Some(expires)))
+        })
+    }
+}
+
+/// A golang-style mutex cache whose refresh takes `latency` and yields a token valid for
+/// `lifetime`, refreshed `margin` before its end; starts empty.
+pub(crate) fn slow_mutex_cache(
+    latency: Duration,
+    lifetime: Duration,
+    margin: Duration,
+    calls: Arc<AtomicU32>,
+) -> MutexCache {
+    MutexCache::new(
+        None,
+        margin,
+        Box::new(move || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                tokio::time::sleep(latency).await;
+                Ok(Snap::new("mutex", lifetime))
+            })
+        }),
+    )
 }

@@ -1,16 +1,12 @@
 //! Many tasks keep asking for a short-lived token: does anyone ever wait for a refresh?
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use aws_smithy_runtime_api::client::identity::{Identity, IdentityFuture, ResolveIdentity};
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::config_bag::ConfigBag;
-use keepfresh::{AccessToken, Credential, RefreshPolicy, TokenResponse};
+use keepfresh::{AccessToken, RefreshPolicy, TokenResponse};
 
-use crate::contenders::{self, AwsLazyCache, MutexCache, Snap};
+use crate::contenders::{self, AwsLazyCache, MutexCache, SlowResolver, Snap, Source};
 use crate::report::{ms, percentile, Report, Target};
 
 const TASKS: usize = 100;
@@ -34,55 +30,6 @@ pub(crate) fn policy() -> RefreshPolicy {
         .jitter_seed(42)
         .build()
         .expect("valid policy")
-}
-
-/// Something the tasks get a token from.
-trait Source: Send + Sync + 'static {
-    /// Whether a valid token was handed out.
-    fn get(&self) -> impl Future<Output = bool> + Send;
-}
-
-struct Keepfresh(Credential);
-
-impl Source for Keepfresh {
-    async fn get(&self) -> bool {
-        self.0.token().await.is_ok()
-    }
-}
-
-struct Mutex(MutexCache);
-
-impl Source for Mutex {
-    async fn get(&self) -> bool {
-        self.0.token().await.is_ok()
-    }
-}
-
-struct Aws(AwsLazyCache);
-
-impl Source for Aws {
-    async fn get(&self) -> bool {
-        self.0.token().await.is_ok()
-    }
-}
-
-/// An AWS identity resolver with the same latency and lifetime as the others.
-#[derive(Debug)]
-struct SlowResolver(Arc<AtomicU32>);
-
-impl ResolveIdentity for SlowResolver {
-    fn resolve_identity<'a>(
-        &'a self,
-        _components: &'a RuntimeComponents,
-        _config: &'a ConfigBag,
-    ) -> IdentityFuture<'a> {
-        self.0.fetch_add(1, Ordering::SeqCst);
-        IdentityFuture::new(async {
-            tokio::time::sleep(REFRESH_LATENCY).await;
-            let expires = SystemTime::now() + LIFETIME;
-            Ok(Identity::new("aws".to_owned(), Some(expires)))
-        })
-    }
 }
 
 struct Stats {
@@ -116,7 +63,7 @@ pub(crate) fn run(report: &mut Report, duration: Duration) {
         calls.clone(),
         |n| Ok(TokenResponse::new(AccessToken::new(format!("access-{n}"))).with_expires_in(1)),
     ));
-    let stats = rt.block_on(drive(Arc::new(Keepfresh(credential)), duration));
+    let stats = rt.block_on(drive(Arc::new(credential), duration));
     let refreshes = calls.load(Ordering::SeqCst);
     report.figure(
         "keepfresh: refresher calls",
@@ -159,7 +106,7 @@ pub(crate) fn run(report: &mut Report, duration: Duration) {
             })
         }),
     );
-    let stats = rt.block_on(drive(Arc::new(Mutex(mutex)), duration));
+    let stats = rt.block_on(drive(Arc::new(mutex), duration));
     contrast(
         report,
         "tokio_mutex_golang",
@@ -170,10 +117,17 @@ pub(crate) fn run(report: &mut Report, duration: Duration) {
     let calls = Arc::new(AtomicU32::new(0));
     let aws = {
         let _guard = rt.enter();
-        AwsLazyCache::with_buffer_time(SlowResolver(calls.clone()), SKEW)
+        AwsLazyCache::with_buffer_time(
+            SlowResolver {
+                calls: calls.clone(),
+                latency: REFRESH_LATENCY,
+                lifetime: LIFETIME,
+            },
+            SKEW,
+        )
     };
     let stats = rt.block_on(async {
-        let aws = Arc::new(Aws(aws));
+        let aws = Arc::new(aws);
         aws.get().await;
         drive(aws, duration).await
     });
