@@ -1,1 +1,419 @@
-fn main() {}
+//! The `keepfresh-sim` command line: run the default suite, one scenario, replays, sweeps and
+//! shrinks, with readable or JSON reports and exit codes that tell failure kinds apart.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use keepfresh_sim::report;
+use keepfresh_sim::runner::{self, Overrides};
+use keepfresh_sim::scenario::{self, Scenario};
+use keepfresh_sim::world::FailureKind;
+
+/// Deterministic simulation of the keepfresh token-refresh engine.
+///
+/// Exit codes: 0 all invariants held; 10 correctness failure; 11 liveness failure (deadlock,
+/// waiter past its deadline, no recovery); 12 crash (panic); 2 bad command line.
+#[derive(Parser, Debug)]
+#[command(name = "keepfresh-sim", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the default suite, or one scenario with --scenario.
+    Run(RunArgs),
+    /// List the scenarios.
+    List {
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replay one seed with its full trace.
+    Replay(RunArgs),
+    /// Run many seeds in parallel and list the failing ones.
+    Sweep(SweepArgs),
+    /// Shrink a failing seed: fewer callers, shorter duration, fewer fault kinds.
+    Shrink {
+        /// Scenario name.
+        #[arg(long)]
+        scenario: String,
+        /// Seed.
+        #[arg(long)]
+        seed: u64,
+    },
+    /// Run every client strategy (keepfresh and the models of other clients) on the identical
+    /// world and print one comparison table.
+    Compare(keepfresh_sim::compare::CompareArgs),
+    /// Load mode: concurrent bursts of callers through real engines over HTTP, against the
+    /// built-in mock provider or any RFC 6749 token endpoint (--token-url).
+    #[cfg(feature = "load")]
+    Load(keepfresh_sim::load::LoadArgs),
+    /// Serve the mock provider alone over HTTP on a loopback port until Ctrl-C.
+    #[cfg(feature = "load")]
+    Serve(keepfresh_sim::http::ServeArgs),
+}
+
+#[derive(Args, Debug, Default)]
+struct RunArgs {
+    /// Scenario name (see `list`); without it, the default suite.
+    #[arg(long)]
+    scenario: Option<String>,
+    /// Seed (default: 1 for the suite's first seed, otherwise required for replay).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Seeds per scenario for the default suite.
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Print every trace line with its simulated timestamp.
+    #[arg(long)]
+    trace: bool,
+    /// JSON report.
+    #[arg(long)]
+    json: bool,
+    /// Client strategy (`keepfresh`, or a model of another client: see `compare`).
+    #[arg(long = "client", alias = "strategy", default_value = "keepfresh")]
+    strategy: String,
+    /// Override: callers per process.
+    #[arg(long)]
+    callers: Option<usize>,
+    /// Override: workload duration in simulated seconds.
+    #[arg(long)]
+    duration_secs: Option<u64>,
+    /// Override: number of credentials.
+    #[arg(long)]
+    credentials: Option<usize>,
+    /// Override: switch a fault kind off (repeatable).
+    #[arg(long)]
+    disable_fault: Vec<String>,
+    /// Run the seed twice and compare trace hashes.
+    #[arg(long)]
+    check_determinism: bool,
+    /// Write an SVG plot of token-endpoint calls and caller waits here.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct SweepArgs {
+    /// Seeds per scenario.
+    #[arg(long, default_value_t = 100)]
+    seeds: u64,
+    /// First seed.
+    #[arg(long, default_value_t = 1)]
+    start: u64,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
+    /// Only this scenario (default: the whole suite).
+    #[arg(long)]
+    scenario: Option<String>,
+    /// JSON report.
+    #[arg(long)]
+    json: bool,
+    /// Client strategy (`keepfresh`, or a model of another client: see `compare`).
+    #[arg(long = "client", alias = "strategy", default_value = "keepfresh")]
+    client: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command.unwrap_or(Command::Run(RunArgs {
+        seeds: 3,
+        strategy: "keepfresh".into(),
+        ..RunArgs::default()
+    })) {
+        Command::Run(a) => run(a, false),
+        Command::Replay(a) => run(a, true),
+        Command::List { json } => list(json),
+        Command::Sweep(a) => sweep(a),
+        Command::Shrink { scenario, seed } => shrink(&scenario, seed),
+        Command::Compare(a) => keepfresh_sim::compare::main(a),
+        #[cfg(feature = "load")]
+        Command::Load(a) => return keepfresh_sim::load::run_load(a),
+        #[cfg(feature = "load")]
+        Command::Serve(a) => return keepfresh_sim::http::run_serve(a),
+    };
+    ExitCode::from(code as u8)
+}
+
+fn usage(msg: &str) -> i32 {
+    eprintln!("error: {msg}");
+    2
+}
+
+fn list(json: bool) -> i32 {
+    let all = scenario::all();
+    if json {
+        let v: Vec<_> = all
+            .iter()
+            .map(|s| serde_json::json!({"name": s.name, "reference": s.reference, "summary": s.summary, "in_suite": s.in_suite}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+    } else {
+        for s in all {
+            println!(
+                "{:<26} {:<9} {}{}",
+                s.name,
+                s.reference,
+                s.summary,
+                if s.in_suite {
+                    ""
+                } else {
+                    " (not in the default suite)"
+                }
+            );
+        }
+    }
+    0
+}
+
+fn overrides(a: &RunArgs) -> Overrides {
+    Overrides {
+        callers: a.callers,
+        duration_secs: a.duration_secs,
+        credentials: a.credentials,
+        disable_faults: a.disable_fault.clone(),
+    }
+}
+
+fn run(a: RunArgs, replay: bool) -> i32 {
+    let strategy = match runner::strategy(&a.strategy) {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    let ov = overrides(&a);
+    let Some(name) = a.scenario.clone() else {
+        if replay {
+            return usage("replay needs --scenario NAME and --seed N");
+        }
+        if a.trace || a.svg.is_some() {
+            return usage("--trace and --svg need --scenario");
+        }
+        return suite(&a, strategy);
+    };
+    let sc = match scenario::by_name(&name) {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    let seed = match (a.seed, replay) {
+        (Some(s), _) => s,
+        (None, true) => return usage("replay needs --seed N"),
+        (None, false) => 1,
+    };
+    let cfg = match runner::resolve(&sc, seed, &ov) {
+        Ok(c) => c,
+        Err(e) => return usage(&e),
+    };
+    if !a.json {
+        println!(
+            "keepfresh-sim {} seed {seed} strategy {}",
+            sc.name,
+            strategy.name()
+        );
+        println!("config {}", serde_json::to_string(&cfg).expect("json"));
+    }
+    let out = runner::run_world(&cfg, seed, strategy, a.trace || replay);
+    let figures = report::figures(&cfg, seed, &out);
+    if let Some(path) = &a.svg {
+        if let Err(e) = std::fs::write(path, report::svg(&cfg, seed, &out)) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return 1;
+        }
+    }
+    if a.json {
+        let mut f = figures.clone();
+        f["config"] = serde_json::to_value(&cfg).expect("json");
+        f["replay"] = runner::replay_command(sc.name, seed, &ov).into();
+        println!("{}", serde_json::to_string_pretty(&f).expect("json"));
+    } else {
+        print!("{}", report::readable(&figures));
+    }
+    let mut code = 0;
+    if let Some(f) = &out.failure {
+        if !a.json {
+            print_failure(sc.name, seed, &ov, f, &out.tail);
+        }
+        code = f.kind.exit_code();
+    }
+    if a.check_determinism && code == 0 {
+        match runner::determinism_check(&sc, seed, &ov) {
+            Ok(h) => {
+                if !a.json {
+                    println!("determinism: same seed twice gave trace hash {h:016x}");
+                }
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                code = FailureKind::Correctness.exit_code();
+            }
+        }
+    }
+    code
+}
+
+fn print_failure(
+    name: &str,
+    seed: u64,
+    ov: &Overrides,
+    f: &keepfresh_sim::world::Failure,
+    tail: &[String],
+) {
+    println!("FAILURE ({:?}) at {:.3}s: {}", f.kind, f.at_secs, f.message);
+    println!("last trace events:");
+    for l in tail {
+        println!("  {l}");
+    }
+    println!("replay: {}", runner::replay_command(name, seed, ov));
+}
+
+fn suite(a: &RunArgs, strategy: Arc<dyn keepfresh_sim::strategy::ClientStrategy>) -> i32 {
+    let first = a.seed.unwrap_or(1);
+    let scenarios = runner::suite();
+    let ov = overrides(a);
+    if !a.json {
+        println!(
+            "keepfresh-sim default suite: {} scenarios x {} seeds from seed {first}, strategy {}",
+            scenarios.len(),
+            a.seeds,
+            strategy.name()
+        );
+    }
+    let mut rows = Vec::new();
+    let mut code = 0;
+    let (mut events, mut wall) = (0u64, 0f64);
+    for sc in &scenarios {
+        let mut status = "ok".to_string();
+        for seed in first..first + a.seeds {
+            let cfg = match runner::resolve(sc, seed, &ov) {
+                Ok(c) => c,
+                Err(e) => return usage(&e),
+            };
+            let out = runner::run_world(&cfg, seed, strategy.clone(), false);
+            events += out.events;
+            wall += out.wall.as_secs_f64();
+            let f = report::figures(&cfg, seed, &out);
+            if let Some(fail) = &out.failure {
+                if !a.json {
+                    print_failure(sc.name, seed, &ov, fail, &out.tail);
+                }
+                status = format!("FAIL seed {seed}: {}", fail.message);
+                if code == 0 {
+                    code = fail.kind.exit_code();
+                }
+            }
+            rows.push(f);
+        }
+        if !a.json {
+            println!("  {:<26} {:<9} {status}", sc.name, sc.reference);
+        }
+    }
+    let det = runner::determinism_check(&scenarios[0], first, &ov);
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"runs": rows, "determinism": det.as_ref().map(|h| format!("{h:016x}")).map_err(|e| e.clone())})).expect("json")
+        );
+    } else {
+        println!(
+            "{} runs, {events} events in {wall:.2}s of run time ({:.0} events/s)",
+            rows.len(),
+            events as f64 / wall.max(1e-9)
+        );
+        match &det {
+            Ok(h) => println!(
+                "determinism: {} seed {first} twice gave trace hash {h:016x}",
+                scenarios[0].name
+            ),
+            Err(e) => println!("{e}"),
+        }
+    }
+    if det.is_err() && code == 0 {
+        code = FailureKind::Correctness.exit_code();
+    }
+    code
+}
+
+fn sweep(a: SweepArgs) -> i32 {
+    if a.jobs == 0 || a.seeds == 0 {
+        return usage("--jobs and --seeds must be at least 1");
+    }
+    let scenarios: Vec<Scenario> = match &a.scenario {
+        Some(n) => match scenario::by_name(n) {
+            Ok(s) => vec![s],
+            Err(e) => return usage(&e),
+        },
+        None => runner::suite(),
+    };
+    let started = std::time::Instant::now();
+    let progress = |done: u64, total: u64| {
+        if done % 10 == 0 || done == total {
+            let width = 40;
+            let filled = (done * width / total.max(1)) as usize;
+            eprint!(
+                "\r[{}{}] {done}/{total}",
+                "#".repeat(filled),
+                " ".repeat(width as usize - filled)
+            );
+            let _ = std::io::stderr().flush();
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let strategy = match runner::strategy(&a.client) {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    let r = runner::sweep_with(&scenarios, a.start, a.seeds, a.jobs, strategy, &progress);
+    let wall = started.elapsed().as_secs_f64();
+    if a.json {
+        let fails: Vec<_> = r
+            .failures
+            .iter()
+            .map(|f| serde_json::json!({"scenario": f.scenario, "seed": f.seed, "kind": f.failure.kind, "message": f.failure.message, "replay": runner::replay_command(f.scenario, f.seed, &Overrides::default())}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"runs": r.runs, "events": r.events, "wall_secs": wall, "events_per_busy_sec": r.events as f64 / r.busy.as_secs_f64().max(1e-9), "failures": fails})).expect("json"));
+    } else {
+        println!(
+            "{} runs, {} failing, {} events, {wall:.1}s wall, {:.0} events/s per thread",
+            r.runs,
+            r.failures.len(),
+            r.events,
+            r.events as f64 / r.busy.as_secs_f64().max(1e-9)
+        );
+        for f in &r.failures {
+            println!(
+                "  {} seed {} ({:?}): {}\n    replay: {}",
+                f.scenario,
+                f.seed,
+                f.failure.kind,
+                f.failure.message,
+                runner::replay_command(f.scenario, f.seed, &Overrides::default())
+            );
+        }
+    }
+    r.failures.first().map_or(0, |f| f.failure.kind.exit_code())
+}
+
+fn shrink(name: &str, seed: u64) -> i32 {
+    let sc = match scenario::by_name(name) {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    match runner::shrink(&sc, seed) {
+        None => {
+            println!("{name} seed {seed} does not fail: nothing to shrink");
+            0
+        }
+        Some((ov, f)) => {
+            println!("smallest failing world: {name} seed {seed}{}", ov.flags());
+            println!("failure ({:?}): {}", f.kind, f.message);
+            println!("replay: {}", runner::replay_command(name, seed, &ov));
+            f.kind.exit_code()
+        }
+    }
+}

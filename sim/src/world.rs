@@ -1,0 +1,1462 @@
+//! A simulated world — one provider, credentials each shared by several processes through one
+//! store, callers, a resource server, faults and a director — and the invariant oracles that
+//! watch it after every event.
+//!
+//! The world is independent of the client under test: processes run whatever
+//! [`ClientStrategy`] is given (see [`crate::strategy`]), and every oracle observes the
+//! provider, the store and the callers only.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::{select, Either};
+use keepfresh::runtime::MonoTime;
+use keepfresh::store::{MemoryStore, TokenStore};
+use keepfresh::{AccessToken, RefreshPolicy, RefreshToken, TokenSet};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::client::ProviderClient;
+use crate::exec::{wall_at, ExecHandle, Executor, Group, RunEnd};
+use crate::provider::{FamilyId, Profile, Provider, ResourceAnswer, SECRET_MARKER};
+use crate::rng::{derive, SimRng};
+use crate::store::FaultyStore;
+use crate::strategy::{
+    ClientError, ClientStrategy, LogLine, LogSink, ProcessClient, ProcessContext,
+};
+
+/// Transport and store faults, active until the world heals.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Faults {
+    /// Token-endpoint latency range, milliseconds.
+    pub latency_ms: (u64, u64),
+    /// Probability that a call takes ten times longer.
+    pub latency_tail: f64,
+    /// The request never reaches the provider.
+    pub p_not_delivered: f64,
+    /// 5xx with an HTML body.
+    pub p_5xx: f64,
+    /// 429 with `Retry-After`.
+    pub p_429: f64,
+    /// 503 with `Retry-After`.
+    pub p_503: f64,
+    /// One spurious `invalid_client`.
+    pub p_invalid_client: f64,
+    /// HTTP 200 with an HTML body after the provider committed.
+    pub p_malformed: f64,
+    /// The answer is lost after the provider committed (reset or hang).
+    pub p_lost: f64,
+    /// `Retry-After` as an HTTP date rather than seconds.
+    pub retry_after_date: bool,
+    /// `Retry-After` value.
+    pub retry_after_secs: u64,
+    /// A store write fails.
+    pub store_write_fail: f64,
+    /// A store write hangs (bounded by the engine's store timeout).
+    pub store_hang: f64,
+    /// Store operation latency range, milliseconds (0, 0: instant).
+    pub store_latency_ms: (u64, u64),
+}
+
+impl Faults {
+    /// No faults, 20–200 ms latency.
+    pub fn none() -> Faults {
+        Faults {
+            latency_ms: (20, 200),
+            latency_tail: 0.0,
+            p_not_delivered: 0.0,
+            p_5xx: 0.0,
+            p_429: 0.0,
+            p_503: 0.0,
+            p_invalid_client: 0.0,
+            p_malformed: 0.0,
+            p_lost: 0.0,
+            retry_after_date: false,
+            retry_after_secs: 30,
+            store_write_fail: 0.0,
+            store_hang: 0.0,
+            store_latency_ms: (0, 0),
+        }
+    }
+
+    /// Names of the fault kinds that are switched on (for shrinking and reports).
+    pub fn active(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        for (name, p) in [
+            ("not_delivered", self.p_not_delivered),
+            ("5xx", self.p_5xx),
+            ("429", self.p_429),
+            ("503", self.p_503),
+            ("invalid_client", self.p_invalid_client),
+            ("malformed", self.p_malformed),
+            ("lost", self.p_lost),
+            ("store_write_fail", self.store_write_fail),
+            ("store_hang", self.store_hang),
+        ] {
+            if p > 0.0 {
+                v.push(name);
+            }
+        }
+        v
+    }
+
+    /// Switches one fault kind off by name.
+    pub fn disable(&mut self, name: &str) {
+        match name {
+            "not_delivered" => self.p_not_delivered = 0.0,
+            "5xx" => self.p_5xx = 0.0,
+            "429" => self.p_429 = 0.0,
+            "503" => self.p_503 = 0.0,
+            "invalid_client" => self.p_invalid_client = 0.0,
+            "malformed" => self.p_malformed = 0.0,
+            "lost" => self.p_lost = 0.0,
+            "store_write_fail" => self.store_write_fail = 0.0,
+            "store_hang" => self.store_hang = 0.0,
+            _ => {}
+        }
+    }
+}
+
+/// When callers make requests.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub enum Pattern {
+    /// Each caller wakes at independent intervals drawn uniformly in `[mean/2, 3*mean/2]`.
+    Steady {
+        /// Mean interval between two requests of one caller.
+        mean: Duration,
+    },
+    /// Every caller requests at the same instants, every `every`, starting at `first`.
+    Bursts {
+        /// First burst.
+        first: Duration,
+        /// Interval between bursts.
+        every: Duration,
+    },
+}
+
+/// The tokens each credential starts with.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub enum Initial {
+    /// Just issued at time zero (every credential minted together).
+    Fresh,
+    /// Issued at a random earlier time within the lifetime.
+    Aged,
+    /// Expired just before time zero.
+    Expired,
+}
+
+/// Something the director does at a given time.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub enum Action {
+    /// Kills a process and restarts it after a delay (it reloads the store).
+    Crash {
+        /// Global process index.
+        proc: usize,
+        /// Down time.
+        restart_after: Duration,
+    },
+    /// The next save of this process kills it (after the provider answered), then it restarts.
+    CrashOnNextSave {
+        /// Global process index.
+        proc: usize,
+        /// Down time.
+        restart_after: Duration,
+    },
+    /// The provider revokes a credential's family (user or admin action).
+    Revoke {
+        /// Credential index.
+        cred: usize,
+    },
+    /// An unrelated writer rewrites the credential's store content (same tokens, new version).
+    Overwrite {
+        /// Credential index.
+        cred: usize,
+    },
+    /// Steps a process's wall clock (NTP step, suspend/resume).
+    JumpWall {
+        /// Global process index.
+        proc: usize,
+        /// Signed seconds.
+        secs: i64,
+    },
+    /// A clean shutdown of a process, which is then restarted after a delay.
+    Shutdown {
+        /// Global process index.
+        proc: usize,
+        /// Down time.
+        restart_after: Duration,
+    },
+}
+
+/// What a scenario expects about re-authorization.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub enum ReauthExpect {
+    /// Never: any re-authorization is a failure.
+    Never,
+    /// Allowed (a scenario that revokes or replays on purpose).
+    Allowed,
+    /// Required, with this reason, reported exactly once by each process instance that
+    /// reports it, and by at least one.
+    ExactlyOnce(String),
+}
+
+/// A fully resolved world: everything one run needs besides the seed and the strategy.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorldConfig {
+    /// Scenario name.
+    pub scenario: String,
+    /// Provider behaviour.
+    pub profile: Profile,
+    /// Independent credentials (each with its own family and store).
+    pub credentials: usize,
+    /// Processes per credential sharing its store.
+    pub processes: usize,
+    /// Callers per process.
+    pub callers: usize,
+    /// Request pattern.
+    pub pattern: Pattern,
+    /// How long callers keep making requests.
+    pub duration: Duration,
+    /// Faults stop at this time (`None`: at the end of the workload).
+    pub heal_at: Option<Duration>,
+    /// Time after the workload ends for the engine to settle before the liveness probe.
+    pub settle: Duration,
+    /// Starting tokens.
+    pub initial: Initial,
+    /// Faults.
+    pub faults: Faults,
+    /// Scheduled actions.
+    pub schedule: Vec<(Duration, Action)>,
+    /// Refresh-ahead jitter on (off: every token refreshes at 75 % of its life).
+    pub jitter: bool,
+    /// Refresh on a timer even without demand.
+    pub eager: bool,
+    /// The engine's wait timeout for callers.
+    pub wait_timeout: Duration,
+    /// Provider clock skew, seconds.
+    pub provider_skew_secs: i64,
+    /// Each process's wall clock is off by up to this many seconds (either way).
+    pub process_skew_secs: i64,
+    /// Callers check each token against the resource server (and handle a 401).
+    pub resource_server: bool,
+    /// Time a caller spends using the token before the resource server sees it.
+    pub io_time: Duration,
+    /// Callers abandon their request after this long (cancellation).
+    pub caller_timeout: Option<Duration>,
+    /// Re-authorization expectation.
+    pub reauth: ReauthExpect,
+    /// Replays of rotated refresh tokens and family revocations are expected (a scenario that
+    /// revokes or replays on purpose).
+    pub allow_revoked_family: bool,
+    /// Exactly this many token-endpoint calls per credential, if set.
+    pub exact_calls_per_credential: Option<u64>,
+    /// At most this many token-endpoint calls per credential, if set.
+    pub max_calls_per_credential: Option<u64>,
+    /// The store converges to the provider's newest refresh token at the end.
+    pub check_convergence: bool,
+    /// Cap on executor steps.
+    pub max_steps: u64,
+    /// Observe only: keep running after an invariant breaks, to the end of the world (the
+    /// comparison mode runs other clients' behaviours, which break invariants by design, and
+    /// reports what happened next).
+    pub keep_going: bool,
+}
+
+impl WorldConfig {
+    /// A small default world of `profile` with no faults.
+    pub fn base(scenario: &str, profile: Profile) -> WorldConfig {
+        WorldConfig {
+            scenario: scenario.into(),
+            profile,
+            credentials: 1,
+            processes: 1,
+            callers: 10,
+            pattern: Pattern::Steady {
+                mean: Duration::from_secs(60),
+            },
+            duration: Duration::from_secs(4 * 3600),
+            heal_at: None,
+            settle: Duration::from_secs(600),
+            initial: Initial::Fresh,
+            faults: Faults::none(),
+            schedule: Vec::new(),
+            jitter: true,
+            eager: false,
+            wait_timeout: Duration::from_secs(30),
+            provider_skew_secs: 0,
+            process_skew_secs: 0,
+            resource_server: true,
+            io_time: Duration::ZERO,
+            caller_timeout: None,
+            reauth: ReauthExpect::Never,
+            allow_revoked_family: false,
+            exact_calls_per_credential: None,
+            max_calls_per_credential: None,
+            check_convergence: true,
+            max_steps: 200_000_000,
+            keep_going: false,
+        }
+    }
+
+    fn heal_time(&self) -> Duration {
+        self.heal_at.unwrap_or(self.duration)
+    }
+
+    /// Checks the configuration for contradictions and impossible values.
+    ///
+    /// # Errors
+    /// A message naming the bad setting.
+    pub fn validate(&self) -> Result<(), String> {
+        let probs = [
+            ("p_not_delivered", self.faults.p_not_delivered),
+            ("p_5xx", self.faults.p_5xx),
+            ("p_429", self.faults.p_429),
+            ("p_503", self.faults.p_503),
+            ("p_invalid_client", self.faults.p_invalid_client),
+            ("p_malformed", self.faults.p_malformed),
+            ("p_lost", self.faults.p_lost),
+            ("store_write_fail", self.faults.store_write_fail),
+            ("store_hang", self.faults.store_hang),
+        ];
+        for (name, p) in probs {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(format!(
+                    "fault rate {name} = {p} is not a probability in [0, 1]"
+                ));
+            }
+        }
+        if self.credentials == 0 || self.processes == 0 {
+            return Err("a world needs at least one credential and one process".into());
+        }
+        if self.faults.latency_ms.0 > self.faults.latency_ms.1 {
+            return Err("latency range is reversed (min > max)".into());
+        }
+        if self.duration.is_zero() {
+            return Err("duration must be positive".into());
+        }
+        let (Pattern::Steady { mean } | Pattern::Bursts { every: mean, .. }) = &self.pattern;
+        if mean.is_zero() {
+            return Err("request interval must be positive".into());
+        }
+        let procs = self.credentials * self.processes;
+        for (_, a) in &self.schedule {
+            let (p, c) = match a {
+                Action::Crash { proc, .. }
+                | Action::CrashOnNextSave { proc, .. }
+                | Action::JumpWall { proc, .. }
+                | Action::Shutdown { proc, .. } => (Some(*proc), None),
+                Action::Revoke { cred } | Action::Overwrite { cred } => (None, Some(*cred)),
+            };
+            if p.is_some_and(|p| p >= procs) || c.is_some_and(|c| c >= self.credentials) {
+                return Err(format!(
+                    "scheduled action {a:?} names a process or credential that does not exist"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine policy this world runs with.
+    pub fn policy(&self, seed: u64) -> Result<RefreshPolicy, String> {
+        let mut b = RefreshPolicy::builder()
+            .jitter_seed(seed)
+            .eager(self.eager)
+            .wait_timeout(self.wait_timeout);
+        if !self.jitter {
+            b = b.refresh_window(0.75, 0.75);
+        }
+        b.build().map_err(|e| e.to_string())
+    }
+}
+
+/// How a run failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum FailureKind {
+    /// An invariant was broken.
+    Correctness,
+    /// Something never happened: a deadlock, a waiter past its deadline, no recovery.
+    Liveness,
+    /// The simulated code panicked.
+    Crash,
+}
+
+impl FailureKind {
+    /// The process exit code for this kind.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            FailureKind::Correctness => 10,
+            FailureKind::Liveness => 11,
+            FailureKind::Crash => 12,
+        }
+    }
+}
+
+/// The first invariant violation of a run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Failure {
+    /// Kind.
+    pub kind: FailureKind,
+    /// What went wrong (never contains a secret).
+    pub message: String,
+    /// Simulated time of detection, seconds.
+    pub at_secs: f64,
+}
+
+/// Log2 histogram of durations.
+#[derive(Clone, Debug)]
+pub struct Histogram {
+    buckets: [u64; 65],
+    count: u64,
+    max: u64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: [0; 65],
+            count: 0,
+            max: 0,
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one duration in nanoseconds.
+    #[inline]
+    pub fn record(&mut self, nanos: u64) {
+        self.buckets[(64 - nanos.leading_zeros()) as usize] += 1;
+        self.count += 1;
+        self.max = self.max.max(nanos);
+    }
+
+    /// Upper bound of the bucket holding quantile `q`, in nanoseconds.
+    pub fn quantile(&self, q: f64) -> u64 {
+        if self.count == 0 {
+            return 0;
+        }
+        let target = ((self.count as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in self.buckets.iter().enumerate() {
+            seen += n;
+            if seen >= target {
+                return if i == 0 {
+                    0
+                } else {
+                    (1u64 << (i - 1)).saturating_mul(2).min(self.max)
+                };
+            }
+        }
+        self.max
+    }
+
+    /// Largest value.
+    pub fn max(&self) -> u64 {
+        self.max
+    }
+
+    /// Number of values.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+}
+
+/// Counters the oracles and reports use.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Token-endpoint call start times (ns).
+    pub token_calls: Vec<u64>,
+    /// Caller requests.
+    pub requests: u64,
+    /// Tokens served.
+    pub served: u64,
+    /// Caller errors by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// Caller waits.
+    pub waits: Histogram,
+    /// Served with less than 60 s of true life left.
+    pub near_expiry: u64,
+    /// Resource-server 401s seen by callers.
+    pub rs_unauthorized: u64,
+    /// 401s again after the one retry.
+    pub rs_unauthorized_after_retry: u64,
+    /// Re-authorization signals.
+    pub reauths: u64,
+    /// Persist failures signalled.
+    pub persist_failures: u64,
+    /// Requests abandoned by callers (cancellation).
+    pub abandoned: u64,
+    /// Per time bucket: (token calls, max caller wait ns).
+    pub series: Vec<(u64, u64)>,
+    /// Width of a series bucket, ns.
+    pub bucket_ns: u64,
+    /// Largest time between a provider commit and the next successful store write, ns.
+    pub max_unsaved_window_ns: u64,
+    /// Caller requests that did not get a token at once (waited at all).
+    pub blocked: u64,
+    /// Waits of the blocked requests.
+    pub blocked_waits: Histogram,
+    /// Blocked requests that started while an access token the credential had received was
+    /// still valid at the resource server.
+    pub blocked_while_valid: u64,
+    /// Caller errors while an access token the credential had received was still valid.
+    pub errors_while_valid: u64,
+    /// Token-endpoint calls that started while another call for the same credential was in
+    /// flight, or within [`DUPLICATE_WINDOW`] of a refresh answer delivered for it.
+    pub duplicate_calls: u64,
+    /// Replays of rotated refresh tokens outside any grace window whose rotation answer had
+    /// reached the client (not excused by a lost answer).
+    pub unexcused_replays: u64,
+    /// Credentials whose family the provider revoked for refresh-token reuse.
+    pub families_revoked_by_reuse: u64,
+    /// Process instances that reported that re-authorization is required.
+    pub reauth_processes: u64,
+    /// Of those, instances started after a crash or restart.
+    pub reauth_after_restart: u64,
+    /// Rotated refresh tokens a process had received but not stored when it stopped.
+    pub tokens_lost: u64,
+}
+
+/// A refresh of the same credential starting this soon after a delivered refresh answer counts
+/// as a duplicate refresh.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(10);
+
+/// A refresh answer (or the login) that reached a process: what the credential holds.
+#[derive(Clone, Debug)]
+pub(crate) struct Delivered {
+    pub(crate) at: MonoTime,
+    pub(crate) proc: usize,
+    pub(crate) access: String,
+    pub(crate) refresh: Option<String>,
+}
+
+const DELIVERED_KEPT: usize = 8;
+
+/// Trace ring, determinism hash and secret scan.
+#[derive(Debug)]
+pub struct Trace {
+    ring: VecDeque<(MonoTime, String)>,
+    /// FNV-1a over every traced line and serve.
+    pub hash: u64,
+    /// Lines traced.
+    pub lines: u64,
+    print: bool,
+}
+
+impl Trace {
+    fn new(print: bool) -> Self {
+        Trace {
+            ring: VecDeque::new(),
+            hash: 0xcbf2_9ce4_8422_2325,
+            lines: 0,
+            print,
+        }
+    }
+
+    #[inline]
+    fn mix(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.hash ^= *b as u64;
+            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    /// The last lines with their simulated timestamps.
+    pub fn tail(&self) -> Vec<String> {
+        self.ring
+            .iter()
+            .map(|(t, l)| format!("{:>12.3}s  {l}", t.as_duration().as_secs_f64()))
+            .collect()
+    }
+}
+
+const RING: usize = 40;
+
+/// The world's shared mutable state (one lock; the executor is single-threaded).
+#[derive(Debug)]
+pub struct State {
+    pub(crate) provider: Provider,
+    pub(crate) rng: SimRng,
+    pub(crate) faults: Faults,
+    pub(crate) healed: bool,
+    pub(crate) inflight: Vec<u32>,
+    pub(crate) metrics: Metrics,
+    pub(crate) trace: Trace,
+    pub(crate) failure: Option<Failure>,
+    pub(crate) last_committed: Vec<Option<String>>,
+    pub(crate) crash_on_save: Vec<bool>,
+    families: Vec<FamilyId>,
+    gen_cache: Vec<(u64, MonoTime)>,
+    skew_tolerance: Duration,
+    pending_callers: u64,
+    reauth_reports: BTreeMap<(usize, u32), Vec<String>>,
+    instance: Vec<u32>,
+    replays_checked: usize,
+    allow_revoked: bool,
+    reauth_never: bool,
+    pub(crate) unsaved_since: Vec<Option<MonoTime>>,
+    /// Per credential: the latest answers delivered to processes (and the login).
+    pub(crate) delivered: Vec<VecDeque<Delivered>>,
+    /// Per credential: when the latest refresh answer reached a process.
+    pub(crate) last_delivered: Vec<Option<MonoTime>>,
+}
+
+impl State {
+    pub(crate) fn trace_line(&mut self, at: MonoTime, line: String) {
+        if line.contains(SECRET_MARKER) {
+            // Report the leak without the secret itself.
+            let shown: String = line
+                .split(SECRET_MARKER)
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(80)
+                .collect();
+            self.violate_correctness(
+                at,
+                format!("a secret appeared in a log line: {shown}<secret…>"),
+            );
+            return;
+        }
+        self.trace.mix(&at.as_nanos().to_le_bytes());
+        self.trace.mix(line.as_bytes());
+        self.trace.lines += 1;
+        if self.trace.print {
+            println!("{:>12.3}s  {line}", at.as_duration().as_secs_f64());
+        }
+        if self.trace.ring.len() == RING {
+            self.trace.ring.pop_front();
+        }
+        self.trace.ring.push_back((at, line));
+        self.check_replays(at);
+    }
+
+    fn check_replays(&mut self, at: MonoTime) {
+        while self.replays_checked < self.provider.replays.len() {
+            let r = self.provider.replays[self.replays_checked].clone();
+            self.replays_checked += 1;
+            if !r.excused && !self.allow_revoked {
+                self.violate_correctness(
+                    at,
+                    format!(
+                        "a rotated refresh token of family {} was replayed outside the grace window{}",
+                        r.family,
+                        if r.revoked_family { " and the provider revoked the family" } else { "" }
+                    ),
+                );
+            }
+        }
+    }
+
+    pub(crate) fn violate_correctness(&mut self, at: MonoTime, message: String) {
+        self.violate(FailureKind::Correctness, at, message);
+    }
+
+    pub(crate) fn violate(&mut self, kind: FailureKind, at: MonoTime, message: String) {
+        if self.failure.is_none() {
+            self.failure = Some(Failure {
+                kind,
+                message,
+                at_secs: at.as_duration().as_secs_f64(),
+            });
+        }
+    }
+
+    /// Records a refresh answer that reached process `proc` of credential `cred`.
+    pub(crate) fn record_delivered(
+        &mut self,
+        cred: usize,
+        proc: usize,
+        at: MonoTime,
+        access: String,
+        refresh: Option<String>,
+    ) {
+        let d = &mut self.delivered[cred];
+        if d.len() == DELIVERED_KEPT {
+            d.pop_front();
+        }
+        d.push_back(Delivered {
+            at,
+            proc,
+            access,
+            refresh,
+        });
+        self.last_delivered[cred] = Some(at);
+    }
+
+    /// Whether an access token the credential had received by `t` is valid at `t`.
+    pub(crate) fn valid_token_at(&self, cred: usize, t: MonoTime) -> bool {
+        self.delivered[cred]
+            .iter()
+            .any(|d| d.at <= t && self.provider.check_resource(&d.access, t) == ResourceAnswer::Ok)
+    }
+
+    fn series_add(&mut self, at: MonoTime, call: bool, wait: u64) {
+        let b = (at.as_nanos() / self.metrics.bucket_ns.max(1)) as usize;
+        if let Some(slot) = self.metrics.series.get_mut(b) {
+            if call {
+                slot.0 += 1;
+            }
+            slot.1 = slot.1.max(wait);
+        }
+    }
+}
+
+/// Everything one run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The first failure, if any.
+    pub failure: Option<Failure>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Determinism hash of the trace.
+    pub trace_hash: u64,
+    /// Last trace lines.
+    pub tail: Vec<String>,
+    /// Calls by outcome.
+    pub outcomes: BTreeMap<&'static str, u64>,
+    /// Discrete events processed.
+    pub events: u64,
+    /// Simulated time at the end.
+    pub sim_time: Duration,
+    /// Wall time of the run.
+    pub wall: Duration,
+    /// Trace lines.
+    pub trace_lines: u64,
+}
+
+struct Proc {
+    cred: usize,
+    group: Mutex<Group>,
+    client: Mutex<Option<Arc<dyn ProcessClient>>>,
+    offset: Arc<AtomicI64>,
+}
+
+struct Shared {
+    cfg: WorldConfig,
+    seed: u64,
+    exec: ExecHandle,
+    state: Arc<Mutex<State>>,
+    strategy: Arc<dyn ClientStrategy>,
+    stores: Vec<MemoryStore>,
+    logins: Vec<TokenSet>,
+    procs: Vec<Proc>,
+    policy: RefreshPolicy,
+}
+
+/// Runs one world to the end and checks every invariant.
+pub fn run(
+    cfg: &WorldConfig,
+    seed: u64,
+    strategy: Arc<dyn ClientStrategy>,
+    print_trace: bool,
+) -> Outcome {
+    let started = Instant::now();
+    let exec = Executor::new(derive(seed, 1));
+    let h = exec.handle();
+    let mut rng = SimRng::new(derive(seed, 2));
+    let procs_total = cfg.credentials * cfg.processes;
+    let horizon = cfg.duration.max(cfg.heal_time())
+        + cfg.settle
+        + cfg.wait_timeout * 2
+        + Duration::from_secs(60);
+    let buckets = 200u64;
+    let mut provider = Provider::new(
+        cfg.profile.clone(),
+        derive(seed, 3),
+        cfg.provider_skew_secs * 1_000_000_000,
+    );
+    let zero = Arc::new(AtomicI64::new(0));
+    let mut families = Vec::new();
+    let mut logins = Vec::new();
+    let mut stores = Vec::new();
+    let mut delivered_logins = Vec::new();
+    for _ in 0..cfg.credentials {
+        let (family, at, rt, _) = provider.login(MonoTime::ZERO);
+        let life = cfg.profile.at_lifetime;
+        let age = match cfg.initial {
+            Initial::Fresh => Duration::ZERO,
+            Initial::Aged => {
+                Duration::from_millis(rng.range(0, (life.as_millis() as u64) * 9 / 10))
+            }
+            Initial::Expired => life + Duration::from_secs(10),
+        };
+        provider.age_access_token(&at, age);
+        delivered_logins.push(VecDeque::from([Delivered {
+            at: MonoTime::ZERO,
+            proc: usize::MAX,
+            access: at.clone(),
+            refresh: rt.clone(),
+        }]));
+        let issued = wall_at(MonoTime::ZERO, 0) - age;
+        logins.push(TokenSet::new(
+            AccessToken::new(at),
+            rt.map(RefreshToken::new),
+            issued,
+            issued + life,
+        ));
+        families.push(family);
+        stores.push(MemoryStore::with_clock(Arc::new(h.clock(zero.clone()))));
+    }
+    let state = Arc::new(Mutex::new(State {
+        provider,
+        rng: SimRng::new(derive(seed, 4)),
+        faults: cfg.faults.clone(),
+        healed: false,
+        inflight: vec![0; cfg.credentials],
+        metrics: Metrics {
+            series: vec![(0, 0); buckets as usize + 1],
+            bucket_ns: (horizon.as_nanos() as u64 / buckets).max(1),
+            ..Metrics::default()
+        },
+        trace: Trace::new(print_trace),
+        failure: None,
+        last_committed: vec![None; procs_total],
+        crash_on_save: vec![false; procs_total],
+        families,
+        gen_cache: vec![(u64::MAX, MonoTime::ZERO); procs_total],
+        skew_tolerance: Duration::from_secs(cfg.process_skew_secs.unsigned_abs())
+            + Duration::from_millis(1),
+        pending_callers: 0,
+        reauth_reports: BTreeMap::new(),
+        instance: vec![0; procs_total],
+        replays_checked: 0,
+        allow_revoked: cfg.allow_revoked_family,
+        reauth_never: cfg.reauth == ReauthExpect::Never,
+        unsaved_since: vec![None; cfg.credentials],
+        delivered: delivered_logins,
+        last_delivered: vec![None; cfg.credentials],
+    }));
+    let policy = match cfg.policy(derive(seed, 5)) {
+        Ok(p) => p,
+        Err(e) => {
+            state.lock().violate(
+                FailureKind::Crash,
+                MonoTime::ZERO,
+                format!("bad policy: {e}"),
+            );
+            RefreshPolicy::default()
+        }
+    };
+    let mut procs = Vec::new();
+    for i in 0..procs_total {
+        let skew = if cfg.process_skew_secs == 0 {
+            0
+        } else {
+            let s = cfg.process_skew_secs.unsigned_abs();
+            rng.range(0, 2 * s) as i64 - s as i64
+        };
+        procs.push(Proc {
+            cred: i / cfg.processes,
+            group: Mutex::new(Group::WORLD),
+            client: Mutex::new(None),
+            offset: Arc::new(AtomicI64::new(skew * 1_000_000_000)),
+        });
+    }
+    let shared = Arc::new(Shared {
+        cfg: cfg.clone(),
+        seed,
+        exec: h.clone(),
+        state: state.clone(),
+        strategy,
+        stores,
+        logins,
+        procs,
+        policy,
+    });
+    for i in 0..procs_total {
+        start_process(&shared, i);
+    }
+    h.spawn_in(Group::WORLD, director(shared.clone()));
+
+    let mut end = RunEnd::Idle;
+    let horizon_t = MonoTime::from_duration(horizon);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
+        end = exec.run(horizon_t, 100_000);
+        if (state.lock().failure.is_some() && !cfg.keep_going) || end != RunEnd::StepCap {
+            break;
+        }
+        if exec.stats().events() >= cfg.max_steps {
+            break;
+        }
+    }));
+    let now = exec.now();
+    {
+        let mut s = state.lock();
+        if let Err(p) = caught {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            s.violate(FailureKind::Crash, now, format!("panic: {msg}"));
+        }
+        if end == RunEnd::StepCap && s.failure.is_none() {
+            s.violate(
+                FailureKind::Liveness,
+                now,
+                format!("step cap of {} events reached", cfg.max_steps),
+            );
+        }
+        if end == RunEnd::Idle && s.pending_callers > 0 {
+            let n = s.pending_callers;
+            s.violate(
+                FailureKind::Liveness,
+                now,
+                format!("deadlock: {n} caller(s) still waiting and nothing scheduled"),
+            );
+        }
+    }
+    final_checks(&shared, now);
+    let events = exec.stats().events();
+    for p in &shared.procs {
+        p.client.lock().take();
+    }
+    drop(exec);
+    let mut s = state.lock();
+    end_of_run_metrics(&mut s, cfg.credentials);
+    let outcomes = s
+        .provider
+        .outcomes
+        .iter()
+        .map(|(k, v)| (k.name(), *v))
+        .collect();
+    Outcome {
+        failure: s.failure.clone(),
+        metrics: std::mem::take(&mut s.metrics),
+        trace_hash: s.trace.hash,
+        tail: s.trace.tail(),
+        outcomes,
+        events,
+        sim_time: now.as_duration(),
+        wall: started.elapsed(),
+        trace_lines: s.trace.lines,
+    }
+}
+
+/// The comparison figures that are read off the provider and the reports at the end.
+fn end_of_run_metrics(s: &mut State, credentials: usize) {
+    s.metrics.unexcused_replays = s.provider.replays.iter().filter(|r| !r.excused).count() as u64;
+    s.metrics.families_revoked_by_reuse = (0..credentials)
+        .filter(|&c| s.provider.family_revoked(s.families[c]) == Some("refresh token reuse"))
+        .count() as u64;
+    s.metrics.reauth_processes = s.reauth_reports.len() as u64;
+    s.metrics.reauth_after_restart =
+        s.reauth_reports.keys().filter(|(_, inst)| *inst > 1).count() as u64;
+}
+
+fn final_checks(w: &Arc<Shared>, now: MonoTime) {
+    let cfg = &w.cfg;
+    let mut s = w.state.lock();
+    if s.failure.is_some() {
+        return;
+    }
+    // Token-endpoint budgets per credential.
+    let mut per_cred = vec![0u64; cfg.credentials];
+    let _ = &mut per_cred;
+    if let Some(exact) = cfg.exact_calls_per_credential {
+        let total = s.metrics.token_calls.len() as u64;
+        if total != exact * cfg.credentials as u64 {
+            s.violate_correctness(
+                now,
+                format!(
+                    "expected exactly {exact} token-endpoint call(s) per credential, saw {total} for {} credential(s)",
+                    cfg.credentials
+                ),
+            );
+            return;
+        }
+    }
+    if let Some(max) = cfg.max_calls_per_credential {
+        let total = s.metrics.token_calls.len() as u64;
+        if total > max * cfg.credentials as u64 {
+            s.violate_correctness(
+                now,
+                format!(
+                    "at most {max} token-endpoint call(s) per credential expected, saw {total} for {} credential(s): a refresh loop or extra refreshes",
+                    cfg.credentials
+                ),
+            );
+            return;
+        }
+    }
+    match &cfg.reauth {
+        ReauthExpect::ExactlyOnce(reason) => {
+            if s.reauth_reports.is_empty() {
+                s.violate_correctness(
+                    now,
+                    format!("re-authorization ({reason}) was never reported"),
+                );
+                return;
+            }
+            let bad = s
+                .reauth_reports
+                .iter()
+                .find(|(_, v)| v.len() != 1 || &v[0] != reason)
+                .map(|(k, v)| (*k, v.clone()));
+            if let Some(((p, _), v)) = bad {
+                s.violate_correctness(
+                    now,
+                    format!("process p{p} reported re-authorization {v:?}, expected {reason:?} exactly once"),
+                );
+                return;
+            }
+        }
+        ReauthExpect::Never | ReauthExpect::Allowed => {}
+    }
+    if !s.allow_revoked {
+        for c in 0..cfg.credentials {
+            let f = s.families[c];
+            if let Some(why) = s.provider.family_revoked(f) {
+                s.violate_correctness(now, format!("credential c{c}'s family was revoked: {why}"));
+                return;
+            }
+        }
+    }
+    if cfg.check_convergence && cfg.reauth == ReauthExpect::Never && !s.allow_revoked {
+        for c in 0..cfg.credentials {
+            let f = s.families[c];
+            let newest = s.provider.current_refresh_token(f).map(str::to_owned);
+            let stored = w.stores[c].snapshot().and_then(|st| {
+                st.tokens
+                    .refresh_token()
+                    .map(|r| r.expose_secret().to_owned())
+            });
+            if newest.is_some() && stored != newest {
+                s.violate_correctness(
+                    now,
+                    format!("credential c{c}: the store does not hold the provider's newest refresh token at the end"),
+                );
+                return;
+            }
+        }
+    }
+}
+
+fn start_process(w: &Arc<Shared>, i: usize) {
+    let group = w.exec.new_group();
+    *w.procs[i].group.lock() = group;
+    let instance = {
+        let mut s = w.state.lock();
+        s.instance[i] += 1;
+        s.gen_cache[i] = (u64::MAX, MonoTime::ZERO);
+        s.instance[i]
+    };
+    let w2 = w.clone();
+    w.exec.spawn_in(group, async move {
+        let p = &w2.procs[i];
+        let runtime = w2.exec.runtime(group, p.offset.clone());
+        let clock = w2.exec.clock(p.offset.clone());
+        let store: Arc<dyn TokenStore> = Arc::new(FaultyStore {
+            inner: w2.stores[p.cred].clone(),
+            state: w2.state.clone(),
+            exec: w2.exec.clone(),
+            proc: i,
+            group,
+        });
+        let refresher = Arc::new(ProviderClient {
+            state: w2.state.clone(),
+            exec: w2.exec.clone(),
+            clock,
+            cred: p.cred,
+            proc: i,
+        });
+        let st = w2.state.clone();
+        let ex = w2.exec.clone();
+        let cred = p.cred;
+        let log = LogSink::new(move |line| {
+            let mut s = st.lock();
+            let now = ex.now();
+            match line {
+                LogLine::Text(t) => s.trace_line(now, format!("p{i} {t}")),
+                LogLine::Reauth { reason } => {
+                    s.metrics.reauths += 1;
+                    if s.reauth_never {
+                        s.violate_correctness(
+                            now,
+                            format!("process p{i} requires re-authorization ({reason})"),
+                        );
+                    }
+                    s.reauth_reports
+                        .entry((i, instance))
+                        .or_default()
+                        .push(reason);
+                }
+                LogLine::Persisted => {
+                    if let Some(since) = s.unsaved_since[cred].take() {
+                        let d = now.saturating_duration_since(since).as_nanos() as u64;
+                        s.metrics.max_unsaved_window_ns = s.metrics.max_unsaved_window_ns.max(d);
+                    }
+                }
+                LogLine::PersistFailed => s.metrics.persist_failures += 1,
+            }
+        });
+        let ctx = ProcessContext {
+            runtime,
+            store,
+            refresher,
+            initial: Some(w2.logins[p.cred].clone()),
+            policy: w2.policy.clone(),
+            seed: derive(w2.seed, 1000 + i as u64 * 7919 + instance as u64),
+            log,
+            label: format!("c{}/p{i}", p.cred),
+        };
+        match w2.strategy.start(ctx).await {
+            Ok(client) => {
+                *p.client.lock() = Some(client.clone());
+                drive_callers(w2.clone(), i, group, client).await;
+            }
+            Err(e) => {
+                let now = w2.exec.now();
+                w2.state.lock().violate(
+                    FailureKind::Crash,
+                    now,
+                    format!("p{i} failed to start: {e}"),
+                );
+            }
+        }
+    });
+}
+
+/// Counts a caller request as pending until it resolves or is dropped (process crash).
+struct Pending(Arc<Mutex<State>>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.lock().pending_callers -= 1;
+    }
+}
+
+async fn drive_callers(w: Arc<Shared>, i: usize, group: Group, client: Arc<dyn ProcessClient>) {
+    let cfg = &w.cfg;
+    let end = MonoTime::from_duration(cfg.duration);
+    let mut rng = SimRng::new(derive(w.seed, 50_000 + i as u64));
+    match &cfg.pattern {
+        Pattern::Steady { mean } => {
+            let mean_ns = mean.as_nanos() as u64;
+            let mut heap = BinaryHeap::new();
+            let now = w.exec.now().as_nanos();
+            for c in 0..cfg.callers {
+                heap.push(Reverse((now + rng.range(0, mean_ns), c)));
+            }
+            while let Some(Reverse((t, c))) = heap.pop() {
+                if t >= end.as_nanos() {
+                    break;
+                }
+                w.exec.sleep_until(MonoTime::from_nanos(t)).await;
+                issue(&w, i, group, &client).await;
+                heap.push(Reverse((t + rng.range(mean_ns / 2, mean_ns * 3 / 2), c)));
+            }
+        }
+        Pattern::Bursts { first, every } => {
+            let mut t = MonoTime::from_duration(*first).max(w.exec.now());
+            while t < end {
+                w.exec.sleep_until(t).await;
+                for _ in 0..cfg.callers {
+                    issue(&w, i, group, &client).await;
+                }
+                t = t.saturating_add(*every);
+            }
+        }
+    }
+}
+
+async fn issue(w: &Arc<Shared>, i: usize, group: Group, client: &Arc<dyn ProcessClient>) {
+    let mut fut = Box::pin(request(w.clone(), i, client.clone()));
+    if futures::poll!(fut.as_mut()).is_pending() {
+        w.exec.spawn_in(group, fut);
+    }
+}
+
+async fn request(w: Arc<Shared>, i: usize, client: Arc<dyn ProcessClient>) {
+    let start = w.exec.now();
+    let _pending = {
+        let mut s = w.state.lock();
+        s.pending_callers += 1;
+        s.metrics.requests += 1;
+        Pending(w.state.clone())
+    };
+    let result = match w.cfg.caller_timeout {
+        None => client.token().await,
+        Some(limit) => {
+            let t = std::pin::pin!(client.token());
+            match select(t, w.exec.sleep(limit)).await {
+                Either::Left((r, _)) => r,
+                Either::Right(_) => {
+                    w.state.lock().metrics.abandoned += 1;
+                    return;
+                }
+            }
+        }
+    };
+    let token = match served(&w, i, start, result) {
+        Some(t) => t,
+        None => return,
+    };
+    if !w.cfg.resource_server {
+        return;
+    }
+    if !w.cfg.io_time.is_zero() {
+        w.exec.sleep(w.cfg.io_time).await;
+    }
+    let answer = {
+        let s = w.state.lock();
+        s.provider
+            .check_resource(token.access.expose_secret(), w.exec.now())
+    };
+    if answer != ResourceAnswer::Unauthorized {
+        return;
+    }
+    w.state.lock().metrics.rs_unauthorized += 1;
+    client.unauthorized(&token);
+    let retry_start = w.exec.now();
+    let again = client.token().await;
+    if let Some(t2) = served(&w, i, retry_start, again) {
+        let mut s = w.state.lock();
+        let now = w.exec.now();
+        if s.provider.check_resource(t2.access.expose_secret(), now) == ResourceAnswer::Unauthorized
+        {
+            s.metrics.rs_unauthorized_after_retry += 1;
+        }
+    }
+}
+
+/// Records a caller's result and checks the serving invariants.
+fn served(
+    w: &Arc<Shared>,
+    i: usize,
+    start: MonoTime,
+    result: Result<crate::strategy::ServedToken, ClientError>,
+) -> Option<crate::strategy::ServedToken> {
+    let now = w.exec.now();
+    let wait = now.saturating_duration_since(start);
+    let mut s = w.state.lock();
+    s.metrics.waits.record(wait.as_nanos() as u64);
+    if !wait.is_zero() {
+        s.series_add(now, false, wait.as_nanos() as u64);
+        s.metrics.blocked += 1;
+        s.metrics.blocked_waits.record(wait.as_nanos() as u64);
+        if s.valid_token_at(w.procs[i].cred, start) {
+            s.metrics.blocked_while_valid += 1;
+        }
+    }
+    if result.is_err() && s.valid_token_at(w.procs[i].cred, now) {
+        s.metrics.errors_while_valid += 1;
+    }
+    // The engine bounds every wait by its wait timeout (plus the one refresh round it may
+    // follow); a caller waiting longer was forgotten.
+    if wait > w.cfg.wait_timeout + w.cfg.wait_timeout / 2 {
+        s.violate(
+            FailureKind::Liveness,
+            now,
+            format!(
+                "p{i}: a caller waited {:.3}s, past its deadline",
+                wait.as_secs_f64()
+            ),
+        );
+    }
+    match result {
+        Ok(t) => {
+            s.metrics.served += 1;
+            let expires = if s.gen_cache[i].0 == t.generation {
+                Some(s.gen_cache[i].1)
+            } else {
+                let rec = s.provider.access_record(t.access.expose_secret());
+                if let Some(r) = rec {
+                    s.gen_cache[i] = (t.generation, r.expires);
+                }
+                rec.map(|r| r.expires)
+            };
+            let Some(expires) = expires else {
+                s.violate_correctness(
+                    now,
+                    format!("p{i} served an access token the provider never issued"),
+                );
+                return None;
+            };
+            if now > expires.saturating_add(s.skew_tolerance) {
+                let late = now.saturating_duration_since(expires);
+                s.violate_correctness(
+                    now,
+                    format!(
+                        "p{i} served an access token {:.3}s after it expired",
+                        late.as_secs_f64()
+                    ),
+                );
+            } else if expires.saturating_duration_since(now) < Duration::from_secs(60) {
+                s.metrics.near_expiry += 1;
+            }
+            let h = t.generation ^ (i as u64) << 40 ^ now.as_nanos().rotate_left(17);
+            s.trace.mix(&h.to_le_bytes());
+            Some(t)
+        }
+        Err(e) => {
+            let key = match &e {
+                ClientError::Reauth(r) => format!("reauth:{r}"),
+                ClientError::Timeout => "timeout".into(),
+                ClientError::Refresh(c) => format!("refresh:{c}"),
+                ClientError::Other(o) => format!("other:{o}"),
+            };
+            if key.contains(SECRET_MARKER) {
+                s.violate_correctness(now, "a secret appeared in an error message".into());
+            }
+            *s.metrics.errors.entry(key.clone()).or_default() += 1;
+            s.trace.mix(key.as_bytes());
+            None
+        }
+    }
+}
+
+async fn director(w: Arc<Shared>) {
+    let cfg = w.cfg.clone();
+    let mut plan: Vec<(Duration, Option<Action>)> = cfg
+        .schedule
+        .iter()
+        .map(|(t, a)| (*t, Some(a.clone())))
+        .collect();
+    plan.push((cfg.heal_time(), None));
+    plan.sort_by_key(|(t, _)| *t);
+    for (t, action) in plan {
+        w.exec.sleep_until(MonoTime::from_duration(t)).await;
+        let now = w.exec.now();
+        match action {
+            None => {
+                let mut s = w.state.lock();
+                s.healed = true;
+                s.trace_line(now, "faults healed".into());
+            }
+            Some(a) => {
+                w.state.lock().trace_line(now, format!("director: {a:?}"));
+                perform(&w, a).await;
+            }
+        }
+    }
+    // Liveness: after the faults healed and the workload ended, every process must hand out
+    // a token again (unless the scenario ends in re-authorization).
+    let probe_at = MonoTime::from_duration(cfg.duration.max(cfg.heal_time()) + cfg.settle);
+    w.exec.sleep_until(probe_at).await;
+    if cfg.reauth != ReauthExpect::Never || cfg.allow_revoked_family {
+        return;
+    }
+    for i in 0..w.procs.len() {
+        let client = w.procs[i].client.lock().clone();
+        let Some(client) = client else { continue };
+        let start = w.exec.now();
+        let r = client.token().await;
+        let now = w.exec.now();
+        let mut s = w.state.lock();
+        match r {
+            Ok(_) => {}
+            Err(e) => {
+                s.violate(
+                    FailureKind::Liveness,
+                    now,
+                    format!(
+                        "p{i} did not recover after faults healed: {e:?} (phase {}), asked at {:.3}s",
+                        client.health().phase,
+                        start.as_duration().as_secs_f64()
+                    ),
+                );
+                return;
+            }
+        }
+        if client.health().persist_pending {
+            s.violate(
+                FailureKind::Liveness,
+                now,
+                format!("p{i} still has an unsaved token set after faults healed"),
+            );
+        }
+    }
+}
+
+async fn perform(w: &Arc<Shared>, action: Action) {
+    match action {
+        Action::Crash {
+            proc,
+            restart_after,
+        } => {
+            kill(w, proc);
+            w.exec.sleep(restart_after).await;
+            start_process(w, proc);
+        }
+        Action::CrashOnNextSave {
+            proc,
+            restart_after,
+        } => {
+            w.state.lock().crash_on_save[proc] = true;
+            let w2 = w.clone();
+            w.exec.spawn_in(Group::WORLD, async move {
+                // Wait for the crash to happen (the process's group dies), then restart.
+                loop {
+                    w2.exec.sleep(Duration::from_secs(1)).await;
+                    if !w2.state.lock().crash_on_save[proc] {
+                        break;
+                    }
+                }
+                w2.exec.sleep(restart_after).await;
+                w2.procs[proc].client.lock().take();
+                start_process(&w2, proc);
+            });
+        }
+        Action::Revoke { cred } => {
+            let mut s = w.state.lock();
+            let f = s.families[cred];
+            s.provider.revoke_family(f, "revoked by the user");
+        }
+        Action::Overwrite { cred } => {
+            if let Some(st) = w.stores[cred].snapshot() {
+                w.stores[cred].overwrite(Some(st.tokens));
+            }
+        }
+        Action::JumpWall { proc, secs } => {
+            w.procs[proc]
+                .offset
+                .fetch_add(secs * 1_000_000_000, Ordering::Relaxed);
+        }
+        Action::Shutdown {
+            proc,
+            restart_after,
+        } => {
+            let client = w.procs[proc].client.lock().clone();
+            if let Some(c) = client {
+                c.shutdown().await;
+            }
+            kill(w, proc);
+            w.exec.sleep(restart_after).await;
+            start_process(w, proc);
+        }
+    }
+}
+
+fn kill(w: &Arc<Shared>, proc: usize) {
+    let group = *w.procs[proc].group.lock();
+    let cred = w.procs[proc].cred;
+    // A rotation the dying process received but had not saved is lost with it.
+    {
+        let mut s = w.state.lock();
+        let now = w.exec.now();
+        let f = s.families[cred];
+        let newest = s.provider.current_refresh_token(f).map(str::to_owned);
+        let stored = w.stores[cred].snapshot().and_then(|st| {
+            st.tokens
+                .refresh_token()
+                .map(|r| r.expose_secret().to_owned())
+        });
+        if let (Some(stored), Some(newest)) = (stored, newest) {
+            if stored != newest {
+                s.provider.mark_undelivered(&stored, now);
+                let received = s.delivered[cred]
+                    .iter()
+                    .any(|d| d.proc == proc && d.refresh.as_deref() == Some(newest.as_str()));
+                if received {
+                    s.metrics.tokens_lost += 1;
+                }
+            }
+        }
+    }
+    w.exec.kill(group);
+    w.procs[proc].client.lock().take();
+}
