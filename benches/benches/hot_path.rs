@@ -3,17 +3,19 @@
 //!
 //! Every contender returns its token to the caller (a guard or an `Arc` clone, dropped inside
 //! the timed loop) after checking it against a monotonic clock. Async contenders are polled
-//! once with `now_or_never`, which is all a fresh token needs.
+//! with [`poll_ready`]: once, as `now_or_never` would, when nothing contends.
 
+use std::future::Future;
 use std::hint::black_box;
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion};
-use futures::FutureExt;
 use keepfresh::{AccessToken, Credential, RefreshPolicy, TokenResponse};
 
 use crate::contenders::{self, AwsLazyCache, Floor, MutexCache, RwLockCache, Snap};
@@ -68,6 +70,22 @@ impl Contenders {
     }
 }
 
+/// Polls `fut` until it is ready, with a no-op waker. A fresh token is ready at the first poll
+/// (this is then `now_or_never`); under two-thread contention a lock-based contender may be
+/// pending for a moment, and is polled again in a spin loop rather than parked, so no executor
+/// cost is added to any contender.
+#[inline]
+pub(crate) fn poll_ready<F: Future>(fut: F) -> F::Output {
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::hint::spin_loop();
+    }
+}
+
 /// Calls `$visit($($arg,)* name, closure)` once per contender, floor first, where the
 /// closure makes one call and drops its result. A macro rather than a list of `dyn Fn`, so that
 /// each contender's call is monomorphized and inlined into its timed loop like user code.
@@ -78,19 +96,16 @@ macro_rules! each_contender {
             black_box(c.floor.get().expect("fresh"));
         });
         $visit($($arg,)* "keepfresh", || {
-            let token = c.keepfresh.token().now_or_never().expect("ready");
-            black_box(token.expect("fresh"));
+            black_box(poll_ready(c.keepfresh.token()).expect("fresh"));
         });
         $visit($($arg,)* "parking_lot_rwlock", || {
             black_box(c.rwlock.get().expect("fresh"));
         });
         $visit($($arg,)* "tokio_mutex_golang", || {
-            let token = c.mutex.token().now_or_never().expect("ready");
-            black_box(token.expect("fresh"));
+            black_box(poll_ready(c.mutex.token()).expect("fresh"));
         });
         $visit($($arg,)* "aws_lazy_cache", || {
-            let identity = c.aws.token().now_or_never().expect("ready");
-            black_box(identity.expect("fresh"));
+            black_box(poll_ready(c.aws.token()).expect("fresh"));
         });
     }};
 }

@@ -16,7 +16,7 @@ use keepfresh::{
 
 use crate::alloc;
 use crate::contenders;
-use crate::hot_path::{each_contender, Contenders};
+use crate::hot_path::{each_contender, poll_ready, Contenders};
 use crate::report::{Report, Target};
 
 const CREDENTIALS: usize = 10_000;
