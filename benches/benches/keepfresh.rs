@@ -5,7 +5,7 @@
 //!
 //! `cargo bench -p keepfresh-benches` runs everything; a filter argument selects benchmarks
 //! and scenarios whose name contains it (`cargo bench -p keepfresh-benches -- burst`).
-//! With `--test` (as in `cargo test --benches`) every part runs once, scaled down.
+//! Without `--bench` (`cargo test --benches`, or `-- --test`) every part runs once, scaled down.
 
 mod alloc;
 mod burst;
@@ -55,13 +55,16 @@ impl Args {
     fn parse() -> Args {
         let mut args = Args {
             filter: None,
-            test: false,
+            // Like criterion: without `--bench` (as under `cargo test --benches`) it is a test run.
+            test: true,
             list: false,
         };
+        let (mut bench, mut test) = (false, false);
         let mut it = std::env::args().skip(1);
         while let Some(arg) = it.next() {
             match arg.as_str() {
-                "--test" => args.test = true,
+                "--test" => test = true,
+                "--bench" => bench = true,
                 "--list" => args.list = true,
                 a if VALUED.contains(&a) => {
                     it.next();
@@ -70,6 +73,7 @@ impl Args {
                 a => args.filter = Some(a.to_owned()),
             }
         }
+        args.test = test || !bench;
         args
     }
 
