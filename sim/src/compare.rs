@@ -163,7 +163,8 @@ pub fn run_into(
     row.tokens_lost += m.tokens_lost;
     row.unauthorized_401 += m.rs_unauthorized;
     if let Some(f) = &out.failure {
-        row.invariants_broken.push(format!("seed {seed}: {}", f.message));
+        row.invariants_broken
+            .push(format!("seed {seed}: {}", f.message));
     }
     Ok(())
 }
@@ -201,7 +202,9 @@ pub fn compare(
 
 /// The command line that reproduces a comparison.
 pub fn command(scenario: &str, seed: u64, seeds: u64, overrides: &Overrides) -> String {
-    let mut c = format!("cargo run --release -p keepfresh-sim -- compare --scenario {scenario} --seed {seed}");
+    let mut c = format!(
+        "cargo run --release -p keepfresh-sim -- compare --scenario {scenario} --seed {seed}"
+    );
     if seeds != 1 {
         let _ = write!(c, " --seeds {seeds}");
     }
@@ -254,14 +257,24 @@ pub fn table(c: &Comparison) -> String {
             r.grants_revoked.to_string(),
             r.errors_while_valid.to_string(),
             format!("{} ({})", r.blocked, r.blocked_while_valid),
-            format!("{} / {}", fmt_ms(r.blocked_p99_ms), fmt_ms(r.blocked_max_ms)),
+            format!(
+                "{} / {}",
+                fmt_ms(r.blocked_p99_ms),
+                fmt_ms(r.blocked_max_ms)
+            ),
             format!("{} ({})", r.reauth, r.reauth_after_restart),
             r.tokens_lost.to_string(),
             inv,
         ]);
     }
     let widths: Vec<usize> = (0..head.len())
-        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut s = String::new();
     let _ = writeln!(

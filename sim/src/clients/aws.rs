@@ -85,7 +85,10 @@ impl ClientStrategy for AwsLazyCache {
 
     async fn start(&self, ctx: ProcessContext) -> Result<Arc<dyn ProcessClient>, String> {
         let mut rng = SimRng::new(ctx.seed);
-        let held = ctx.initial.as_ref().map(|s| Held::from_set(s, &ctx.runtime, 0));
+        let held = ctx
+            .initial
+            .as_ref()
+            .map(|s| Held::from_set(s, &ctx.runtime, 0));
         let refresh = held.as_ref().and_then(|h| h.refresh.clone());
         let buffer = Duration::from_millis(
             rng.range(BUFFER_MIN.as_millis() as u64, BUFFER_MAX.as_millis() as u64),

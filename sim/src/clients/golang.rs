@@ -51,7 +51,10 @@ impl ClientStrategy for GolangOauth2 {
 
     async fn start(&self, ctx: ProcessContext) -> Result<Arc<dyn ProcessClient>, String> {
         // No persistence: every process instance starts from the login's tokens.
-        let held = ctx.initial.as_ref().map(|s| Held::from_set(s, &ctx.runtime, 0));
+        let held = ctx
+            .initial
+            .as_ref()
+            .map(|s| Held::from_set(s, &ctx.runtime, 0));
         Ok(Arc::new(Client {
             ctx,
             token: Mutex::new(held),

@@ -23,7 +23,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use keepfresh::ErrorClass;
 
-use super::{client_error, health, is_invalid_grant, redeem, sleep, Forced, Generations, Held, ReauthFlag};
+use super::{
+    client_error, health, is_invalid_grant, redeem, sleep, Forced, Generations, Held, ReauthFlag,
+};
 use crate::rng::SimRng;
 use crate::strategy::{
     ClientError, ClientStrategy, Health, ProcessClient, ProcessContext, ServedToken,
@@ -56,7 +58,10 @@ impl ClientStrategy for GoogleAuth {
     }
 
     async fn start(&self, ctx: ProcessContext) -> Result<Arc<dyn ProcessClient>, String> {
-        let held = ctx.initial.as_ref().map(|s| Held::from_set(s, &ctx.runtime, 0));
+        let held = ctx
+            .initial
+            .as_ref()
+            .map(|s| Held::from_set(s, &ctx.runtime, 0));
         let rng = SimRng::new(ctx.seed);
         Ok(Arc::new(Client {
             ctx,

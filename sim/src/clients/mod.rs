@@ -66,7 +66,9 @@ use keepfresh::{
     AccessToken, ErrorClass, RefreshError, RefreshRequest, RefreshToken, TokenResponse, TokenSet,
 };
 
-use crate::strategy::{ClientError, ClientStrategy, Keepfresh, LogLine, ProcessContext, ServedToken};
+use crate::strategy::{
+    ClientError, ClientStrategy, Keepfresh, LogLine, ProcessContext, ServedToken,
+};
 
 /// Every strategy name `--client` accepts, keepfresh first.
 pub const NAMES: [&str; 9] = [

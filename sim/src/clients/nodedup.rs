@@ -19,8 +19,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    client_error, health, is_invalid_grant, load_or_login, overwrite, redeem, Forced,
-    Generations, Held, ReauthFlag,
+    client_error, health, is_invalid_grant, load_or_login, overwrite, redeem, Forced, Generations,
+    Held, ReauthFlag,
 };
 use crate::strategy::{
     ClientError, ClientStrategy, Health, ProcessClient, ProcessContext, ServedToken,
