@@ -5,7 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
 use futures::future::{select, Either};
@@ -94,6 +94,9 @@ struct Snapshot {
     set: Option<Arc<TokenSet>>,
     generation: u64,
     fast_until: MonoTime,
+    /// `fast_until` on the standard library's clock, when the runtime's clock is the system
+    /// clock: the hot path then compares two `Instant`s instead of converting one.
+    fast_until_instant: Option<Instant>,
 }
 
 impl Token {
@@ -212,7 +215,7 @@ struct Inner {
     rt: Runtime,
     refresher: Arc<dyn Refresher>,
     store: Option<Arc<dyn TokenStore>>,
-    policy: RefreshPolicy,
+    policy: Arc<RefreshPolicy>,
     listeners: Listeners,
     nudge: Mutex<Option<mpsc::UnboundedSender<()>>>,
     name: Arc<str>,
@@ -368,14 +371,15 @@ impl CredentialBuilder {
             Some(rt) => rt,
             None => default_runtime()?,
         };
+        let policy = Arc::new(self.policy);
         let core = Core {
-            machine: Machine::new(self.policy.clone()),
+            machine: Machine::shared(policy.clone()),
             tokens: None,
             version: None,
             flight: None,
             last_error: None,
             persist_pending: None,
-            persist_rng: self.policy.rng(),
+            persist_rng: policy.rng(),
             published_key: (0, MonoTime::ZERO),
         };
         let inner = Arc::new(Inner {
@@ -383,12 +387,13 @@ impl CredentialBuilder {
                 set: None,
                 generation: 0,
                 fast_until: MonoTime::ZERO,
+                fast_until_instant: None,
             }),
             core: Mutex::new(core),
             rt,
             refresher: self.refresher,
             store: self.store,
-            policy: self.policy,
+            policy,
             listeners: Listeners::default(),
             nudge: Mutex::new(None),
             name: self.name.into(),
@@ -483,7 +488,11 @@ impl Credential {
     pub async fn token(&self) -> Result<Token, Error> {
         {
             let snap = self.inner.published.load();
-            if self.inner.rt.now() < snap.fast_until {
+            let fresh = match snap.fast_until_instant {
+                Some(until) => Instant::now() < until,
+                None => self.inner.rt.now() < snap.fast_until,
+            };
+            if fresh {
                 return Ok(Token { snap });
             }
         }
@@ -841,6 +850,7 @@ impl Inner {
                 set: core.tokens.clone(),
                 generation: key.0,
                 fast_until: key.1,
+                fast_until_instant: self.rt.instant_of(key.1),
             });
         }
         for t in core.machine.take_transitions() {

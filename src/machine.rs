@@ -31,6 +31,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::policy::{JitterRng, RefreshPolicy, TokenTiming};
@@ -308,7 +309,7 @@ struct Backoff {
 /// The pure token-lifecycle state machine. See the [module docs](self).
 #[derive(Clone, Debug)]
 pub struct Machine {
-    policy: RefreshPolicy,
+    policy: Arc<RefreshPolicy>,
     rng: JitterRng,
     generation: u64,
     current: Option<Current>,
@@ -328,6 +329,19 @@ impl Machine {
     ///
     /// See the [module example](self).
     pub fn new(policy: RefreshPolicy) -> Self {
+        Self::shared(Arc::new(policy))
+    }
+
+    /// Like [`Machine::new`], sharing a policy with its owner instead of copying it.
+    ///
+    /// ```
+    /// # use keepfresh::machine::Machine;
+    /// # use std::sync::Arc;
+    /// let policy = Arc::new(keepfresh::RefreshPolicy::default());
+    /// let m = Machine::shared(policy.clone());
+    /// assert!(std::ptr::eq(m.policy(), &*policy));
+    /// ```
+    pub fn shared(policy: Arc<RefreshPolicy>) -> Self {
         let rng = policy.rng();
         Machine {
             policy,

@@ -154,6 +154,14 @@ pub trait Clock: Send + Sync + 'static {
     fn monotonic(&self) -> MonoTime;
     /// The current wall-clock time, used only for persisted absolute expiry.
     fn wall(&self) -> OffsetDateTime;
+
+    /// The standard library `Instant` at which this clock reads `t`, if this clock *is* the
+    /// operating system's monotonic clock (`None`, the default, otherwise). The hot path then
+    /// compares `Instant`s directly, which is cheaper than producing a [`MonoTime`].
+    fn instant_of(&self, t: MonoTime) -> Option<std::time::Instant> {
+        let _ = t;
+        None
+    }
 }
 
 /// A timer: a future that completes at a monotonic deadline of the same runtime's [`Clock`].
@@ -220,6 +228,17 @@ impl Runtime {
     #[inline]
     pub fn now(&self) -> MonoTime {
         self.clock.monotonic()
+    }
+
+    /// See [`Clock::instant_of`].
+    ///
+    /// ```
+    /// # use keepfresh::runtime::{ManualClock, Runtime};
+    /// let clock = ManualClock::new();
+    /// assert_eq!(Runtime::manual(&clock).instant_of(clock.now()), None);
+    /// ```
+    pub fn instant_of(&self, t: MonoTime) -> Option<std::time::Instant> {
+        self.clock.instant_of(t)
     }
 
     /// The current wall-clock time.

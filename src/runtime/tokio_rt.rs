@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::system::{origin, SystemClock};
+use super::system::{instant_of, origin, SystemClock};
 use super::{MonoTime, Runtime, Sleep, Spawn};
 use futures::future::BoxFuture;
 
@@ -14,7 +14,8 @@ pub struct TokioExecutor {
 
 impl Sleep for TokioExecutor {
     fn sleep_until(&self, deadline: MonoTime) -> BoxFuture<'static, ()> {
-        let at = origin() + deadline.as_duration();
+        // A deadline before the process's origin is already past.
+        let at = instant_of(deadline).unwrap_or_else(origin);
         Box::pin(tokio::time::sleep_until(at.into()))
     }
 }
@@ -43,11 +44,15 @@ impl Runtime {
     /// # }
     /// ```
     pub fn tokio() -> Runtime {
-        Runtime::new(
-            Arc::new(SystemClock),
-            Arc::new(TokioExecutor { handle: None }),
-            Arc::new(TokioExecutor { handle: None }),
-        )
+        // One shared instance: every credential built with the default runtime clones three
+        // `Arc`s instead of allocating them.
+        static SHARED: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+        SHARED
+            .get_or_init(|| {
+                let exec = Arc::new(TokioExecutor { handle: None });
+                Runtime::new(Arc::new(SystemClock), exec.clone(), exec)
+            })
+            .clone()
     }
 
     /// Like [`Runtime::tokio`], but spawns on the given runtime handle, so credentials can be
