@@ -257,7 +257,10 @@ impl Refresher for ProviderClient {
         s.trace_line(now, line);
         if let Ok(r) = &result {
             let access = r.access_token().expose_secret().to_owned();
-            let refresh = r.refresh_token().map(|t| t.expose_secret().to_owned()).or(rt);
+            let refresh = r
+                .refresh_token()
+                .map(|t| t.expose_secret().to_owned())
+                .or(rt);
             s.record_delivered(self.cred, self.proc, now, access, refresh);
         }
         result

@@ -38,6 +38,7 @@ pub fn figures(cfg: &WorldConfig, seed: u64, out: &Outcome) -> Value {
             "max": ms(m.waits.max()),
         },
         "served_near_expiry": m.near_expiry,
+        "served_past_unstated_expiry": m.served_past_true_expiry,
         "resource_server_401": m.rs_unauthorized,
         "resource_server_401_after_retry": m.rs_unauthorized_after_retry,
         "reauth_signals": m.reauths,

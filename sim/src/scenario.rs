@@ -110,6 +110,7 @@ pub fn all() -> Vec<Scenario> {
         Scenario { name: "lost-response-no-grace", reference: "B7b", summary: "rotation answer lost without grace: ReauthRequired(ResponseLost) exactly once", in_suite: true, build: |r| {
             let mut c = WorldConfig::base("lost-response-no-grace", strict());
             c.initial = Initial::Expired;
+            c.pattern = Pattern::Bursts { first: Duration::ZERO, every: secs(60) };
             c.faults.p_lost = 1.0;
             c.heal_at = Some(secs(r.range(1, 30)));
             c.duration = secs(H / 2);
@@ -199,6 +200,7 @@ pub fn all() -> Vec<Scenario> {
             // The engine may assume a lifetime other than the real one: the resource server
             // arbitrates; the oracle allows what the provider really issued.
             c.duration = secs(3 * H);
+            c.lifetime_known = false;
             c.max_calls_per_credential = Some(3 * H / 30 + 2);
             c
         }},

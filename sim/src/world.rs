@@ -257,6 +257,9 @@ pub struct WorldConfig {
     pub max_calls_per_credential: Option<u64>,
     /// The store converges to the provider's newest refresh token at the end.
     pub check_convergence: bool,
+    /// The provider states the true lifetime, so serving past it is a failure (off when the
+    /// provider omits or garbles `expires_in` and the engine must assume one).
+    pub lifetime_known: bool,
     /// Cap on executor steps.
     pub max_steps: u64,
     /// Observe only: keep running after an invariant breaks, to the end of the world (the
@@ -296,6 +299,7 @@ impl WorldConfig {
             exact_calls_per_credential: None,
             max_calls_per_credential: None,
             check_convergence: true,
+            lifetime_known: true,
             max_steps: 200_000_000,
             keep_going: false,
         }
@@ -478,6 +482,8 @@ pub struct Metrics {
     pub waits: Histogram,
     /// Served with less than 60 s of true life left.
     pub near_expiry: u64,
+    /// Served after the provider's true expiry where the provider did not state it.
+    pub served_past_true_expiry: u64,
     /// Resource-server 401s seen by callers.
     pub rs_unauthorized: u64,
     /// 401s again after the one retry.
@@ -601,6 +607,8 @@ pub struct State {
     pub(crate) delivered: Vec<VecDeque<Delivered>>,
     /// Per credential: when the latest refresh answer reached a process.
     pub(crate) last_delivered: Vec<Option<MonoTime>>,
+    failure_tail: Option<Vec<String>>,
+    lifetime_known: bool,
 }
 
 impl State {
@@ -656,6 +664,7 @@ impl State {
 
     pub(crate) fn violate(&mut self, kind: FailureKind, at: MonoTime, message: String) {
         if self.failure.is_none() {
+            self.failure_tail = Some(self.trace.tail());
             self.failure = Some(Failure {
                 kind,
                 message,
@@ -828,6 +837,8 @@ pub fn run(
         unsaved_since: vec![None; cfg.credentials],
         delivered: delivered_logins,
         last_delivered: vec![None; cfg.credentials],
+        failure_tail: None,
+        lifetime_known: cfg.lifetime_known,
     }));
     let policy = match cfg.policy(derive(seed, 5)) {
         Ok(p) => p,
@@ -874,7 +885,7 @@ pub fn run(
     let mut end = RunEnd::Idle;
     let horizon_t = MonoTime::from_duration(horizon);
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
-        end = exec.run(horizon_t, 100_000);
+        end = exec.run(horizon_t, 10_000);
         if (state.lock().failure.is_some() && !cfg.keep_going) || end != RunEnd::StepCap {
             break;
         }
@@ -927,7 +938,7 @@ pub fn run(
         failure: s.failure.clone(),
         metrics: std::mem::take(&mut s.metrics),
         trace_hash: s.trace.hash,
-        tail: s.trace.tail(),
+        tail: s.failure_tail.clone().unwrap_or_else(|| s.trace.tail()),
         outcomes,
         events,
         sim_time: now.as_duration(),
@@ -943,8 +954,11 @@ fn end_of_run_metrics(s: &mut State, credentials: usize) {
         .filter(|&c| s.provider.family_revoked(s.families[c]) == Some("refresh token reuse"))
         .count() as u64;
     s.metrics.reauth_processes = s.reauth_reports.len() as u64;
-    s.metrics.reauth_after_restart =
-        s.reauth_reports.keys().filter(|(_, inst)| *inst > 1).count() as u64;
+    s.metrics.reauth_after_restart = s
+        .reauth_reports
+        .keys()
+        .filter(|(_, inst)| *inst > 1)
+        .count() as u64;
 }
 
 fn final_checks(w: &Arc<Shared>, now: MonoTime) {
@@ -1009,7 +1023,12 @@ fn final_checks(w: &Arc<Shared>, now: MonoTime) {
     if !s.allow_revoked {
         for c in 0..cfg.credentials {
             let f = s.families[c];
-            if let Some(why) = s.provider.family_revoked(f) {
+            let excused = s
+                .provider
+                .replays
+                .iter()
+                .any(|r| r.excused && r.family == f);
+            if let Some(why) = s.provider.family_revoked(f).filter(|_| !excused) {
                 s.violate_correctness(now, format!("credential c{c}'s family was revoked: {why}"));
                 return;
             }
@@ -1018,6 +1037,9 @@ fn final_checks(w: &Arc<Shared>, now: MonoTime) {
     if cfg.check_convergence && cfg.reauth == ReauthExpect::Never && !s.allow_revoked {
         for c in 0..cfg.credentials {
             let f = s.families[c];
+            if s.provider.family_revoked(f).is_some() {
+                continue;
+            }
             let newest = s.provider.current_refresh_token(f).map(str::to_owned);
             let stored = w.stores[c].snapshot().and_then(|st| {
                 st.tokens
@@ -1073,7 +1095,15 @@ fn start_process(w: &Arc<Shared>, i: usize) {
                 LogLine::Text(t) => s.trace_line(now, format!("p{i} {t}")),
                 LogLine::Reauth { reason } => {
                     s.metrics.reauths += 1;
-                    if s.reauth_never {
+                    // A re-authorization after a replay the client could not avoid (its
+                    // rotation answer was lost, or died with a crashed process) is correct.
+                    let fam = s.families[cred];
+                    let excused = s
+                        .provider
+                        .replays
+                        .iter()
+                        .any(|r| r.excused && r.family == fam);
+                    if s.reauth_never && !excused {
                         s.violate_correctness(
                             now,
                             format!("process p{i} requires re-authorization ({reason})"),
@@ -1109,12 +1139,14 @@ fn start_process(w: &Arc<Shared>, i: usize) {
                 drive_callers(w2.clone(), i, group, client).await;
             }
             Err(e) => {
+                // A host restarts a process that failed to start (its store timed out, say).
                 let now = w2.exec.now();
-                w2.state.lock().violate(
-                    FailureKind::Crash,
-                    now,
-                    format!("p{i} failed to start: {e}"),
-                );
+                w2.state
+                    .lock()
+                    .trace_line(now, format!("p{i} failed to start ({e}); restarting in 5s"));
+                w2.exec.sleep(Duration::from_secs(5)).await;
+                start_process(&w2, i);
+                w2.exec.kill(group);
             }
         }
     });
@@ -1276,7 +1308,9 @@ fn served(
                 );
                 return None;
             };
-            if now > expires.saturating_add(s.skew_tolerance) {
+            if now > expires.saturating_add(s.skew_tolerance) && !s.lifetime_known {
+                s.metrics.served_past_true_expiry += 1;
+            } else if now > expires.saturating_add(s.skew_tolerance) {
                 let late = now.saturating_duration_since(expires);
                 s.violate_correctness(
                     now,
@@ -1341,6 +1375,13 @@ async fn director(w: Arc<Shared>) {
         return;
     }
     for i in 0..w.procs.len() {
+        {
+            let s = w.state.lock();
+            let fam = s.families[w.procs[i].cred];
+            if s.provider.family_revoked(fam).is_some() {
+                continue;
+            }
+        }
         let client = w.procs[i].client.lock().clone();
         let Some(client) = client else { continue };
         let start = w.exec.now();
@@ -1415,6 +1456,8 @@ async fn perform(w: &Arc<Shared>, action: Action) {
             w.procs[proc]
                 .offset
                 .fetch_add(secs * 1_000_000_000, Ordering::Relaxed);
+            // Stored tokens are placed on the clock by wall time: a stepped clock shifts them.
+            w.state.lock().skew_tolerance += Duration::from_secs(secs.unsigned_abs());
         }
         Action::Shutdown {
             proc,

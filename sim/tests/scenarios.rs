@@ -1,0 +1,150 @@
+//! The fixed seed corpus of every scenario, a few fresh seeds, the determinism check, committed
+//! regression seeds and the command line's handling of bad input.
+
+use std::process::Command;
+use std::sync::Arc;
+
+use keepfresh_sim::runner::{self, Overrides};
+use keepfresh_sim::scenario;
+use keepfresh_sim::strategy::Keepfresh;
+
+fn check(name: &str, seed: u64) {
+    let sc = scenario::by_name(name).unwrap();
+    let cfg = runner::resolve(&sc, seed, &Overrides::default()).unwrap();
+    let out = runner::run_world(&cfg, seed, Arc::new(Keepfresh), false);
+    if let Some(f) = &out.failure {
+        panic!(
+            "{name} seed {seed}: {:?}: {}\n{}\nreplay: {}",
+            f.kind,
+            f.message,
+            out.tail.join("\n"),
+            runner::replay_command(name, seed, &Overrides::default())
+        );
+    }
+    assert!(
+        out.metrics.requests > 0 || name == "no-refresh-token",
+        "{name}: no requests made"
+    );
+}
+
+/// Seeds checked for every scenario of the suite on every `cargo test`.
+const CORPUS: [u64; 3] = [1, 2, 3];
+
+#[test]
+fn fixed_seed_corpus_of_every_scenario() {
+    for sc in runner::suite() {
+        if sc.name == "slow-store" {
+            continue; // see `slow_store_regression_*` below
+        }
+        for seed in CORPUS {
+            check(sc.name, seed);
+        }
+    }
+}
+
+#[test]
+fn slow_store_fixed_seeds_that_pass() {
+    for seed in [1, 2, 3] {
+        check("slow-store", seed);
+    }
+}
+
+#[test]
+fn fresh_seeds() {
+    let base = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    for (i, name) in ["stampede", "shared-store", "swarm", "outage-5xx"]
+        .iter()
+        .enumerate()
+    {
+        let seed = base.wrapping_add(i as u64 * 7919) % 1_000_000_007;
+        println!("fresh seed: {name} --seed {seed}");
+        check(name, seed);
+    }
+}
+
+#[test]
+fn same_seed_same_trace_hash() {
+    for name in [
+        "stampede",
+        "shared-store",
+        "swarm",
+        "lost-response-no-grace",
+    ] {
+        let sc = scenario::by_name(name).unwrap();
+        runner::determinism_check(&sc, 11, &Overrides::default()).unwrap();
+    }
+}
+
+#[test]
+fn oracles_can_fail() {
+    // A world that expects no token-endpoint call for an expired token must fail.
+    let sc = scenario::by_name("stampede").unwrap();
+    let mut cfg = runner::resolve(&sc, 1, &Overrides::default()).unwrap();
+    cfg.exact_calls_per_credential = Some(0);
+    let out = runner::run_world(&cfg, 1, Arc::new(Keepfresh), false);
+    assert!(out.failure.is_some());
+    // Lost answers without grace end in a family revoke; forbidding re-authorization fails.
+    let sc = scenario::by_name("invalid-grant").unwrap();
+    let mut cfg = runner::resolve(&sc, 1, &Overrides::default()).unwrap();
+    cfg.reauth = keepfresh_sim::world::ReauthExpect::Never;
+    let out = runner::run_world(&cfg, 1, Arc::new(Keepfresh), false);
+    assert!(out.failure.is_some());
+}
+
+/// Engine bug found by the simulator: when the save of a rotated token set times out, the
+/// refreshing process releases the cross-process lease while the store still holds the old
+/// refresh token; a process waiting on the lease then re-reads the store, finds nothing newer
+/// and redeems the old refresh token: a replay, and a strict provider revokes the family.
+#[test]
+#[ignore = "engine bug: lease released after a failed persist lets another process replay the old RT"]
+fn slow_store_regression_seed_7_lease_released_after_failed_persist() {
+    check("slow-store", 7);
+}
+
+fn sim(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_keepfresh-sim"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn bad_command_lines_give_clear_errors_and_no_panic() {
+    for (args, needle) in [
+        (&["run", "--scenario", "nope"][..], "unknown scenario"),
+        (
+            &["run", "--scenario", "stampede", "--strategy", "nope"][..],
+            "unknown strategy",
+        ),
+        (
+            &["run", "--scenario", "swarm", "--disable-fault", "gremlins"][..],
+            "unknown fault kind",
+        ),
+        (&["replay", "--scenario", "stampede"][..], "--seed"),
+        (&["sweep", "--jobs", "0"][..], "at least 1"),
+        (&["run", "--seed", "abc"][..], "invalid value"),
+        (&["frobnicate"][..], "unrecognized subcommand"),
+    ] {
+        let out = sim(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn list_and_json_run() {
+    let out = sim(&["list", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.as_array().unwrap().len() >= 30);
+    let out = sim(&["run", "--scenario", "stampede", "--seed", "5", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["status"], "ok");
+    assert_eq!(v["provider_calls"], 1);
+}
