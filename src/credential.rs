@@ -30,6 +30,9 @@ use crate::token::{TokenResponse, TokenSet};
 const MAX_ROUNDS: u32 = 4;
 /// Conflicting writes redone before a save counts as failed.
 const MAX_CAS_RETRIES: u32 = 3;
+/// First and longest pause between looks at the store while another process holds the lease.
+const LEASE_POLL_FIRST: Duration = Duration::from_millis(10);
+const LEASE_POLL_MAX: Duration = Duration::from_millis(250);
 
 /// A credential: hands out valid access tokens to any number of concurrent callers and keeps
 /// them fresh.
@@ -963,6 +966,7 @@ impl Inner {
     async fn acquire_lease(&self, store: &dyn TokenStore, job: &FlightJob) -> LeaseStep {
         let give_up = self.rt.now().saturating_add(self.policy.refresh_timeout());
         let mut announced = false;
+        let mut polls = 0u32;
         let mut rng = JitterRng::new(job.id.0);
         loop {
             match self
@@ -987,8 +991,14 @@ impl Inner {
             if now >= give_up {
                 return LeaseStep::GaveUp;
             }
-            // Poll a few times per second, jittered so waiting processes do not align.
-            let pause = Duration::from_millis(100 + rng.next_u64() % 150);
+            // The holder usually finishes within one provider round trip: poll soon, then less
+            // and less often (10 ms doubling to 250 ms), jittered so waiting processes do not
+            // align.
+            let ceiling = LEASE_POLL_FIRST
+                .saturating_mul(1 << polls.min(5))
+                .min(LEASE_POLL_MAX);
+            polls += 1;
+            let pause = ceiling.mul_f64(0.5 + 0.5 * rng.unit());
             self.rt
                 .sleep_until(now.saturating_add(pause).min(give_up))
                 .await;
