@@ -21,7 +21,7 @@ use crate::refresher::{RefreshError, RefreshRequest, Refresher};
 use crate::runtime::{MonoTime, Runtime};
 use crate::secret::{AccessToken, Fingerprint, RefreshToken};
 use crate::store::{
-    LeaseOutcome, SaveOutcome, StoreError, StoreErrorKind, Stored, TokenStore, Version,
+    Lease, LeaseOutcome, SaveOutcome, StoreError, StoreErrorKind, Stored, TokenStore, Version,
 };
 use crate::sync::{Loaded, Mutex, Published};
 use crate::token::{TokenResponse, TokenSet};
@@ -233,6 +233,9 @@ struct Core {
     persist_pending: Option<u64>,
     persist_rng: JitterRng,
     published_key: (u64, MonoTime),
+    /// The cross-process lease, kept after a refresh whose save failed: until the rotated set
+    /// is durable, no other process may refresh (it would replay the old refresh token).
+    held_lease: Option<Lease>,
 }
 
 /// Everything a refresh task needs, captured when the machine starts it.
@@ -242,6 +245,8 @@ struct FlightJob {
     tokens: Option<Arc<TokenSet>>,
     version: Option<Version>,
     attempt: u32,
+    /// The lease this process still holds from an earlier refresh whose save failed.
+    held_lease: Option<Lease>,
 }
 
 /// The outcome of a save: the store's new version (`None` without a store) or the failure.
@@ -384,6 +389,7 @@ impl CredentialBuilder {
             persist_pending: None,
             persist_rng: policy.rng(),
             published_key: (0, MonoTime::ZERO),
+            held_lease: None,
         };
         let inner = Arc::new(Inner {
             published: Published::new(Snapshot {
@@ -678,13 +684,17 @@ impl Credential {
                 .save_cas(store.as_ref(), expected, &set)
                 .await
                 .map_err(Error::store)?;
-            let mut core = self.inner.core.lock();
-            if core.machine.generation() == generation {
-                core.persist_pending = None;
-                if v.is_some() {
-                    core.version = v;
+            let lease = {
+                let mut core = self.inner.core.lock();
+                if core.machine.generation() == generation {
+                    core.persist_pending = None;
+                    if v.is_some() {
+                        core.version = v;
+                    }
                 }
-            }
+                core.held_lease.take()
+            };
+            self.inner.release(store.as_ref(), lease).await;
         }
         Ok(())
     }
@@ -840,6 +850,7 @@ impl Inner {
             tokens: core.tokens.clone(),
             version: core.version,
             attempt,
+            held_lease: core.held_lease.take(),
         }
     }
 
@@ -878,11 +889,12 @@ impl Inner {
 
     fn spawn_flight(self: &Arc<Self>, job: FlightJob) {
         let inner = self.clone();
+        let mut job = job;
         let task = async move {
             let id = job.id;
             let cell = job.cell.clone();
-            let result = inner.perform(&job).await;
-            inner.finish_flight(id, &job, result);
+            let (result, kept_lease) = inner.perform(&mut job).await;
+            inner.finish_flight(id, result, kept_lease);
             cell.complete();
         };
         #[cfg(feature = "tracing")]
@@ -918,23 +930,32 @@ impl Inner {
 
     /// Runs one refresh: lease, re-read, call the refresher, validate, persist. No engine lock is
     /// held across any of it.
-    async fn perform(&self, job: &FlightJob) -> FlightResult {
-        let mut lease = None;
+    ///
+    /// Returns the lease when the new set could not be saved: it is kept until a save retry
+    /// lands, so that no other process refreshes with the refresh token this one just spent.
+    async fn perform(&self, job: &mut FlightJob) -> (FlightResult, Option<Lease>) {
+        let mut lease = job.held_lease.take();
         if let Some(store) = &self.store {
-            match self.acquire_lease(store.as_ref(), job).await {
-                LeaseStep::Proceed(l) => lease = l,
-                LeaseStep::Adopt(stored) => return FlightResult::Adopted(stored),
-                LeaseStep::GaveUp => return FlightResult::Failed {
-                    error: RefreshError::transient(
-                        "another process holds the refresh lease and produced no tokens in time",
-                    ),
-                    kept_refresh_token: None,
-                },
+            if lease.is_none() {
+                match self.acquire_lease(store.as_ref(), job).await {
+                    LeaseStep::Proceed(l) => lease = l,
+                    LeaseStep::Adopt(stored) => return (FlightResult::Adopted(stored), None),
+                    LeaseStep::GaveUp => {
+                        let error = RefreshError::transient(
+                            "another process holds the refresh lease and produced no tokens in time",
+                        );
+                        let result = FlightResult::Failed {
+                            error,
+                            kept_refresh_token: None,
+                        };
+                        return (result, None);
+                    }
+                }
             }
             if let Ok(Some(stored)) = self.store_op(store.load()).await {
                 if is_newer(job, &stored) {
                     self.release(store.as_ref(), lease).await;
-                    return FlightResult::Adopted(stored);
+                    return (FlightResult::Adopted(stored), None);
                 }
             }
         }
@@ -951,13 +972,24 @@ impl Inner {
                 kept_refresh_token: None,
             },
         };
+        let save_failed = matches!(
+            &out,
+            FlightResult::Refreshed { saved: Err(_), .. }
+                | FlightResult::Failed {
+                    kept_refresh_token: Some((_, Err(_))),
+                    ..
+                }
+        );
+        if save_failed {
+            return (out, lease);
+        }
         if let Some(store) = &self.store {
             self.release(store.as_ref(), lease).await;
         }
-        out
+        (out, None)
     }
 
-    async fn release(&self, store: &dyn TokenStore, lease: Option<crate::store::Lease>) {
+    async fn release(&self, store: &dyn TokenStore, lease: Option<Lease>) {
         if let Some(lease) = lease {
             let _ = self.store_op(store.release(lease)).await;
         }
@@ -1166,11 +1198,19 @@ impl Inner {
         }
     }
 
-    fn finish_flight(self: &Arc<Self>, id: FlightId, job: &FlightJob, result: FlightResult) {
+    fn finish_flight(
+        self: &Arc<Self>,
+        id: FlightId,
+        result: FlightResult,
+        kept_lease: Option<Lease>,
+    ) {
         let mut events = Vec::new();
         let mut retry_persist = None;
         {
             let mut core = self.core.lock();
+            if kept_lease.is_some() {
+                core.held_lease = kept_lease;
+            }
             let now = self.rt.now();
             match result {
                 FlightResult::Refreshed {
@@ -1261,7 +1301,6 @@ impl Inner {
             }
             self.publish_locked(&mut core, &mut events);
         }
-        let _ = job;
         self.listeners.emit(events);
         self.nudge();
         if let Some(generation) = retry_persist {
@@ -1312,6 +1351,13 @@ impl Inner {
         let Some(store) = self.store.clone() else {
             return;
         };
+        self.persist_until_durable(store.as_ref(), generation).await;
+        // Durable (or superseded): other processes may refresh again.
+        let lease = self.core.lock().held_lease.take();
+        self.release(store.as_ref(), lease).await;
+    }
+
+    async fn persist_until_durable(&self, store: &dyn TokenStore, generation: u64) {
         let mut attempt = 1u32;
         loop {
             let delay = {
@@ -1334,7 +1380,7 @@ impl Inner {
                 }
             };
             attempt += 1;
-            let saved = self.save_cas(store.as_ref(), expected, &set).await;
+            let saved = self.save_cas(store, expected, &set).await;
             let mut events = Vec::new();
             let mut again = None;
             {
@@ -1367,7 +1413,7 @@ impl Inner {
 }
 
 enum LeaseStep {
-    Proceed(Option<crate::store::Lease>),
+    Proceed(Option<Lease>),
     Adopt(Stored),
     GaveUp,
 }
