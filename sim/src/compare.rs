@@ -34,6 +34,7 @@ use crate::clients;
 use crate::runner::{self, Overrides};
 use crate::scenario::{self, Scenario};
 use crate::strategy::ClientStrategy;
+use crate::world::WorldConfig;
 
 /// Command-line arguments of `keepfresh-sim compare`.
 #[derive(clap::Args, Debug, Clone)]
@@ -140,7 +141,20 @@ pub fn run_into(
     overrides: &Overrides,
     strategy: Arc<dyn ClientStrategy>,
 ) -> Result<(), String> {
-    let mut cfg = runner::resolve(scenario, seed, overrides)?;
+    let cfg = runner::resolve(scenario, seed, overrides)?;
+    run_config_into(row, &cfg, seed, strategy);
+    Ok(())
+}
+
+/// Runs one strategy on the world `cfg` (in observe-only mode) for `seed` and adds its
+/// figures to `row`.
+pub fn run_config_into(
+    row: &mut Row,
+    cfg: &WorldConfig,
+    seed: u64,
+    strategy: Arc<dyn ClientStrategy>,
+) {
+    let mut cfg = cfg.clone();
     cfg.keep_going = true;
     let out = runner::run_world(&cfg, seed, strategy, false);
     let m = &out.metrics;
@@ -166,7 +180,35 @@ pub fn run_into(
         row.invariants_broken
             .push(format!("seed {seed}: {}", f.message));
     }
-    Ok(())
+}
+
+/// Runs every strategy of `strategies` on the world `cfg` for `seeds` seeds from `seed`.
+pub fn compare_world(
+    cfg: &WorldConfig,
+    seed: u64,
+    seeds: u64,
+    strategies: &[Arc<dyn ClientStrategy>],
+) -> Comparison {
+    let rows = strategies
+        .iter()
+        .map(|s| {
+            let mut row = Row {
+                client: s.name().to_owned(),
+                ..Row::default()
+            };
+            for k in seed..seed + seeds {
+                run_config_into(&mut row, cfg, k, s.clone());
+            }
+            row
+        })
+        .collect();
+    Comparison {
+        scenario: cfg.scenario.clone(),
+        seed,
+        seeds,
+        command: String::new(),
+        rows,
+    }
 }
 
 /// Runs every strategy in `strategies` on `seeds` seeds from `seed` of `scenario`.

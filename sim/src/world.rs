@@ -697,8 +697,10 @@ impl State {
 
     /// Whether an access token the credential had received by `t` is valid at `t`.
     pub(crate) fn valid_token_at(&self, cred: usize, t: MonoTime) -> bool {
+        // Newest first: usually the first one answers.
         self.delivered[cred]
             .iter()
+            .rev()
             .any(|d| d.at <= t && self.provider.check_resource(&d.access, t) == ResourceAnswer::Ok)
     }
 
@@ -1204,11 +1206,12 @@ async fn issue(w: &Arc<Shared>, i: usize, group: Group, client: &Arc<dyn Process
 
 async fn request(w: Arc<Shared>, i: usize, client: Arc<dyn ProcessClient>) {
     let start = w.exec.now();
-    let _pending = {
+    let (_pending, valid_at_start) = {
         let mut s = w.state.lock();
         s.pending_callers += 1;
         s.metrics.requests += 1;
-        Pending(w.state.clone())
+        let valid = s.valid_token_at(w.procs[i].cred, start);
+        (Pending(w.state.clone()), valid)
     };
     let result = match w.cfg.caller_timeout {
         None => client.token().await,
@@ -1223,7 +1226,7 @@ async fn request(w: Arc<Shared>, i: usize, client: Arc<dyn ProcessClient>) {
             }
         }
     };
-    let token = match served(&w, i, start, result) {
+    let token = match served(&w, i, start, valid_at_start, result) {
         Some(t) => t,
         None => return,
     };
@@ -1244,8 +1247,9 @@ async fn request(w: Arc<Shared>, i: usize, client: Arc<dyn ProcessClient>) {
     w.state.lock().metrics.rs_unauthorized += 1;
     client.unauthorized(&token);
     let retry_start = w.exec.now();
+    let retry_valid = w.state.lock().valid_token_at(w.procs[i].cred, retry_start);
     let again = client.token().await;
-    if let Some(t2) = served(&w, i, retry_start, again) {
+    if let Some(t2) = served(&w, i, retry_start, retry_valid, again) {
         let mut s = w.state.lock();
         let now = w.exec.now();
         if s.provider.check_resource(t2.access.expose_secret(), now) == ResourceAnswer::Unauthorized
@@ -1260,6 +1264,7 @@ fn served(
     w: &Arc<Shared>,
     i: usize,
     start: MonoTime,
+    valid_at_start: bool,
     result: Result<crate::strategy::ServedToken, ClientError>,
 ) -> Option<crate::strategy::ServedToken> {
     let now = w.exec.now();
@@ -1270,7 +1275,7 @@ fn served(
         s.series_add(now, false, wait.as_nanos() as u64);
         s.metrics.blocked += 1;
         s.metrics.blocked_waits.record(wait.as_nanos() as u64);
-        if s.valid_token_at(w.procs[i].cred, start) {
+        if valid_at_start {
             s.metrics.blocked_while_valid += 1;
         }
     }
@@ -1488,15 +1493,18 @@ fn kill(w: &Arc<Shared>, proc: usize) {
                 .refresh_token()
                 .map(|r| r.expose_secret().to_owned())
         });
+        if let Some(newest) = &newest {
+            // A rotation this process received that the store does not hold dies with it.
+            let received = s.delivered[cred]
+                .iter()
+                .any(|d| d.proc == proc && d.refresh.as_ref() == Some(newest));
+            if received && stored.as_ref() != Some(newest) {
+                s.metrics.tokens_lost += 1;
+            }
+        }
         if let (Some(stored), Some(newest)) = (stored, newest) {
             if stored != newest {
                 s.provider.mark_undelivered(&stored, now);
-                let received = s.delivered[cred]
-                    .iter()
-                    .any(|d| d.proc == proc && d.refresh.as_deref() == Some(newest.as_str()));
-                if received {
-                    s.metrics.tokens_lost += 1;
-                }
             }
         }
     }
