@@ -117,7 +117,7 @@ fn bad_command_lines_give_clear_errors_and_no_panic() {
         (&["run", "--scenario", "nope"][..], "unknown scenario"),
         (
             &["run", "--scenario", "stampede", "--strategy", "nope"][..],
-            "unknown strategy",
+            "unknown",
         ),
         (
             &["run", "--scenario", "swarm", "--disable-fault", "gremlins"][..],
