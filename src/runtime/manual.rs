@@ -296,19 +296,27 @@ impl std::future::Future for ManualSleep {
     type Output = ();
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let now = MonoTime::from_nanos(self.shared.now.load(Ordering::Acquire));
-        let mut timers = self.shared.timers.lock();
-        if now >= self.key.0 {
-            timers.remove(&self.key);
-            return Poll::Ready(());
+        // Wakers are cloned and dropped outside the lock: a waker may run arbitrary code (a
+        // loom waker is a scheduling point), which must never happen while the lock is held.
+        let (ready, replaced) = if now >= self.key.0 {
+            (true, self.shared.timers.lock().remove(&self.key))
+        } else {
+            let waker = cx.waker().clone();
+            (false, self.shared.timers.lock().insert(self.key, waker))
+        };
+        drop(replaced);
+        if ready {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
-        timers.insert(self.key, cx.waker().clone());
-        Poll::Pending
     }
 }
 
 impl Drop for ManualSleep {
     fn drop(&mut self) {
-        self.shared.timers.lock().remove(&self.key);
+        let removed = self.shared.timers.lock().remove(&self.key);
+        drop(removed);
     }
 }
 
