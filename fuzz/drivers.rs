@@ -4,7 +4,10 @@
 use std::time::Duration;
 
 use keepfresh::machine::{Action, FlightId, Grant, Input, Machine};
-use keepfresh::oauth::{parse_retry_after, parse_token_response, HttpAnswer};
+use keepfresh::oauth::{
+    classify_resource_answer, parse_bearer_challenge, parse_retry_after, parse_token_response,
+    HttpAnswer,
+};
 use keepfresh::runtime::MonoTime;
 use keepfresh::{ErrorClass, RefreshPolicy};
 
@@ -123,6 +126,29 @@ pub fn machine(data: &[u8]) {
         if let Some(t) = m.timing() {
             assert!(t.refresh_at <= t.usable_until);
             assert!(m.fast_path_until() <= t.usable_until);
+        }
+    }
+}
+
+/// `WWW-Authenticate` header values from resource servers.
+pub fn www_authenticate(data: &[u8]) {
+    if let Ok(s) = std::str::from_utf8(data) {
+        if let Some(c) = parse_bearer_challenge(s) {
+            for v in [
+                &c.realm,
+                &c.error,
+                &c.error_description,
+                &c.scope,
+                &c.resource_metadata,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                assert!(v.chars().count() <= 512, "an unbounded parameter value");
+            }
+        }
+        for status in [200, 401, 403] {
+            let _ = classify_resource_answer(status, Some(s));
         }
     }
 }

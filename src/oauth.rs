@@ -8,6 +8,10 @@
 //! bodies; `Retry-After` as seconds or as an HTTP date. Nothing here panics on any input, and
 //! no error message contains a token.
 //!
+//! The other direction — what a *resource server's* 401 or 403 means — is
+//! [`classify_resource_answer`]: a 401 invalidates exactly the token that was sent (refresh once,
+//! retry once), a 403 `insufficient_scope` is a step-up, never a refresh.
+//!
 //! With the `http` feature, [`HttpRefresher`] is a ready [`Refresher`](crate::Refresher) for the
 //! RFC 6749 refresh grant (client authentication, RFC 8707 `resource`, no automatic retries,
 //! transport failures classified as transient or ambiguous).
@@ -272,6 +276,11 @@ fn saturating_f64(f: f64) -> i64 {
 fn sanitize(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
+
+mod challenge;
+pub use challenge::{
+    classify_resource_answer, parse_bearer_challenge, BearerChallenge, ResourceVerdict,
+};
 
 #[cfg(feature = "http")]
 mod http;

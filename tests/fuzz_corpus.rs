@@ -38,3 +38,8 @@ fn retry_after_corpus() {
 fn machine_corpus() {
     assert!(replay("machine", drivers::machine) >= 2);
 }
+
+#[test]
+fn www_authenticate_corpus() {
+    assert!(replay("www_authenticate", drivers::www_authenticate) >= 3);
+}
