@@ -121,7 +121,10 @@ pub fn machine(data: &[u8]) {
             flight = None;
         }
         if d.action == Action::Serve {
-            assert!(m.token_valid_at(now), "served an unusable token");
+            assert!(
+                m.token_valid_at(now) || m.token_in_grace_at(now),
+                "served a rejected or expired token"
+            );
         }
         if let Some(t) = m.timing() {
             assert!(t.refresh_at <= t.usable_until);

@@ -427,6 +427,27 @@ impl Machine {
             .is_some_and(|c| !c.rejected && now < c.timing.usable_until)
     }
 
+    /// Whether the current token is past its serving deadline but not past the expiry the
+    /// provider stated (and not rejected): inside the skew allowance. Such a token is served
+    /// only when the alternative is an error (refreshes failing, re-authorization pending).
+    ///
+    /// ```
+    /// # use keepfresh::machine::{Grant, Input, Machine};
+    /// # use keepfresh::runtime::MonoTime;
+    /// # use std::time::Duration;
+    /// let mut m = Machine::new(Default::default());
+    /// let at = |s| MonoTime::from_duration(Duration::from_secs(s));
+    /// m.handle(Input::Authorize { now: at(0), grant: Grant::new(at(0), Duration::from_secs(3600), true) });
+    /// assert!(!m.token_in_grace_at(at(3000)));
+    /// assert!(m.token_in_grace_at(at(3580))); // the last 30 s: the default skew allowance
+    /// assert!(!m.token_in_grace_at(at(3600)));
+    /// ```
+    pub fn token_in_grace_at(&self, now: MonoTime) -> bool {
+        self.current.as_ref().is_some_and(|c| {
+            !c.rejected && now >= c.timing.usable_until && now < c.timing.expires_at
+        })
+    }
+
     /// Until when the shell may hand out the current token without consulting the machine:
     /// the refresh point while fresh; the serving deadline while a refresh runs (with
     /// serve-stale), while backing off, or after re-authorization became necessary. Callers
@@ -591,8 +612,9 @@ impl Machine {
     fn on_demand(&mut self, now: MonoTime) -> Decision {
         self.note_time(now);
         let valid = self.token_valid_at(now);
+        let last_resort = valid || self.token_in_grace_at(now);
         if let Some(reason) = self.reauth {
-            return Decision::act(if valid {
+            return Decision::act(if last_resort {
                 Action::Serve
             } else {
                 Action::Fail(Refusal::Reauth(reason))
@@ -618,7 +640,9 @@ impl Machine {
             return Decision::act(Action::Serve);
         }
         if let Some(b) = self.backoff_active(now) {
-            return Decision::act(if valid && stale_ok {
+            // Refreshing is failing: a token that is still valid — or, as a last resort, not
+            // yet past its stated expiry — beats an error.
+            return Decision::act(if last_resort {
                 Action::Serve
             } else {
                 Action::Fail(Refusal::BackingOff {

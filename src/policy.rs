@@ -86,8 +86,13 @@ pub struct TokenTiming {
     pub issued: MonoTime,
     /// The jittered refresh-ahead point.
     pub refresh_at: MonoTime,
-    /// The last instant the token is handed out: expiry minus the skew allowance.
+    /// The last instant the token is handed out in normal operation: expiry minus the skew
+    /// allowance.
     pub usable_until: MonoTime,
+    /// The expiry the provider stated. Between `usable_until` and this instant the token is
+    /// handed out only as a last resort: while refreshes are failing or re-authorization is
+    /// pending, when the alternative is an error.
+    pub expires_at: MonoTime,
 }
 
 /// The refresh and backoff policy of a credential.
@@ -285,6 +290,7 @@ impl RefreshPolicy {
             issued,
             refresh_at,
             usable_until,
+            expires_at: issued.saturating_add(lifetime),
         }
     }
 

@@ -178,6 +178,13 @@ impl Model {
             .is_some_and(|t| !t.rejected && now < t.usable_until)
     }
 
+    /// Past the serving deadline but before the stated expiry: served only as a last resort.
+    fn in_grace(&self, now: MonoTime) -> bool {
+        self.tok.as_ref().is_some_and(|t| {
+            !t.rejected && now >= t.usable_until && now < t.issued.saturating_add(t.lifetime)
+        })
+    }
+
     fn backoff_active(&self, now: MonoTime) -> Option<Backoff> {
         self.backoff.filter(|b| now < b.until)
     }
@@ -201,8 +208,9 @@ impl Model {
     fn demand(&mut self, now: MonoTime) -> (Action, bool) {
         self.note_time(now);
         let valid = self.valid(now);
+        let last_resort = valid || self.in_grace(now);
         if let Some(reason) = self.reauth {
-            return if valid {
+            return if last_resort {
                 (Action::Serve, false)
             } else {
                 (Action::Fail(Refusal::Reauth(reason)), false)
@@ -228,7 +236,7 @@ impl Model {
             return (Action::Serve, false);
         }
         if let Some(b) = self.backoff_active(now) {
-            return if valid && stale_ok {
+            return if last_resort {
                 (Action::Serve, false)
             } else {
                 (
@@ -516,14 +524,22 @@ impl Harness {
                         assert_eq!(*last_error, class);
                         *until
                     }
+                    // Re-authorization hides the backoff (and stays until a new
+                    // authorization, which clears it): nothing to check.
+                    Phase::ReauthRequired { .. } => {
+                        assert_eq!(self.machine.failed_attempts(), attempts);
+                        now.saturating_add(Duration::from_secs(u64::MAX / 4))
+                    }
                     // A zero delay: the backoff is already over.
                     _ => now,
                 };
-                self.check_backoff_delay(
-                    attempts,
-                    retry_after,
-                    until.saturating_duration_since(now),
-                );
+                if !matches!(self.machine.phase(), Phase::ReauthRequired { .. }) {
+                    self.check_backoff_delay(
+                        attempts,
+                        retry_after,
+                        until.saturating_duration_since(now),
+                    );
+                }
                 self.model.backoff = Some(Backoff {
                     until,
                     attempts,
@@ -584,8 +600,15 @@ impl Harness {
         let valid = self.model.valid(now);
         match &decision.action {
             Action::Serve => {
-                assert!(valid, "served an expired or rejected token");
-                assert!(self.machine.token_valid_at(now));
+                // Past the serving deadline only as a last resort, and never past the stated
+                // expiry or after a rejection.
+                let last_resort =
+                    self.model.reauth.is_some() || self.model.backoff_active(now).is_some();
+                assert!(
+                    valid || (last_resort && self.model.in_grace(now)),
+                    "served an expired or rejected token"
+                );
+                assert!(self.machine.token_valid_at(now) || self.machine.token_in_grace_at(now));
             }
             Action::Fail(_) => {
                 let servable = valid
