@@ -1182,13 +1182,17 @@ impl Inner {
         if let Some(store) = &self.store {
             let used = job.tokens.as_deref().and_then(|t| t.refresh_token());
             if let Ok(Some(stored)) = self.store_op(store.load()).await {
-                if stored.tokens.refresh_token() != used {
+                if is_newer(job, &stored) {
                     // Another process rotated the token: ours was stale, theirs is live.
                     return FlightResult::Adopted(stored);
                 }
-                if let Ok(true) = self.store_op(store.clear(stored.version)).await {
-                    self.listeners
-                        .emit(vec![Event::StoreCleared { at: self.rt.now() }]);
+                // A different refresh token at the version we started from is our own older
+                // set whose successor's save is still pending: dead too, and not to be adopted.
+                if stored.tokens.refresh_token() == used {
+                    if let Ok(true) = self.store_op(store.clear(stored.version)).await {
+                        self.listeners
+                            .emit(vec![Event::StoreCleared { at: self.rt.now() }]);
+                    }
                 }
             }
         }

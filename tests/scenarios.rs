@@ -778,3 +778,43 @@ async fn s13_restart_keeps_absolute_expiry() {
         c.status()
     );
 }
+
+/// Scenarios 9 and 21 together: a rotated token set whose save is still failing is refused
+/// with `invalid_grant`. The store holds the older set (same version the engine last wrote),
+/// whose refresh token is just as dead: it must not be adopted as "newer tokens from another
+/// process" (that would serve a superseded access token and later replay a dead refresh token),
+/// nor cleared (it does not hold the refresh token that failed).
+#[tokio::test]
+async fn s21_invalid_grant_while_a_save_is_pending_does_not_adopt_the_older_store() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    provider.script([
+        Answer::Rotate,
+        Answer::Fail(RefreshError::invalid_grant("revoked")),
+    ]);
+    let store = FlakyStore::new(memory(&clock));
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    let log = Log::attach(&c);
+    store.set_failing(true);
+    let t = c.token().await.unwrap();
+    assert_eq!(t.secret(), "access-1");
+    assert!(c.status().persist_pending);
+    store.set_failing(false);
+    assert!(c.invalidate(&t));
+    let e = c.token().await.expect_err("refused");
+    assert_eq!(e.reauth_reason(), Some(ReauthReason::InvalidGrant));
+    assert_eq!(log.count(|e| matches!(e, Event::Adopted { .. })), 0);
+    assert_eq!(log.count(|e| matches!(e, Event::StoreCleared { .. })), 0);
+    assert_eq!(stored_at(&store.inner).as_deref(), Some("access-0"));
+    assert_eq!(
+        provider.presented(),
+        [Some("refresh-0".into()), Some("refresh-1".into())]
+    );
+}
