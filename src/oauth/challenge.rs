@@ -92,9 +92,7 @@ pub fn parse_bearer_challenge(header: &str) -> Option<BearerChallenge> {
         if is_bearer {
             return Some(challenge);
         }
-        if p.peek().is_none() {
-            return None;
-        }
+        p.peek()?;
     }
 }
 
