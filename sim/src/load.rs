@@ -1,9 +1,9 @@
 //! Load mode, generating half: concurrent bursts of callers through real engines
-//! ([`keepfresh::Credential`] with [`HttpRefresher`]) on tokio, over real HTTP, against the
+//! ([`keepfresh::Credential`] with [`keepfresh::oauth::HttpRefresher`]) on tokio, over real HTTP, against the
 //! built-in mock provider ([`crate::http`]) or any RFC 6749 token endpoint.
 //!
 //! Each burst makes the engines' current access tokens stale first (as a resource server's
-//! 401 would: [`Credential::invalidate`]), then releases all of its callers at once on every
+//! 401 would: [`keepfresh::Credential::invalidate`]), then releases all of its callers at once on every
 //! engine. A correct engine makes exactly one token-endpoint call per burst, whatever the
 //! number of callers and engines (with a shared store, the other engines adopt the winner's
 //! tokens). The report counts token-endpoint calls by outcome, refreshes, duplicate refreshes
@@ -359,7 +359,7 @@ struct CallLog {
     replayed: u64,
 }
 
-/// Wraps the [`HttpRefresher`]: one `refresh` is exactly one token-endpoint POST.
+/// Wraps the [`keepfresh::oauth::HttpRefresher`]: one `refresh` is exactly one token-endpoint POST.
 struct Counting {
     inner: HttpRefresher,
     log: Arc<Mutex<CallLog>>,

@@ -5,7 +5,7 @@
 //! A [`ClientStrategy`] starts one [`ProcessClient`] per simulated process (at the beginning and
 //! after every restart) from a [`ProcessContext`]: the process's runtime on the deterministic
 //! executor, its view of the shared store, the mock provider behind a
-//! [`Refresher`](keepfresh::Refresher), and a [`LogSink`] for everything the client would log.
+//! [`Refresher`], and a [`LogSink`] for everything the client would log.
 //! The world then only calls [`ProcessClient::token`] for each caller request,
 //! [`ProcessClient::unauthorized`] after a resource-server 401, [`ProcessClient::shutdown`] at a
 //! clean stop and [`ProcessClient::health`] for liveness checks. Oracles observe the provider,
