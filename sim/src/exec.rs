@@ -4,7 +4,7 @@
 //! Discrete-event: when no task is ready, time jumps to the earliest pending timer. Ready tasks
 //! run in an order drawn from the seed, so different seeds explore different interleavings and
 //! the same seed replays the same one. The engine sees only its runtime traits ([`Clock`],
-//! [`Sleep`], [`Spawn`]): [`Executor::runtime`] builds a [`Runtime`] for one simulated process,
+//! [`Sleep`], [`Spawn`]): [`ExecHandle::runtime`] builds a [`Runtime`] for one simulated process,
 //! whose tasks carry the process's group so that a crash kills all of them at once.
 
 use std::cmp::Reverse;
@@ -12,8 +12,8 @@ use std::collections::BinaryHeap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -71,23 +71,35 @@ pub struct Executor {
     shared: Arc<Shared>,
 }
 
+// Every structure sits behind an uncontended lock (the executor runs on one thread; the
+// runtime traits only require `Send + Sync`). Hot-path costs per event: one timer-heap entry
+// of plain integers (no allocation per sleep: timer slots live in a slab and are reused), one
+// ready-queue push, one task poll.
 struct Shared {
     now: AtomicU64,
-    ready: Mutex<Vec<(usize, u32)>>,
+    ready: Arc<ReadyQueue>,
     tasks: Mutex<Tasks>,
-    timers: Mutex<BinaryHeap<Reverse<TimerEntry>>>,
+    timers: Mutex<Timers>,
     rng: Mutex<SimRng>,
-    timer_seq: AtomicU64,
-    dead: Mutex<Vec<bool>>,
     polls: AtomicU64,
     timer_fires: AtomicU64,
     spawns: AtomicU64,
 }
 
-#[derive(Default)]
+/// Tasks woken and not yet polled, as `(slot, generation)`. Wakers hold this queue, not the
+/// executor, so a waker that outlives the executor keeps nothing else alive.
+type ReadyQueue = Mutex<Vec<(usize, u32)>>;
+
 struct Tasks {
     slots: Vec<Slot>,
     free: Vec<usize>,
+    dead: Vec<bool>,
+}
+
+impl Tasks {
+    fn is_dead(&self, group: Group) -> bool {
+        self.dead.get(group.0 as usize).copied().unwrap_or(false)
+    }
 }
 
 struct Slot {
@@ -102,47 +114,65 @@ struct TaskWaker {
     id: usize,
     gen: u32,
     queued: AtomicBool,
-    shared: Weak<Shared>,
+    ready: Arc<ReadyQueue>,
 }
 
 impl ArcWake for TaskWaker {
     fn wake_by_ref(arc_self: &Arc<Self>) {
         if !arc_self.queued.swap(true, Ordering::AcqRel) {
-            if let Some(shared) = arc_self.shared.upgrade() {
-                shared.ready.lock().push((arc_self.id, arc_self.gen));
-            }
+            arc_self.ready.lock().push((arc_self.id, arc_self.gen));
         }
     }
 }
 
-const PENDING: u8 = 0;
-const DONE: u8 = 1;
-
-struct TimerSlot {
-    waker: Mutex<Option<Waker>>,
-    state: AtomicU8,
-}
-
-struct TimerEntry {
-    at: u64,
+/// Pending timers: a heap of `(deadline, registration order, slot, slot generation)` over a
+/// slab of slots holding the wakers. A cancelled or completed timer frees its slot (bumping the
+/// generation); its heap entry is then stale and skipped when it reaches the top.
+#[derive(Default)]
+struct Timers {
+    heap: BinaryHeap<Reverse<(u64, u64, u32, u32)>>,
+    slots: Vec<TimerSlot>,
+    free: Vec<u32>,
     seq: u64,
-    slot: Arc<TimerSlot>,
 }
 
-impl PartialEq for TimerEntry {
-    fn eq(&self, other: &Self) -> bool {
-        (self.at, self.seq) == (other.at, other.seq)
-    }
+#[derive(Default)]
+struct TimerSlot {
+    gen: u32,
+    waker: Option<Waker>,
 }
-impl Eq for TimerEntry {}
-impl PartialOrd for TimerEntry {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
+
+impl Timers {
+    fn register(&mut self, at: u64, waker: Waker) -> (u32, u32) {
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(TimerSlot::default());
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[idx as usize];
+        slot.waker = Some(waker);
+        let gen = slot.gen;
+        let seq = self.seq;
+        self.seq += 1;
+        self.heap.push(Reverse((at, seq, idx, gen)));
+        (idx, gen)
     }
-}
-impl Ord for TimerEntry {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        (self.at, self.seq).cmp(&(other.at, other.seq))
+
+    /// Frees slot `idx` if it still belongs to generation `gen`; returns its waker.
+    fn release(&mut self, idx: u32, gen: u32) -> Option<Waker> {
+        let slot = &mut self.slots[idx as usize];
+        if slot.gen != gen {
+            return None;
+        }
+        slot.gen = slot.gen.wrapping_add(1);
+        self.free.push(idx);
+        slot.waker.take()
+    }
+
+    fn is_live(&self, idx: u32, gen: u32) -> bool {
+        self.slots[idx as usize].gen == gen
     }
 }
 
@@ -152,12 +182,14 @@ impl Executor {
         Executor {
             shared: Arc::new(Shared {
                 now: AtomicU64::new(0),
-                ready: Mutex::new(Vec::new()),
-                tasks: Mutex::new(Tasks::default()),
-                timers: Mutex::new(BinaryHeap::new()),
+                ready: Arc::new(Mutex::new(Vec::new())),
+                tasks: Mutex::new(Tasks {
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                    dead: vec![false],
+                }),
+                timers: Mutex::new(Timers::default()),
                 rng: Mutex::new(SimRng::new(seed)),
-                timer_seq: AtomicU64::new(0),
-                dead: Mutex::new(vec![false]),
                 polls: AtomicU64::new(0),
                 timer_fires: AtomicU64::new(0),
                 spawns: AtomicU64::new(0),
@@ -176,6 +208,7 @@ impl Executor {
     pub fn run(&self, horizon: MonoTime, max_steps: u64) -> RunEnd {
         let s = &self.shared;
         let start = s.polls.load(Ordering::Relaxed) + s.timer_fires.load(Ordering::Relaxed);
+        let mut rng = s.rng.lock();
         loop {
             let steps =
                 s.polls.load(Ordering::Relaxed) + s.timer_fires.load(Ordering::Relaxed) - start;
@@ -187,7 +220,7 @@ impl Executor {
                 if ready.is_empty() {
                     None
                 } else {
-                    let i = s.rng.lock().below(ready.len());
+                    let i = rng.below(ready.len());
                     Some(ready.swap_remove(i))
                 }
             };
@@ -207,32 +240,37 @@ impl Executor {
     /// pending; `Some(false)` when the earliest lies beyond `horizon` (time is then moved to it).
     fn fire_next_timers(&self, horizon: MonoTime) -> Option<bool> {
         let s = &self.shared;
-        let mut wakers = Vec::new();
+        let mut first: Option<Waker> = None;
+        let mut more: Vec<Waker> = Vec::new();
+        let mut fired = 0u64;
         {
             let mut timers = s.timers.lock();
             let mut at = None;
-            while let Some(Reverse(top)) = timers.peek() {
-                if top.slot.state.load(Ordering::Acquire) != PENDING {
-                    timers.pop();
+            while let Some(&Reverse((t, _, idx, gen))) = timers.heap.peek() {
+                if !timers.is_live(idx, gen) {
+                    timers.heap.pop();
                     continue;
                 }
                 match at {
                     None => {
-                        if top.at > horizon.as_nanos() {
+                        if t > horizon.as_nanos() {
                             let h = horizon.as_nanos().max(s.now.load(Ordering::Relaxed));
                             s.now.store(h, Ordering::Release);
                             return Some(false);
                         }
-                        at = Some(top.at);
+                        at = Some(t);
                     }
-                    Some(t) if top.at != t => break,
+                    Some(a) if t != a => break,
                     Some(_) => {}
                 }
-                let Reverse(entry) = timers.pop().expect("peeked");
-                entry.slot.state.store(DONE, Ordering::Release);
-                let waker = entry.slot.waker.lock().take();
-                if let Some(w) = waker {
-                    wakers.push(w);
+                timers.heap.pop();
+                if let Some(w) = timers.release(idx, gen) {
+                    fired += 1;
+                    if first.is_none() {
+                        first = Some(w);
+                    } else {
+                        more.push(w);
+                    }
                 }
             }
             let at = at?;
@@ -240,9 +278,11 @@ impl Executor {
                 s.now.store(at, Ordering::Release);
             }
         }
-        s.timer_fires
-            .fetch_add(wakers.len() as u64, Ordering::Relaxed);
-        for w in wakers {
+        s.timer_fires.fetch_add(fired, Ordering::Relaxed);
+        if let Some(w) = first {
+            w.wake();
+        }
+        for w in more {
             w.wake();
         }
         Some(true)
@@ -269,14 +309,8 @@ impl Executor {
             let mut cx = Context::from_waker(&w);
             fut.as_mut().poll(&mut cx).is_ready()
         };
-        let dead = s
-            .dead
-            .lock()
-            .get(group.0 as usize)
-            .copied()
-            .unwrap_or(false);
         let mut tasks = s.tasks.lock();
-        if done || dead {
+        if done || tasks.is_dead(group) {
             let slot = &mut tasks.slots[id];
             slot.live = false;
             slot.waker = None;
@@ -317,7 +351,12 @@ impl Drop for Executor {
             t.slots.iter_mut().filter_map(|s| s.fut.take()).collect()
         };
         drop(futs);
-        self.shared.timers.lock().clear();
+        let wakers: Vec<_> = {
+            let mut t = self.shared.timers.lock();
+            t.heap.clear();
+            t.slots.iter_mut().filter_map(|s| s.waker.take()).collect()
+        };
+        drop(wakers);
         self.shared.ready.lock().clear();
     }
 }
@@ -354,9 +393,9 @@ impl ExecHandle {
 
     /// A new group (a simulated process) whose tasks can be killed together.
     pub fn new_group(&self) -> Group {
-        let mut dead = self.shared.dead.lock();
-        dead.push(false);
-        Group((dead.len() - 1) as u32)
+        let mut tasks = self.shared.tasks.lock();
+        tasks.dead.push(false);
+        Group((tasks.dead.len() - 1) as u32)
     }
 
     /// Spawns `fut` in `group`. Spawning into a dead group drops the task at once.
@@ -366,17 +405,13 @@ impl ExecHandle {
 
     fn spawn_boxed(&self, group: Group, fut: BoxFuture<'static, ()>) {
         let s = &self.shared;
-        if s.dead
-            .lock()
-            .get(group.0 as usize)
-            .copied()
-            .unwrap_or(false)
-        {
-            return;
-        }
-        s.spawns.fetch_add(1, Ordering::Relaxed);
         let (id, gen) = {
             let mut tasks = s.tasks.lock();
+            if tasks.is_dead(group) {
+                drop(tasks);
+                return;
+            }
+            s.spawns.fetch_add(1, Ordering::Relaxed);
             let id = match tasks.free.pop() {
                 Some(id) => id,
                 None => {
@@ -399,7 +434,7 @@ impl ExecHandle {
                 id,
                 gen: slot.gen,
                 queued: AtomicBool::new(true),
-                shared: Arc::downgrade(s),
+                ready: s.ready.clone(),
             }));
             (id, slot.gen)
         };
@@ -410,14 +445,11 @@ impl ExecHandle {
     /// polled again, and later spawns into the group are ignored.
     pub fn kill(&self, group: Group) {
         let s = &self.shared;
-        {
-            let mut dead = s.dead.lock();
-            if let Some(d) = dead.get_mut(group.0 as usize) {
-                *d = true;
-            }
-        }
         let futs: Vec<_> = {
             let mut tasks = s.tasks.lock();
+            if let Some(d) = tasks.dead.get_mut(group.0 as usize) {
+                *d = true;
+            }
             let mut out = Vec::new();
             let mut freed = Vec::new();
             for (id, slot) in tasks.slots.iter_mut().enumerate() {
@@ -493,7 +525,8 @@ pub fn wall_at(now: MonoTime, offset_nanos: i64) -> OffsetDateTime {
 pub struct SimSleep {
     shared: Arc<Shared>,
     deadline: u64,
-    slot: Option<Arc<TimerSlot>>,
+    /// Timer slot and generation once registered.
+    slot: Option<(u32, u32)>,
 }
 
 impl fmt::Debug for SimSleep {
@@ -508,31 +541,29 @@ impl Future for SimSleep {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.shared.now.load(Ordering::Acquire) >= self.deadline {
-            if let Some(slot) = &self.slot {
-                slot.state.store(DONE, Ordering::Release);
+            if let Some((idx, gen)) = self.slot.take() {
+                let w = self.shared.timers.lock().release(idx, gen);
+                drop(w);
             }
             return Poll::Ready(());
         }
-        match &self.slot {
-            Some(slot) => {
-                let mut w = slot.waker.lock();
-                match &*w {
-                    Some(old) if old.will_wake(cx.waker()) => {}
-                    _ => *w = Some(cx.waker().clone()),
-                }
+        match self.slot {
+            Some((idx, gen)) => {
+                let mut timers = self.shared.timers.lock();
+                let slot = &mut timers.slots[idx as usize];
+                let old = match &slot.waker {
+                    _ if slot.gen != gen => None,
+                    Some(old) if old.will_wake(cx.waker()) => None,
+                    _ => slot.waker.replace(cx.waker().clone()),
+                };
+                drop(timers);
+                // Dropped outside the lock: a waker's drop may run arbitrary code.
+                drop(old);
             }
             None => {
-                let slot = Arc::new(TimerSlot {
-                    waker: Mutex::new(Some(cx.waker().clone())),
-                    state: AtomicU8::new(PENDING),
-                });
-                let seq = self.shared.timer_seq.fetch_add(1, Ordering::Relaxed);
-                self.shared.timers.lock().push(Reverse(TimerEntry {
-                    at: self.deadline,
-                    seq,
-                    slot: slot.clone(),
-                }));
-                self.slot = Some(slot);
+                let waker = cx.waker().clone();
+                let reg = self.shared.timers.lock().register(self.deadline, waker);
+                self.slot = Some(reg);
             }
         }
         Poll::Pending
@@ -541,9 +572,10 @@ impl Future for SimSleep {
 
 impl Drop for SimSleep {
     fn drop(&mut self) {
-        if let Some(slot) = &self.slot {
+        if let Some((idx, gen)) = self.slot.take() {
             // A cancelled timer no longer counts as scheduled work (deadlock detection).
-            slot.state.store(DONE, Ordering::Release);
+            let w = self.shared.timers.lock().release(idx, gen);
+            drop(w);
         }
     }
 }

@@ -536,6 +536,9 @@ pub(crate) struct Delivered {
     pub(crate) proc: usize,
     pub(crate) access: String,
     pub(crate) refresh: Option<String>,
+    /// The provider's record of `access` when it was delivered: its family and true expiry
+    /// (`None`: a token the provider never issued, never valid).
+    pub(crate) record: Option<(FamilyId, MonoTime)>,
 }
 
 const DELIVERED_KEPT: usize = 8;
@@ -682,6 +685,10 @@ impl State {
         access: String,
         refresh: Option<String>,
     ) {
+        let record = self
+            .provider
+            .access_record(&access)
+            .map(|r| (r.family, r.expires));
         let d = &mut self.delivered[cred];
         if d.len() == DELIVERED_KEPT {
             d.pop_front();
@@ -691,17 +698,27 @@ impl State {
             proc,
             access,
             refresh,
+            record,
         });
         self.last_delivered[cred] = Some(at);
     }
 
     /// Whether an access token the credential had received by `t` is valid at `t`.
     pub(crate) fn valid_token_at(&self, cred: usize, t: MonoTime) -> bool {
-        // Newest first: usually the first one answers.
-        self.delivered[cred]
-            .iter()
-            .rev()
-            .any(|d| d.at <= t && self.provider.check_resource(&d.access, t) == ResourceAnswer::Ok)
+        // Newest first: usually the first one answers. While the provider never revoked an
+        // access token of the family, `check_resource` reduces to the recorded expiry (an
+        // issued token's expiry never changes once delivered), which saves a string-keyed
+        // lookup per caller request.
+        self.delivered[cred].iter().rev().any(|d| {
+            d.at <= t
+                && match d.record {
+                    None => false,
+                    Some((family, expires)) if !self.provider.family_access_revoked(family) => {
+                        t < expires
+                    }
+                    Some(_) => self.provider.check_resource(&d.access, t) == ResourceAnswer::Ok,
+                }
+        })
     }
 
     fn series_add(&mut self, at: MonoTime, call: bool, wait: u64) {
@@ -795,11 +812,13 @@ pub fn run(
             Initial::Expired => life + Duration::from_secs(10),
         };
         provider.age_access_token(&at, age);
+        let record = provider.access_record(&at).map(|r| (r.family, r.expires));
         delivered_logins.push(VecDeque::from([Delivered {
             at: MonoTime::ZERO,
             proc: usize::MAX,
             access: at.clone(),
             refresh: rt.clone(),
+            record,
         }]));
         let issued = wall_at(MonoTime::ZERO, 0) - age;
         logins.push(TokenSet::new(

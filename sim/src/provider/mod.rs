@@ -57,6 +57,8 @@ struct Family {
     current_rt: Option<String>,
     access_tokens: Vec<String>,
     rt_chain: Vec<String>,
+    /// Some access token of the family was revoked before expiry.
+    any_access_revoked: bool,
 }
 
 /// A refresh token presented again after rotation, outside any grace window.
@@ -203,6 +205,7 @@ impl Provider {
             current_rt: None,
             access_tokens: Vec::new(),
             rt_chain: Vec::new(),
+            any_access_revoked: false,
         });
         let at = self.issue_access(family, now);
         let rt = self
@@ -263,6 +266,7 @@ impl Provider {
         if f.revoked.is_none() {
             f.revoked = Some(why);
         }
+        f.any_access_revoked = true;
         for at in &f.access_tokens {
             if let Some(r) = self.ats.get_mut(at) {
                 r.revoked = true;
@@ -296,6 +300,13 @@ impl Provider {
             let remaining = life.saturating_sub(age);
             r.expires = r.issued.saturating_add(remaining);
         }
+    }
+
+    /// Whether any access token of `family` was ever revoked before its expiry. While not,
+    /// an issued access token of the family is valid exactly until its recorded expiry (the
+    /// callers' fast path of [`Provider::check_resource`]).
+    pub fn family_access_revoked(&self, family: FamilyId) -> bool {
+        !matches!(self.families.get(family), Some(f) if !f.any_access_revoked)
     }
 
     /// What the provider knows of an access token.
@@ -376,6 +387,7 @@ impl Provider {
             }
         }
         if self.profile.refresh_kills_old_access_token {
+            self.families[family].any_access_revoked = true;
             let old: Vec<String> = self.families[family].access_tokens.clone();
             for at in old {
                 if let Some(r) = self.ats.get_mut(&at) {
