@@ -4,7 +4,9 @@
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::channel::mpsc;
@@ -494,18 +496,11 @@ impl Credential {
     /// persisted for everyone.
     ///
     /// See the [type-level example](Credential#examples).
-    pub async fn token(&self) -> Result<Token, Error> {
-        {
-            let snap = self.inner.published.load();
-            let fresh = match snap.fast_until_instant {
-                Some(until) => Instant::now() < until,
-                None => self.inner.rt.now() < snap.fast_until,
-            };
-            if fresh {
-                return Ok(Token { snap });
-            }
+    pub fn token(&self) -> TokenFuture<'_> {
+        TokenFuture {
+            credential: self,
+            slow: None,
         }
-        self.inner.token_slow().await
     }
 
     /// Reports that a resource server rejected `token` (HTTP 401). If it is still the current
@@ -697,6 +692,54 @@ impl Credential {
             self.inner.release(store.as_ref(), lease).await;
         }
         Ok(())
+    }
+}
+
+/// The future returned by [`Credential::token`].
+///
+/// Its first poll serves a fresh token without locks or allocation; only when that is not
+/// possible does it box the engine's slow path (joining or starting a refresh), so the future
+/// itself stays two words and is cheap to create, move and drop.
+#[must_use = "futures do nothing unless polled"]
+pub struct TokenFuture<'a> {
+    credential: &'a Credential,
+    slow: Option<SlowPath<'a>>,
+}
+
+type SlowPath<'a> = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send + 'a>>;
+
+impl Future for TokenFuture<'_> {
+    type Output = Result<Token, Error>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(slow) = self.slow.as_mut() {
+            return slow.as_mut().poll(cx);
+        }
+        let inner = &self.credential.inner;
+        let snap = inner.published.load();
+        let fresh = match snap.fast_until_instant {
+            Some(until) => Instant::now() < until,
+            None => inner.rt.now() < snap.fast_until,
+        };
+        if fresh {
+            return Poll::Ready(Ok(Token { snap }));
+        }
+        drop(snap);
+        let mut slow: SlowPath<'_> = Box::pin(inner.token_slow());
+        let poll = slow.as_mut().poll(cx);
+        if poll.is_pending() {
+            self.slow = Some(slow);
+        }
+        poll
+    }
+}
+
+impl fmt::Debug for TokenFuture<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenFuture")
+            .field("waiting", &self.slow.is_some())
+            .finish()
     }
 }
 

@@ -93,7 +93,7 @@ mod token;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use credential::{Credential, CredentialBuilder, Status, Token};
+pub use credential::{Credential, CredentialBuilder, Status, Token, TokenFuture};
 pub use error::Error;
 pub use event::Event;
 pub use machine::{Phase, ReauthReason};
