@@ -417,8 +417,14 @@ pub fn fleet(credentials: usize, callers: usize) -> WorldConfig {
     c.settle = secs(60);
     c.resource_server = false;
     c.max_steps = u64::MAX;
+    // Independent credentials in cache-sized shards (see `WorldConfig::shard_credentials`).
+    c.shard_credentials = FLEET_SHARD;
     c
 }
+
+/// Credentials per shard of the fleet run: small enough that a shard's working set (engines,
+/// stores, provider records, executor) stays in the CPU caches.
+pub const FLEET_SHARD: usize = 100;
 
 /// The scenario called `name`.
 ///

@@ -145,3 +145,31 @@ fn list_and_json_run() {
     assert_eq!(v["status"], "ok");
     assert_eq!(v["provider_calls"], 1);
 }
+
+/// The fleet run is sharded into independent worlds of credentials: a small sharded fleet
+/// passes, replays to the same hash, adds up its shards' figures, and a broken invariant in
+/// any shard fails the whole run, naming the shard.
+#[test]
+fn sharded_fleet_checks_every_shard() {
+    let mut cfg = scenario::fleet(250, 10);
+    cfg.duration = std::time::Duration::from_secs(2 * 3600);
+    cfg.shard_credentials = 100;
+    let a = runner::run_world(&cfg, 5, Arc::new(Keepfresh), false);
+    assert!(a.failure.is_none(), "{:?}", a.failure);
+    let b = runner::run_world(&cfg, 5, Arc::new(Keepfresh), false);
+    assert_eq!((a.trace_hash, a.events), (b.trace_hash, b.events));
+    assert_eq!(a.metrics.requests, a.metrics.served);
+    assert!(a.metrics.requests > 250 * 10 * 3, "{}", a.metrics.requests);
+    assert!(a.outcomes.get("ok").copied().unwrap_or(0) >= 250);
+    // At most one refresh per credential per token lifetime and a bit: all shards counted.
+    assert_eq!(
+        a.outcomes.values().sum::<u64>(),
+        a.metrics.token_calls.len() as u64
+    );
+    let mut strict = cfg.clone();
+    strict.max_calls_per_credential = Some(0);
+    let f = runner::run_world(&strict, 5, Arc::new(Keepfresh), false)
+        .failure
+        .expect("a refresh in any shard breaks a zero-call budget");
+    assert!(f.message.starts_with("shard 0 "), "{}", f.message);
+}
