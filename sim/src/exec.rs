@@ -7,6 +7,7 @@
 //! [`Sleep`], [`Spawn`]): [`ExecHandle::runtime`] builds a [`Runtime`] for one simulated process,
 //! whose tasks carry the process's group so that a crash kills all of them at once.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
@@ -20,7 +21,6 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::task::{waker_ref, ArcWake};
 use keepfresh::runtime::{Clock, MonoTime, Runtime, Sleep, Spawn};
-use parking_lot::Mutex;
 use time::OffsetDateTime;
 
 use crate::rng::SimRng;
@@ -71,24 +71,116 @@ pub struct Executor {
     shared: Arc<Shared>,
 }
 
-// Every structure sits behind an uncontended lock (the executor runs on one thread; the
-// runtime traits only require `Send + Sync`). Hot-path costs per event: one timer-heap entry
-// of plain integers (no allocation per sleep: timer slots live in a slab and are reused), one
-// ready-queue push, one task poll.
+/// What the executor's handles share: the clock, and where the executor's state lives.
 struct Shared {
     now: AtomicU64,
-    ready: Arc<ReadyQueue>,
-    tasks: Mutex<Tasks>,
-    timers: Mutex<Timers>,
-    rng: Mutex<SimRng>,
-    polls: AtomicU64,
-    timer_fires: AtomicU64,
-    spawns: AtomicU64,
+    core: CoreRef,
 }
 
-/// Tasks woken and not yet polled, as `(slot, generation)`. Wakers hold this queue, not the
-/// executor, so a waker that outlives the executor keeps nothing else alive.
-type ReadyQueue = Mutex<Vec<(usize, u32)>>;
+/// The executor's state: ready queue, tasks, timers, scheduling generator and counters.
+///
+/// A world runs on one thread, but the engine's runtime traits (and wakers) require
+/// `Send + Sync`, which would put every structure behind an atomic lock: two locked
+/// instructions per critical section, about a dozen sections per caller request. Instead the
+/// state lives in a thread-local table (a `RefCell`, no atomics, no `unsafe`) and handles name
+/// it by slot and identity: using a handle on another thread panics (or, for a wake, is
+/// ignored — the simulation never wakes across threads), and re-entrant access panics where a
+/// mutex would deadlock.
+struct Core {
+    id: u64,
+    ready: Vec<(usize, u32)>,
+    tasks: Tasks,
+    timers: Timers,
+    rng: SimRng,
+    polls: u64,
+    timer_fires: u64,
+    spawns: u64,
+}
+
+thread_local! {
+    static CORES: RefCell<Vec<Option<Core>>> = const { RefCell::new(Vec::new()) };
+}
+
+static NEXT_CORE_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Clone, Copy, Debug)]
+struct CoreRef {
+    slot: usize,
+    id: u64,
+}
+
+impl CoreRef {
+    fn create(seed: u64) -> CoreRef {
+        let id = NEXT_CORE_ID.fetch_add(1, Ordering::Relaxed);
+        let core = Core {
+            id,
+            ready: Vec::new(),
+            tasks: Tasks {
+                slots: Vec::new(),
+                free: Vec::new(),
+                dead: vec![false],
+            },
+            timers: Timers::default(),
+            rng: SimRng::new(seed),
+            polls: 0,
+            timer_fires: 0,
+            spawns: 0,
+        };
+        CORES.with(|c| {
+            let mut c = c.borrow_mut();
+            let slot = match c.iter().position(Option::is_none) {
+                Some(i) => {
+                    c[i] = Some(core);
+                    i
+                }
+                None => {
+                    c.push(Some(core));
+                    c.len() - 1
+                }
+            };
+            CoreRef { slot, id }
+        })
+    }
+
+    /// Runs `f` on the executor's state, if it is alive on this thread.
+    #[inline]
+    fn try_with<R>(self, f: impl FnOnce(&mut Core) -> R) -> Option<R> {
+        CORES
+            .try_with(|c| {
+                let mut c = c.borrow_mut();
+                match c.get_mut(self.slot) {
+                    Some(Some(core)) if core.id == self.id => Some(f(core)),
+                    _ => None,
+                }
+            })
+            .ok()
+            .flatten()
+    }
+
+    /// Runs `f` on the executor's state.
+    ///
+    /// # Panics
+    /// On another thread than the executor's, or after the executor was dropped.
+    #[inline]
+    fn with<R>(self, f: impl FnOnce(&mut Core) -> R) -> R {
+        self.try_with(f).expect(
+            "simulation executor used from another thread than the one that created it, or after it was dropped",
+        )
+    }
+
+    fn remove(self) -> Option<Core> {
+        CORES
+            .try_with(|c| {
+                let mut c = c.borrow_mut();
+                match c.get_mut(self.slot) {
+                    Some(slot) if slot.as_ref().is_some_and(|k| k.id == self.id) => slot.take(),
+                    _ => None,
+                }
+            })
+            .ok()
+            .flatten()
+    }
+}
 
 struct Tasks {
     slots: Vec<Slot>,
@@ -113,15 +205,20 @@ struct Slot {
 struct TaskWaker {
     id: usize,
     gen: u32,
+    /// Already in the ready queue (only touched on the executor's thread; an atomic for
+    /// `Sync`, read and written with plain loads and stores).
     queued: AtomicBool,
-    ready: Arc<ReadyQueue>,
+    core: CoreRef,
 }
 
 impl ArcWake for TaskWaker {
     fn wake_by_ref(arc_self: &Arc<Self>) {
-        if !arc_self.queued.swap(true, Ordering::AcqRel) {
-            arc_self.ready.lock().push((arc_self.id, arc_self.gen));
-        }
+        arc_self.core.try_with(|c| {
+            if !arc_self.queued.load(Ordering::Relaxed) {
+                arc_self.queued.store(true, Ordering::Relaxed);
+                c.ready.push((arc_self.id, arc_self.gen));
+            }
+        });
     }
 }
 
@@ -160,7 +257,8 @@ impl Timers {
         (idx, gen)
     }
 
-    /// Frees slot `idx` if it still belongs to generation `gen`; returns its waker.
+    /// Frees slot `idx` if it still belongs to generation `gen`; returns its waker (to be
+    /// dropped or woken outside the executor's state).
     fn release(&mut self, idx: u32, gen: u32) -> Option<Waker> {
         let slot = &mut self.slots[idx as usize];
         if slot.gen != gen {
@@ -176,23 +274,27 @@ impl Timers {
     }
 }
 
+enum Next {
+    StepCap,
+    Stale,
+    Timers,
+    Poll {
+        id: usize,
+        gen: u32,
+        fut: BoxFuture<'static, ()>,
+        waker: Arc<TaskWaker>,
+        group: Group,
+    },
+}
+
 impl Executor {
-    /// An executor at monotonic zero whose scheduling order is drawn from `seed`.
+    /// An executor at monotonic zero whose scheduling order is drawn from `seed`. It and its
+    /// handles must be used on the thread that created it.
     pub fn new(seed: u64) -> Self {
         Executor {
             shared: Arc::new(Shared {
                 now: AtomicU64::new(0),
-                ready: Arc::new(Mutex::new(Vec::new())),
-                tasks: Mutex::new(Tasks {
-                    slots: Vec::new(),
-                    free: Vec::new(),
-                    dead: vec![false],
-                }),
-                timers: Mutex::new(Timers::default()),
-                rng: Mutex::new(SimRng::new(seed)),
-                polls: AtomicU64::new(0),
-                timer_fires: AtomicU64::new(0),
-                spawns: AtomicU64::new(0),
+                core: CoreRef::create(seed),
             }),
         }
     }
@@ -206,32 +308,78 @@ impl Executor {
 
     /// Runs until idle, until time would pass `horizon`, or until `max_steps` events.
     pub fn run(&self, horizon: MonoTime, max_steps: u64) -> RunEnd {
-        let s = &self.shared;
-        let start = s.polls.load(Ordering::Relaxed) + s.timer_fires.load(Ordering::Relaxed);
-        let mut rng = s.rng.lock();
+        let core = self.shared.core;
+        let start = core.with(|c| c.polls + c.timer_fires);
         loop {
-            let steps =
-                s.polls.load(Ordering::Relaxed) + s.timer_fires.load(Ordering::Relaxed) - start;
-            if steps >= max_steps {
-                return RunEnd::StepCap;
-            }
-            let next = {
-                let mut ready = s.ready.lock();
-                if ready.is_empty() {
-                    None
-                } else {
-                    let i = rng.below(ready.len());
-                    Some(ready.swap_remove(i))
+            let next = core.with(|c| {
+                if c.polls + c.timer_fires - start >= max_steps {
+                    return Next::StepCap;
                 }
-            };
-            if let Some((id, gen)) = next {
-                self.poll_task(id, gen);
-                continue;
-            }
-            match self.fire_next_timers(horizon) {
-                Some(true) => {}
-                Some(false) => return RunEnd::Horizon,
-                None => return RunEnd::Idle,
+                if c.ready.is_empty() {
+                    return Next::Timers;
+                }
+                let i = c.rng.below(c.ready.len());
+                let (id, gen) = c.ready.swap_remove(i);
+                let Some(slot) = c.tasks.slots.get_mut(id) else {
+                    return Next::Stale;
+                };
+                if slot.gen != gen || !slot.live {
+                    return Next::Stale;
+                }
+                let Some(fut) = slot.fut.take() else {
+                    return Next::Stale;
+                };
+                // Moved out and back rather than cloned: no reference counting per poll.
+                let waker = slot.waker.take().expect("live slot has a waker");
+                let group = slot.group;
+                waker.queued.store(false, Ordering::Relaxed);
+                c.polls += 1;
+                Next::Poll {
+                    id,
+                    gen,
+                    fut,
+                    waker,
+                    group,
+                }
+            });
+            match next {
+                Next::StepCap => return RunEnd::StepCap,
+                Next::Stale => {}
+                Next::Poll {
+                    id,
+                    gen,
+                    mut fut,
+                    waker,
+                    group,
+                } => {
+                    let done = {
+                        let w = waker_ref(&waker);
+                        let mut cx = Context::from_waker(&w);
+                        fut.as_mut().poll(&mut cx).is_ready()
+                    };
+                    let finished = core.with(move |c| {
+                        let dead = c.tasks.is_dead(group);
+                        let slot = &mut c.tasks.slots[id];
+                        if done || dead {
+                            if slot.gen == gen && slot.live {
+                                slot.live = false;
+                                c.tasks.free.push(id);
+                            }
+                            Some((fut, waker))
+                        } else {
+                            slot.fut = Some(fut);
+                            slot.waker = Some(waker);
+                            None
+                        }
+                    });
+                    // A finished task's future is dropped outside the executor's state.
+                    drop(finished);
+                }
+                Next::Timers => match self.fire_next_timers(horizon) {
+                    Some(true) => {}
+                    Some(false) => return RunEnd::Horizon,
+                    None => return RunEnd::Idle,
+                },
             }
         }
     }
@@ -239,12 +387,17 @@ impl Executor {
     /// Fires every live timer at the earliest pending deadline. `None` when no timer is
     /// pending; `Some(false)` when the earliest lies beyond `horizon` (time is then moved to it).
     fn fire_next_timers(&self, horizon: MonoTime) -> Option<bool> {
+        enum Fire {
+            Idle,
+            Horizon,
+            Fired(Option<Waker>, Vec<Waker>),
+        }
         let s = &self.shared;
-        let mut first: Option<Waker> = None;
-        let mut more: Vec<Waker> = Vec::new();
-        let mut fired = 0u64;
-        {
-            let mut timers = s.timers.lock();
+        let fire = s.core.with(|c| {
+            let mut first: Option<Waker> = None;
+            let mut more: Vec<Waker> = Vec::new();
+            let mut fired = 0u64;
+            let timers = &mut c.timers;
             let mut at = None;
             while let Some(&Reverse((t, _, idx, gen))) = timers.heap.peek() {
                 if !timers.is_live(idx, gen) {
@@ -256,7 +409,7 @@ impl Executor {
                         if t > horizon.as_nanos() {
                             let h = horizon.as_nanos().max(s.now.load(Ordering::Relaxed));
                             s.now.store(h, Ordering::Release);
-                            return Some(false);
+                            return Fire::Horizon;
                         }
                         at = Some(t);
                     }
@@ -273,52 +426,26 @@ impl Executor {
                     }
                 }
             }
-            let at = at?;
+            let Some(at) = at else { return Fire::Idle };
             if at > s.now.load(Ordering::Relaxed) {
                 s.now.store(at, Ordering::Release);
             }
-        }
-        s.timer_fires.fetch_add(fired, Ordering::Relaxed);
-        if let Some(w) = first {
-            w.wake();
-        }
-        for w in more {
-            w.wake();
-        }
-        Some(true)
-    }
-
-    fn poll_task(&self, id: usize, gen: u32) {
-        let s = &self.shared;
-        let (mut fut, waker, group) = {
-            let mut tasks = s.tasks.lock();
-            let Some(slot) = tasks.slots.get_mut(id) else {
-                return;
-            };
-            if slot.gen != gen || !slot.live {
-                return;
+            c.timer_fires += fired;
+            Fire::Fired(first, more)
+        });
+        match fire {
+            Fire::Idle => None,
+            Fire::Horizon => Some(false),
+            Fire::Fired(first, more) => {
+                // Woken outside the executor's state: a wake re-enters it.
+                if let Some(w) = first {
+                    w.wake();
+                }
+                for w in more {
+                    w.wake();
+                }
+                Some(true)
             }
-            let Some(fut) = slot.fut.take() else { return };
-            let waker = slot.waker.clone().expect("live slot has a waker");
-            (fut, waker, slot.group)
-        };
-        waker.queued.store(false, Ordering::Release);
-        s.polls.fetch_add(1, Ordering::Relaxed);
-        let done = {
-            let w = waker_ref(&waker);
-            let mut cx = Context::from_waker(&w);
-            fut.as_mut().poll(&mut cx).is_ready()
-        };
-        let mut tasks = s.tasks.lock();
-        if done || tasks.is_dead(group) {
-            let slot = &mut tasks.slots[id];
-            slot.live = false;
-            slot.waker = None;
-            tasks.free.push(id);
-            drop(tasks);
-            drop(fut);
-        } else {
-            tasks.slots[id].fut = Some(fut);
         }
     }
 
@@ -329,35 +456,54 @@ impl Executor {
 
     /// What the executor did so far.
     pub fn stats(&self) -> ExecStats {
-        ExecStats {
-            polls: self.shared.polls.load(Ordering::Relaxed),
-            timer_fires: self.shared.timer_fires.load(Ordering::Relaxed),
-            spawns: self.shared.spawns.load(Ordering::Relaxed),
-        }
+        self.shared.core.with(|c| ExecStats {
+            polls: c.polls,
+            timer_fires: c.timer_fires,
+            spawns: c.spawns,
+        })
     }
 
     /// How many tasks are alive.
     pub fn live_tasks(&self) -> usize {
-        let t = self.shared.tasks.lock();
-        t.slots.len() - t.free.len()
+        self.shared
+            .core
+            .with(|c| c.tasks.slots.len() - c.tasks.free.len())
     }
 }
 
 impl Drop for Executor {
     fn drop(&mut self) {
-        // Tasks hold runtime handles that point back here: break the cycle.
-        let futs: Vec<_> = {
-            let mut t = self.shared.tasks.lock();
-            t.slots.iter_mut().filter_map(|s| s.fut.take()).collect()
-        };
-        drop(futs);
-        let wakers: Vec<_> = {
-            let mut t = self.shared.timers.lock();
-            t.heap.clear();
-            t.slots.iter_mut().filter_map(|s| s.waker.take()).collect()
-        };
+        let core = self.shared.core;
+        // Tasks hold runtime handles that point back here: break the cycle. Futures are
+        // dropped outside the executor's state (their drops cancel timers, wake, spawn).
+        loop {
+            let futs: Vec<_> = core
+                .try_with(|c| {
+                    c.tasks
+                        .slots
+                        .iter_mut()
+                        .filter_map(|s| s.fut.take())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if futs.is_empty() {
+                break;
+            }
+            drop(futs);
+        }
+        let wakers: Vec<_> = core
+            .try_with(|c| {
+                c.timers.heap.clear();
+                c.timers
+                    .slots
+                    .iter_mut()
+                    .filter_map(|s| s.waker.take())
+                    .collect()
+            })
+            .unwrap_or_default();
         drop(wakers);
-        self.shared.ready.lock().clear();
+        let rest = core.remove();
+        drop(rest);
     }
 }
 
@@ -393,9 +539,10 @@ impl ExecHandle {
 
     /// A new group (a simulated process) whose tasks can be killed together.
     pub fn new_group(&self) -> Group {
-        let mut tasks = self.shared.tasks.lock();
-        tasks.dead.push(false);
-        Group((tasks.dead.len() - 1) as u32)
+        self.shared.core.with(|c| {
+            c.tasks.dead.push(false);
+            Group((c.tasks.dead.len() - 1) as u32)
+        })
     }
 
     /// Spawns `fut` in `group`. Spawning into a dead group drops the task at once.
@@ -404,14 +551,13 @@ impl ExecHandle {
     }
 
     fn spawn_boxed(&self, group: Group, fut: BoxFuture<'static, ()>) {
-        let s = &self.shared;
-        let (id, gen) = {
-            let mut tasks = s.tasks.lock();
-            if tasks.is_dead(group) {
-                drop(tasks);
-                return;
+        let core = self.shared.core;
+        let refused = core.with(move |c| {
+            if c.tasks.is_dead(group) {
+                return Some(fut);
             }
-            s.spawns.fetch_add(1, Ordering::Relaxed);
+            c.spawns += 1;
+            let tasks = &mut c.tasks;
             let id = match tasks.free.pop() {
                 Some(id) => id,
                 None => {
@@ -434,19 +580,21 @@ impl ExecHandle {
                 id,
                 gen: slot.gen,
                 queued: AtomicBool::new(true),
-                ready: s.ready.clone(),
+                core,
             }));
-            (id, slot.gen)
-        };
-        s.ready.lock().push((id, gen));
+            let gen = slot.gen;
+            c.ready.push((id, gen));
+            None
+        });
+        // Dropped outside the executor's state.
+        drop(refused);
     }
 
     /// Kills every task of `group` (a process crash): their futures are dropped without being
     /// polled again, and later spawns into the group are ignored.
     pub fn kill(&self, group: Group) {
-        let s = &self.shared;
-        let futs: Vec<_> = {
-            let mut tasks = s.tasks.lock();
+        let futs: Vec<_> = self.shared.core.with(|c| {
+            let tasks = &mut c.tasks;
             if let Some(d) = tasks.dead.get_mut(group.0 as usize) {
                 *d = true;
             }
@@ -455,16 +603,15 @@ impl ExecHandle {
             for (id, slot) in tasks.slots.iter_mut().enumerate() {
                 if slot.live && slot.group == group {
                     if let Some(f) = slot.fut.take() {
-                        out.push(f);
+                        out.push((f, slot.waker.take()));
                         slot.live = false;
-                        slot.waker = None;
                         freed.push(id);
                     }
                 }
             }
             tasks.free.extend(freed);
             out
-        };
+        });
         drop(futs);
     }
 
@@ -542,27 +689,31 @@ impl Future for SimSleep {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.shared.now.load(Ordering::Acquire) >= self.deadline {
             if let Some((idx, gen)) = self.slot.take() {
-                let w = self.shared.timers.lock().release(idx, gen);
+                let w = self.shared.core.try_with(|c| c.timers.release(idx, gen));
                 drop(w);
             }
             return Poll::Ready(());
         }
         match self.slot {
             Some((idx, gen)) => {
-                let mut timers = self.shared.timers.lock();
-                let slot = &mut timers.slots[idx as usize];
-                let old = match &slot.waker {
-                    _ if slot.gen != gen => None,
-                    Some(old) if old.will_wake(cx.waker()) => None,
-                    _ => slot.waker.replace(cx.waker().clone()),
-                };
-                drop(timers);
-                // Dropped outside the lock: a waker's drop may run arbitrary code.
+                let old = self.shared.core.with(|c| {
+                    let slot = &mut c.timers.slots[idx as usize];
+                    match &slot.waker {
+                        _ if slot.gen != gen => None,
+                        Some(old) if old.will_wake(cx.waker()) => None,
+                        _ => slot.waker.replace(cx.waker().clone()),
+                    }
+                });
+                // Dropped outside the executor's state: a waker's drop may run arbitrary code.
                 drop(old);
             }
             None => {
                 let waker = cx.waker().clone();
-                let reg = self.shared.timers.lock().register(self.deadline, waker);
+                let deadline = self.deadline;
+                let reg = self
+                    .shared
+                    .core
+                    .with(|c| c.timers.register(deadline, waker));
                 self.slot = Some(reg);
             }
         }
@@ -574,7 +725,7 @@ impl Drop for SimSleep {
     fn drop(&mut self) {
         if let Some((idx, gen)) = self.slot.take() {
             // A cancelled timer no longer counts as scheduled work (deadlock detection).
-            let w = self.shared.timers.lock().release(idx, gen);
+            let w = self.shared.core.try_with(|c| c.timers.release(idx, gen));
             drop(w);
         }
     }
@@ -633,6 +784,7 @@ impl Spawn for SimSpawner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use parking_lot::Mutex;
 
     #[test]
     fn time_jumps_to_the_next_timer_and_order_follows_the_seed() {
