@@ -1314,11 +1314,25 @@ fn start_process(w: &Arc<Shared>, i: usize) {
 }
 
 /// Counts a caller request as pending until it resolves or is dropped (process crash).
-struct Pending(Arc<Mutex<State>>);
+struct Pending<'a> {
+    state: &'a Mutex<State>,
+    armed: bool,
+}
 
-impl Drop for Pending {
+impl Pending<'_> {
+    /// The request resolved: stop counting it (under the caller's lock of the state).
+    fn resolve(&mut self, s: &mut State) {
+        if std::mem::take(&mut self.armed) {
+            s.pending_callers -= 1;
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.0.lock().pending_callers -= 1;
+        if self.armed {
+            self.state.lock().pending_callers -= 1;
+        }
     }
 }
 
@@ -1329,8 +1343,34 @@ async fn drive_callers(w: Arc<Shared>, i: usize, group: Group, client: Arc<dyn P
     match &cfg.pattern {
         Pattern::Steady { mean } => {
             let mean_ns = mean.as_nanos() as u64;
-            let mut heap = BinaryHeap::new();
             let now = w.exec.now().as_nanos();
+            // Callers by next request time, ties by caller index. Packed into one u64 per
+            // caller (time above the index bits) when every time fits, which halves the heap
+            // and its comparisons; the order is the same as the `(time, caller)` heap.
+            let bits = u64::BITS - (cfg.callers.max(1) as u64 - 1).leading_zeros();
+            let latest = end
+                .as_nanos()
+                .saturating_add(mean_ns.saturating_mul(3) / 2)
+                .saturating_add(1);
+            if bits < 64 && latest.leading_zeros() >= bits {
+                let mask = (1u64 << bits) - 1;
+                let mut heap = BinaryHeap::with_capacity(cfg.callers);
+                for c in 0..cfg.callers as u64 {
+                    heap.push(Reverse((now + rng.range(0, mean_ns)) << bits | c));
+                }
+                while let Some(Reverse(key)) = heap.pop() {
+                    let (t, c) = (key >> bits, key & mask);
+                    if t >= end.as_nanos() {
+                        break;
+                    }
+                    w.exec.sleep_until(MonoTime::from_nanos(t)).await;
+                    issue(&w, i, group, &client).await;
+                    let next = t + rng.range(mean_ns / 2, mean_ns * 3 / 2);
+                    heap.push(Reverse(next << bits | c));
+                }
+                return;
+            }
+            let mut heap = BinaryHeap::new();
             for c in 0..cfg.callers {
                 heap.push(Reverse((now + rng.range(0, mean_ns), c)));
             }
@@ -1365,12 +1405,16 @@ async fn issue(w: &Arc<Shared>, i: usize, group: Group, client: &Arc<dyn Process
 
 async fn request(w: Arc<Shared>, i: usize, client: Arc<dyn ProcessClient>) {
     let start = w.exec.now();
-    let (_pending, valid_at_start) = {
+    let (mut pending, valid_at_start) = {
         let mut s = w.state.lock();
         s.pending_callers += 1;
         s.metrics.requests += 1;
         let valid = s.valid_token_at(w.procs[i].cred, start);
-        (Pending(w.state.clone()), valid)
+        let pending = Pending {
+            state: &w.state,
+            armed: true,
+        };
+        (pending, valid)
     };
     let result = match w.cfg.caller_timeout {
         None => client.token().await,
@@ -1385,7 +1429,10 @@ async fn request(w: Arc<Shared>, i: usize, client: Arc<dyn ProcessClient>) {
             }
         }
     };
-    let token = match served(&w, i, start, valid_at_start, result) {
+    // Without a resource server the request ends with its answer: resolved under the same
+    // lock as the serving checks.
+    let last = !w.cfg.resource_server;
+    let token = match served(&w, i, start, valid_at_start, result, &mut pending, last) {
         Some(t) => t,
         None => return,
     };
@@ -1408,7 +1455,7 @@ async fn request(w: Arc<Shared>, i: usize, client: Arc<dyn ProcessClient>) {
     let retry_start = w.exec.now();
     let retry_valid = w.state.lock().valid_token_at(w.procs[i].cred, retry_start);
     let again = client.token().await;
-    if let Some(t2) = served(&w, i, retry_start, retry_valid, again) {
+    if let Some(t2) = served(&w, i, retry_start, retry_valid, again, &mut pending, false) {
         let mut s = w.state.lock();
         let now = w.exec.now();
         if s.provider.check_resource(t2.access.expose_secret(), now) == ResourceAnswer::Unauthorized
@@ -1419,16 +1466,23 @@ async fn request(w: Arc<Shared>, i: usize, client: Arc<dyn ProcessClient>) {
 }
 
 /// Records a caller's result and checks the serving invariants.
+///
+/// With `last`, or when nothing is served, the request resolves here (`pending`).
 fn served(
     w: &Arc<Shared>,
     i: usize,
     start: MonoTime,
     valid_at_start: bool,
     result: Result<crate::strategy::ServedToken, ClientError>,
+    pending: &mut Pending<'_>,
+    last: bool,
 ) -> Option<crate::strategy::ServedToken> {
     let now = w.exec.now();
     let wait = now.saturating_duration_since(start);
     let mut s = w.state.lock();
+    if last || result.is_err() {
+        pending.resolve(&mut s);
+    }
     s.metrics.waits.record(wait.as_nanos() as u64);
     if !wait.is_zero() {
         s.series_add(now, false, wait.as_nanos() as u64);
