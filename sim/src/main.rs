@@ -95,6 +95,10 @@ struct RunArgs {
     /// Write an SVG plot of token-endpoint calls and caller waits here.
     #[arg(long)]
     svg: Option<std::path::PathBuf>,
+    /// Threads for a world that runs in shards of independent credentials (the fleet); the
+    /// results do not depend on it.
+    #[arg(long, default_value_t = 1)]
+    jobs: usize,
 }
 
 #[derive(Args, Debug)]
@@ -204,10 +208,14 @@ fn run(a: RunArgs, replay: bool) -> i32 {
         (None, true) => return usage("replay needs --seed N"),
         (None, false) => 1,
     };
-    let cfg = match runner::resolve(&sc, seed, &ov) {
+    let mut cfg = match runner::resolve(&sc, seed, &ov) {
         Ok(c) => c,
         Err(e) => return usage(&e),
     };
+    if a.jobs == 0 {
+        return usage("--jobs must be at least 1");
+    }
+    cfg.shard_jobs = a.jobs;
     if !a.json {
         println!(
             "keepfresh-sim {} seed {seed} strategy {}",

@@ -271,6 +271,10 @@ pub struct WorldConfig {
     /// events of unrelated credentials on one executor; what is gained is a working set that
     /// stays in the CPU caches (the fleet run is dominated by cache misses otherwise).
     pub shard_credentials: usize,
+    /// Threads that run shards at once (0 or 1: one after the other). Results do not depend
+    /// on it: shards are merged in order, and a failure stops the shards after it.
+    #[serde(skip)]
+    pub shard_jobs: usize,
     /// Observe only: keep running after an invariant breaks, to the end of the world (the
     /// comparison mode runs other clients' behaviours, which break invariants by design, and
     /// reports what happened next).
@@ -311,6 +315,7 @@ impl WorldConfig {
             lifetime_known: true,
             max_steps: 200_000_000,
             shard_credentials: 0,
+            shard_jobs: 1,
             keep_going: false,
         }
     }
@@ -837,9 +842,10 @@ struct Shared {
 /// A world with [`WorldConfig::shard_credentials`] set and no scheduled actions runs as
 /// independent shards of that many credentials, one after the other: shard `k` is the world
 /// with credentials `k * shard ..` (local indices in its trace and messages) and seed
-/// `derive(seed, SHARD_SEED + k)`. Figures are summed (maxima for maxima), the trace hash is
-/// FNV-1a over the shards' hashes in order, and the first failing shard's failure is the run's
-/// (named with its shard and credential range), so a failing seed replays exactly.
+/// `derive(seed, SHARD_SEED + k)` and its own step cap of `max_steps`. Figures are summed
+/// (maxima for maxima), the trace hash is FNV-1a over the shards' hashes in order, and the
+/// first failing shard's failure is the run's (named with its shard and credential range), so
+/// a failing seed replays exactly. [`WorldConfig::shard_jobs`] threads run shards at once.
 pub fn run(
     cfg: &WorldConfig,
     seed: u64,
@@ -851,21 +857,18 @@ pub fn run(
         return run_one(cfg, seed, strategy, print_trace);
     }
     let started = Instant::now();
-    let mut trace = Trace::new(false);
-    let mut merged: Option<Outcome> = None;
     let shards = cfg.credentials.div_ceil(shard);
-    for k in 0..shards {
-        let lo = k * shard;
+    let range = |k: usize| (k * shard, shard.min(cfg.credentials - k * shard));
+    let run_shard = |k: usize| {
+        let (lo, n) = range(k);
         let mut sub = cfg.clone();
-        sub.credentials = shard.min(cfg.credentials - lo);
+        sub.credentials = n;
         sub.shard_credentials = 0;
-        let used = merged.as_ref().map_or(0, |m| m.events);
-        sub.max_steps = cfg.max_steps.saturating_sub(used).max(1);
         if print_trace {
             println!(
                 "--- shard {k}: credentials c{lo}..c{} as c0..c{}",
-                lo + sub.credentials - 1,
-                sub.credentials - 1
+                lo + n - 1,
+                n - 1
             );
         }
         let mut out = run_one(
@@ -874,15 +877,64 @@ pub fn run(
             strategy.clone(),
             print_trace,
         );
-        trace.mix(&out.trace_hash.to_le_bytes());
         if let Some(f) = &mut out.failure {
             f.message = format!(
                 "shard {k} (credentials c{lo}..c{}, indices local to the shard): {}",
-                lo + sub.credentials - 1,
+                lo + n - 1,
                 f.message
             );
         }
-        let stop = out.failure.is_some() && !cfg.keep_going;
+        out
+    };
+    let stops = |out: &Outcome| out.failure.is_some() && !cfg.keep_going;
+    // Shards are claimed in order, so when shard k ran, every shard before it ran too; a
+    // failure stops claiming, and only shards up to the first failing one are merged: the
+    // result does not depend on the number of threads.
+    let jobs = if print_trace {
+        1
+    } else {
+        cfg.shard_jobs.clamp(1, shards)
+    };
+    let results: Vec<Option<Outcome>> = if jobs == 1 {
+        let mut v = Vec::with_capacity(shards);
+        for k in 0..shards {
+            let out = run_shard(k);
+            let stop = stops(&out);
+            v.push(Some(out));
+            if stop {
+                break;
+            }
+        }
+        v
+    } else {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let slots: Vec<Mutex<Option<Outcome>>> = (0..shards).map(|_| Mutex::new(None)).collect();
+        std::thread::scope(|scope| {
+            for _ in 0..jobs {
+                scope.spawn(|| loop {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let k = next.fetch_add(1, Ordering::AcqRel);
+                    if k >= shards {
+                        break;
+                    }
+                    let out = run_shard(k);
+                    if stops(&out) {
+                        stop.store(true, Ordering::Release);
+                    }
+                    *slots[k].lock() = Some(out);
+                });
+            }
+        });
+        slots.into_iter().map(Mutex::into_inner).collect()
+    };
+    let mut trace = Trace::new(false);
+    let mut merged: Option<Outcome> = None;
+    for out in results.into_iter().map_while(|o| o) {
+        trace.mix(&out.trace_hash.to_le_bytes());
+        let stop = stops(&out);
         merged = Some(match merged {
             None => out,
             Some(mut m) => {
@@ -890,10 +942,8 @@ pub fn run(
                 for (k, v) in out.outcomes {
                     *m.outcomes.entry(k).or_default() += v;
                 }
-                if m.failure.is_none() && out.failure.is_some() {
+                if m.failure.is_none() {
                     m.failure = out.failure;
-                    m.tail = out.tail;
-                } else if m.failure.is_none() {
                     m.tail = out.tail;
                 }
                 m.events += out.events;

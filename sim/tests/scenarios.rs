@@ -158,6 +158,12 @@ fn sharded_fleet_checks_every_shard() {
     assert!(a.failure.is_none(), "{:?}", a.failure);
     let b = runner::run_world(&cfg, 5, Arc::new(Keepfresh), false);
     assert_eq!((a.trace_hash, a.events), (b.trace_hash, b.events));
+    // Shards on two threads: the same run.
+    let mut par = cfg.clone();
+    par.shard_jobs = 2;
+    let c = runner::run_world(&par, 5, Arc::new(Keepfresh), false);
+    assert_eq!((a.trace_hash, a.events), (c.trace_hash, c.events));
+    assert_eq!(a.metrics.requests, c.metrics.requests);
     assert_eq!(a.metrics.requests, a.metrics.served);
     assert!(a.metrics.requests > 250 * 10 * 3, "{}", a.metrics.requests);
     assert!(a.outcomes.get("ok").copied().unwrap_or(0) >= 250);
