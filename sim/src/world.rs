@@ -1390,6 +1390,10 @@ async fn drive_callers(w: Arc<Shared>, i: usize, group: Group, client: Arc<dyn P
     let cfg = &w.cfg;
     let end = MonoTime::from_duration(cfg.duration);
     let mut rng = SimRng::new(derive(w.seed, 50_000 + i as u64));
+    let caller = Arc::new(Caller {
+        w: w.clone(),
+        client,
+    });
     match &cfg.pattern {
         Pattern::Steady { mean } => {
             let mean_ns = mean.as_nanos() as u64;
@@ -1414,7 +1418,7 @@ async fn drive_callers(w: Arc<Shared>, i: usize, group: Group, client: Arc<dyn P
                         break;
                     }
                     w.exec.sleep_until(MonoTime::from_nanos(t)).await;
-                    issue(&w, i, group, &client).await;
+                    issue(&caller, i, group).await;
                     let next = t + rng.range(mean_ns / 2, mean_ns * 3 / 2);
                     heap.push(Reverse(next << bits | c));
                 }
@@ -1429,7 +1433,7 @@ async fn drive_callers(w: Arc<Shared>, i: usize, group: Group, client: Arc<dyn P
                     break;
                 }
                 w.exec.sleep_until(MonoTime::from_nanos(t)).await;
-                issue(&w, i, group, &client).await;
+                issue(&caller, i, group).await;
                 heap.push(Reverse((t + rng.range(mean_ns / 2, mean_ns * 3 / 2), c)));
             }
         }
@@ -1438,7 +1442,7 @@ async fn drive_callers(w: Arc<Shared>, i: usize, group: Group, client: Arc<dyn P
             while t < end {
                 w.exec.sleep_until(t).await;
                 for _ in 0..cfg.callers {
-                    issue(&w, i, group, &client).await;
+                    issue(&caller, i, group).await;
                 }
                 t = t.saturating_add(*every);
             }
@@ -1446,14 +1450,21 @@ async fn drive_callers(w: Arc<Shared>, i: usize, group: Group, client: Arc<dyn P
     }
 }
 
-async fn issue(w: &Arc<Shared>, i: usize, group: Group, client: &Arc<dyn ProcessClient>) {
-    let mut fut = Box::pin(request(w.clone(), i, client.clone()));
+/// What a process's caller requests share (one reference count per request, not two).
+struct Caller {
+    w: Arc<Shared>,
+    client: Arc<dyn ProcessClient>,
+}
+
+async fn issue(caller: &Arc<Caller>, i: usize, group: Group) {
+    let mut fut = Box::pin(request(caller.clone(), i));
     if futures::poll!(fut.as_mut()).is_pending() {
-        w.exec.spawn_in(group, fut);
+        caller.w.exec.spawn_in(group, fut);
     }
 }
 
-async fn request(w: Arc<Shared>, i: usize, client: Arc<dyn ProcessClient>) {
+async fn request(caller: Arc<Caller>, i: usize) {
+    let (w, client) = (&caller.w, &caller.client);
     let start = w.exec.now();
     let (mut pending, valid_at_start) = {
         let mut s = w.state.lock();
@@ -1482,7 +1493,7 @@ async fn request(w: Arc<Shared>, i: usize, client: Arc<dyn ProcessClient>) {
     // Without a resource server the request ends with its answer: resolved under the same
     // lock as the serving checks.
     let last = !w.cfg.resource_server;
-    let token = match served(&w, i, start, valid_at_start, result, &mut pending, last) {
+    let token = match served(w, i, start, valid_at_start, result, &mut pending, last) {
         Some(t) => t,
         None => return,
     };
@@ -1505,7 +1516,7 @@ async fn request(w: Arc<Shared>, i: usize, client: Arc<dyn ProcessClient>) {
     let retry_start = w.exec.now();
     let retry_valid = w.state.lock().valid_token_at(w.procs[i].cred, retry_start);
     let again = client.token().await;
-    if let Some(t2) = served(&w, i, retry_start, retry_valid, again, &mut pending, false) {
+    if let Some(t2) = served(w, i, retry_start, retry_valid, again, &mut pending, false) {
         let mut s = w.state.lock();
         let now = w.exec.now();
         if s.provider.check_resource(t2.access.expose_secret(), now) == ResourceAnswer::Unauthorized
