@@ -68,13 +68,7 @@ impl ExecStats {
 
 /// The deterministic executor. Dropping it drops every task still alive.
 pub struct Executor {
-    shared: Arc<Shared>,
-}
-
-/// What the executor's handles share: the clock, and where the executor's state lives.
-struct Shared {
-    now: AtomicU64,
-    core: CoreRef,
+    shared: CoreRef,
 }
 
 /// The executor's state: ready queue, tasks, timers, scheduling generator and counters.
@@ -88,6 +82,8 @@ struct Shared {
 /// mutex would deadlock.
 struct Core {
     id: u64,
+    /// Virtual time, nanoseconds.
+    now: u64,
     ready: Vec<(usize, u32)>,
     tasks: Tasks,
     timers: Timers,
@@ -114,6 +110,7 @@ impl CoreRef {
         let id = NEXT_CORE_ID.fetch_add(1, Ordering::Relaxed);
         let core = Core {
             id,
+            now: 0,
             ready: Vec::new(),
             tasks: Tasks {
                 slots: Vec::new(),
@@ -166,6 +163,15 @@ impl CoreRef {
         self.try_with(f).expect(
             "simulation executor used from another thread than the one that created it, or after it was dropped",
         )
+    }
+
+    /// The executor's virtual time.
+    ///
+    /// # Panics
+    /// As [`CoreRef::with`].
+    #[inline]
+    fn now(self) -> u64 {
+        self.with(|c| c.now)
     }
 
     fn remove(self) -> Option<Core> {
@@ -292,23 +298,20 @@ impl Executor {
     /// handles must be used on the thread that created it.
     pub fn new(seed: u64) -> Self {
         Executor {
-            shared: Arc::new(Shared {
-                now: AtomicU64::new(0),
-                core: CoreRef::create(seed),
-            }),
+            shared: CoreRef::create(seed),
         }
     }
 
     /// A cheap handle for spawning, sleeping and reading time from inside tasks.
     pub fn handle(&self) -> ExecHandle {
         ExecHandle {
-            shared: self.shared.clone(),
+            shared: self.shared,
         }
     }
 
     /// Runs until idle, until time would pass `horizon`, or until `max_steps` events.
     pub fn run(&self, horizon: MonoTime, max_steps: u64) -> RunEnd {
-        let core = self.shared.core;
+        let core = self.shared;
         let start = core.with(|c| c.polls + c.timer_fires);
         loop {
             let next = core.with(|c| {
@@ -392,8 +395,7 @@ impl Executor {
             Horizon,
             Fired(Option<Waker>, Vec<Waker>),
         }
-        let s = &self.shared;
-        let fire = s.core.with(|c| {
+        let fire = self.shared.with(|c| {
             let mut first: Option<Waker> = None;
             let mut more: Vec<Waker> = Vec::new();
             let mut fired = 0u64;
@@ -407,8 +409,7 @@ impl Executor {
                 match at {
                     None => {
                         if t > horizon.as_nanos() {
-                            let h = horizon.as_nanos().max(s.now.load(Ordering::Relaxed));
-                            s.now.store(h, Ordering::Release);
+                            c.now = horizon.as_nanos().max(c.now);
                             return Fire::Horizon;
                         }
                         at = Some(t);
@@ -427,8 +428,8 @@ impl Executor {
                 }
             }
             let Some(at) = at else { return Fire::Idle };
-            if at > s.now.load(Ordering::Relaxed) {
-                s.now.store(at, Ordering::Release);
+            if at > c.now {
+                c.now = at;
             }
             c.timer_fires += fired;
             Fire::Fired(first, more)
@@ -451,12 +452,12 @@ impl Executor {
 
     /// The current monotonic time.
     pub fn now(&self) -> MonoTime {
-        MonoTime::from_nanos(self.shared.now.load(Ordering::Acquire))
+        MonoTime::from_nanos(self.shared.now())
     }
 
     /// What the executor did so far.
     pub fn stats(&self) -> ExecStats {
-        self.shared.core.with(|c| ExecStats {
+        self.shared.with(|c| ExecStats {
             polls: c.polls,
             timer_fires: c.timer_fires,
             spawns: c.spawns,
@@ -466,14 +467,13 @@ impl Executor {
     /// How many tasks are alive.
     pub fn live_tasks(&self) -> usize {
         self.shared
-            .core
             .with(|c| c.tasks.slots.len() - c.tasks.free.len())
     }
 }
 
 impl Drop for Executor {
     fn drop(&mut self) {
-        let core = self.shared.core;
+        let core = self.shared;
         // Tasks hold runtime handles that point back here: break the cycle. Futures are
         // dropped outside the executor's state (their drops cancel timers, wake, spawn).
         loop {
@@ -519,7 +519,7 @@ impl fmt::Debug for Executor {
 /// A handle on the executor for use inside tasks: spawn, sleep, read time, kill groups.
 #[derive(Clone)]
 pub struct ExecHandle {
-    shared: Arc<Shared>,
+    shared: CoreRef,
 }
 
 impl fmt::Debug for ExecHandle {
@@ -534,12 +534,12 @@ impl ExecHandle {
     /// The current monotonic time.
     #[inline]
     pub fn now(&self) -> MonoTime {
-        MonoTime::from_nanos(self.shared.now.load(Ordering::Acquire))
+        MonoTime::from_nanos(self.shared.now())
     }
 
     /// A new group (a simulated process) whose tasks can be killed together.
     pub fn new_group(&self) -> Group {
-        self.shared.core.with(|c| {
+        self.shared.with(|c| {
             c.tasks.dead.push(false);
             Group((c.tasks.dead.len() - 1) as u32)
         })
@@ -551,7 +551,7 @@ impl ExecHandle {
     }
 
     fn spawn_boxed(&self, group: Group, fut: BoxFuture<'static, ()>) {
-        let core = self.shared.core;
+        let core = self.shared;
         let refused = core.with(move |c| {
             if c.tasks.is_dead(group) {
                 return Some(fut);
@@ -593,7 +593,7 @@ impl ExecHandle {
     /// Kills every task of `group` (a process crash): their futures are dropped without being
     /// polled again, and later spawns into the group are ignored.
     pub fn kill(&self, group: Group) {
-        let futs: Vec<_> = self.shared.core.with(|c| {
+        let futs: Vec<_> = self.shared.with(|c| {
             let tasks = &mut c.tasks;
             if let Some(d) = tasks.dead.get_mut(group.0 as usize) {
                 *d = true;
@@ -618,7 +618,7 @@ impl ExecHandle {
     /// A future that completes at `deadline`.
     pub fn sleep_until(&self, deadline: MonoTime) -> SimSleep {
         SimSleep {
-            shared: self.shared.clone(),
+            shared: self.shared,
             deadline: deadline.as_nanos(),
             slot: None,
         }
@@ -633,13 +633,13 @@ impl ExecHandle {
     /// is offset by `wall_offset` (nanoseconds, shared so that the world can step it).
     pub fn runtime(&self, group: Group, wall_offset: Arc<AtomicI64>) -> Runtime {
         let clock = Arc::new(SimClock {
-            shared: self.shared.clone(),
+            shared: self.shared,
             wall_offset,
         });
         Runtime::new(
             clock,
             Arc::new(SimTimer {
-                shared: self.shared.clone(),
+                shared: self.shared,
             }),
             Arc::new(SimSpawner {
                 handle: self.clone(),
@@ -651,7 +651,7 @@ impl ExecHandle {
     /// A clock following this executor, with the given wall-clock offset.
     pub fn clock(&self, wall_offset: Arc<AtomicI64>) -> SimClock {
         SimClock {
-            shared: self.shared.clone(),
+            shared: self.shared,
             wall_offset,
         }
     }
@@ -670,7 +670,7 @@ pub fn wall_at(now: MonoTime, offset_nanos: i64) -> OffsetDateTime {
 
 /// A timer future of the executor.
 pub struct SimSleep {
-    shared: Arc<Shared>,
+    shared: CoreRef,
     deadline: u64,
     /// Timer slot and generation once registered.
     slot: Option<(u32, u32)>,
@@ -687,16 +687,16 @@ impl fmt::Debug for SimSleep {
 impl Future for SimSleep {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.shared.now.load(Ordering::Acquire) >= self.deadline {
+        if self.shared.now() >= self.deadline {
             if let Some((idx, gen)) = self.slot.take() {
-                let w = self.shared.core.try_with(|c| c.timers.release(idx, gen));
+                let w = self.shared.try_with(|c| c.timers.release(idx, gen));
                 drop(w);
             }
             return Poll::Ready(());
         }
         match self.slot {
             Some((idx, gen)) => {
-                let old = self.shared.core.with(|c| {
+                let old = self.shared.with(|c| {
                     let slot = &mut c.timers.slots[idx as usize];
                     match &slot.waker {
                         _ if slot.gen != gen => None,
@@ -710,10 +710,7 @@ impl Future for SimSleep {
             None => {
                 let waker = cx.waker().clone();
                 let deadline = self.deadline;
-                let reg = self
-                    .shared
-                    .core
-                    .with(|c| c.timers.register(deadline, waker));
+                let reg = self.shared.with(|c| c.timers.register(deadline, waker));
                 self.slot = Some(reg);
             }
         }
@@ -725,7 +722,7 @@ impl Drop for SimSleep {
     fn drop(&mut self) {
         if let Some((idx, gen)) = self.slot.take() {
             // A cancelled timer no longer counts as scheduled work (deadlock detection).
-            let w = self.shared.core.try_with(|c| c.timers.release(idx, gen));
+            let w = self.shared.try_with(|c| c.timers.release(idx, gen));
             drop(w);
         }
     }
@@ -734,7 +731,7 @@ impl Drop for SimSleep {
 /// The engine's [`Clock`] on virtual time, with a per-process wall-clock offset.
 #[derive(Clone)]
 pub struct SimClock {
-    shared: Arc<Shared>,
+    shared: CoreRef,
     wall_offset: Arc<AtomicI64>,
 }
 
@@ -749,7 +746,7 @@ impl fmt::Debug for SimClock {
 impl Clock for SimClock {
     #[inline]
     fn monotonic(&self) -> MonoTime {
-        MonoTime::from_nanos(self.shared.now.load(Ordering::Acquire))
+        MonoTime::from_nanos(self.shared.now())
     }
     fn wall(&self) -> OffsetDateTime {
         wall_at(self.monotonic(), self.wall_offset.load(Ordering::Relaxed))
@@ -757,13 +754,13 @@ impl Clock for SimClock {
 }
 
 struct SimTimer {
-    shared: Arc<Shared>,
+    shared: CoreRef,
 }
 
 impl Sleep for SimTimer {
     fn sleep_until(&self, deadline: MonoTime) -> BoxFuture<'static, ()> {
         Box::pin(SimSleep {
-            shared: self.shared.clone(),
+            shared: self.shared,
             deadline: deadline.as_nanos(),
             slot: None,
         })
