@@ -503,6 +503,37 @@ impl Credential {
         }
     }
 
+    /// The current token if it can be handed out right now without waiting and without the
+    /// engine's attention — the lock-free fast path of [`Credential::token`], usable from
+    /// synchronous code (building a request header in a sync client, say). `None` means: call
+    /// [`Credential::token`], which also starts the refresh that may be due.
+    ///
+    /// ```
+    /// # use keepfresh::{AccessToken, Credential, TokenSet};
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// # rt.block_on(async {
+    /// let now = time::OffsetDateTime::now_utc();
+    /// let fresh = TokenSet::new(AccessToken::new("at"), None, now, now + time::Duration::hours(1));
+    /// let c = Credential::builder(keepfresh::refresher_fn(|_| async {
+    ///     Err(keepfresh::RefreshError::transient("offline"))
+    /// }))
+    /// .tokens(fresh)
+    /// .build()
+    /// .await
+    /// .unwrap();
+    /// assert_eq!(c.try_token().unwrap().secret(), "at");
+    /// # });
+    /// ```
+    #[inline]
+    pub fn try_token(&self) -> Option<Token> {
+        let snap = self.inner.published.load();
+        let fresh = match snap.fast_until_instant {
+            Some(until) => Instant::now() < until,
+            None => self.inner.rt.now() < snap.fast_until,
+        };
+        fresh.then_some(Token { snap })
+    }
+
     /// Reports that a resource server rejected `token` (HTTP 401). If it is still the current
     /// token, it stops being served and one refresh starts; if a newer token was published in
     /// the meantime, nothing happens. Returns whether a refresh was started.
@@ -716,17 +747,10 @@ impl Future for TokenFuture<'_> {
         if let Some(slow) = self.slow.as_mut() {
             return slow.as_mut().poll(cx);
         }
-        let inner = &self.credential.inner;
-        let snap = inner.published.load();
-        let fresh = match snap.fast_until_instant {
-            Some(until) => Instant::now() < until,
-            None => inner.rt.now() < snap.fast_until,
-        };
-        if fresh {
-            return Poll::Ready(Ok(Token { snap }));
+        if let Some(token) = self.credential.try_token() {
+            return Poll::Ready(Ok(token));
         }
-        drop(snap);
-        let mut slow: SlowPath<'_> = Box::pin(inner.token_slow());
+        let mut slow: SlowPath<'_> = Box::pin(self.credential.inner.token_slow());
         let poll = slow.as_mut().poll(cx);
         if poll.is_pending() {
             self.slow = Some(slow);

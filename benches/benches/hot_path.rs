@@ -24,9 +24,10 @@ use crate::report::{Report, Target};
 /// Criterion group names; the report reads their estimates back by these names.
 pub(crate) const GROUPS: [&str; 2] = ["hot_path_1_thread", "hot_path_2_threads"];
 /// Criterion function names, floor first.
-pub(crate) const CONTENDERS: [&str; 5] = [
+pub(crate) const CONTENDERS: [&str; 6] = [
     "floor_arcswap_instant",
     "keepfresh",
+    "keepfresh_try_token",
     "parking_lot_rwlock",
     "tokio_mutex_golang",
     "aws_lazy_cache",
@@ -97,6 +98,9 @@ macro_rules! each_contender {
         });
         $visit($($arg,)* "keepfresh", || {
             black_box(poll_ready(c.keepfresh.token()).expect("fresh"));
+        });
+        $visit($($arg,)* "keepfresh_try_token", || {
+            black_box(c.keepfresh.try_token().expect("fresh"));
         });
         $visit($($arg,)* "parking_lot_rwlock", || {
             black_box(c.rwlock.get().expect("fresh"));
@@ -186,19 +190,26 @@ pub(crate) fn report(report: &mut Report) {
             .iter()
             .map(|f| median_ns(&root.join(group).join(f).join("new/estimates.json")))
             .collect();
-        let [Some(floor), Some(kf), Some(rw), Some(mx), Some(aws)] = medians[..] else {
+        let [Some(floor), Some(kf), Some(kf_sync), Some(rw), Some(mx), Some(aws)] = medians[..]
+        else {
             report.note(&format!(
                 "{group}: no estimates under {} (filtered out, or --test/--list run)",
                 root.display()
             ));
             continue;
         };
-        for (name, ns) in CONTENDERS.iter().zip([floor, kf, rw, mx, aws]) {
+        for (name, ns) in CONTENDERS.iter().zip([floor, kf, kf_sync, rw, mx, aws]) {
             report.figure(&format!("{group}: {name} median"), ns, "ns", Target::Info);
         }
         report.figure(
             &format!("{group}: keepfresh / floor"),
             kf / floor,
+            "x",
+            Target::AtMost(1.2),
+        );
+        report.figure(
+            &format!("{group}: keepfresh_try_token (sync fast path) / floor"),
+            kf_sync / floor,
             "x",
             Target::AtMost(1.2),
         );
