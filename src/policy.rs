@@ -403,6 +403,18 @@ impl RefreshPolicy {
         self.eager
     }
 
+    /// This policy with another jitter seed (for example one per process or replica, so that
+    /// their refresh points differ).
+    ///
+    /// ```
+    /// let p = keepfresh::RefreshPolicy::default().with_jitter_seed(9);
+    /// assert_eq!(p.rng(), keepfresh::policy::JitterRng::new(9));
+    /// ```
+    pub fn with_jitter_seed(mut self, seed: u64) -> Self {
+        self.jitter_seed = Some(seed);
+        self
+    }
+
     /// The RNG this policy's jitter is drawn from: seeded if a seed was set, else from entropy.
     ///
     /// ```

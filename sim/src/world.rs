@@ -1339,7 +1339,12 @@ fn start_process(w: &Arc<Shared>, i: usize) {
             store,
             refresher,
             initial: Some(w2.logins[p.cred].clone()),
-            policy: w2.policy.clone(),
+            // Each process (and each restart of it) draws its own refresh points, as replicas
+            // seeded from entropy would; a shared seed would make jitter spread nothing.
+            policy: w2.policy.clone().with_jitter_seed(derive(
+                w2.seed,
+                5_000_000 + i as u64 * 7919 + instance as u64,
+            )),
             seed: derive(w2.seed, 1000 + i as u64 * 7919 + instance as u64),
             log,
             label: format!("c{}/p{i}", p.cred),
