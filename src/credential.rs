@@ -1430,12 +1430,21 @@ impl Inner {
 
     async fn persist_until_durable(&self, store: &dyn TokenStore, generation: u64) {
         let mut attempt = 1u32;
+        let ttl = self.policy.lease_ttl();
         loop {
-            let delay = {
+            let (mut delay, lease) = {
                 let mut core = self.core.lock();
-                self.policy
-                    .backoff_delay(attempt, None, &mut core.persist_rng)
+                let delay = self
+                    .policy
+                    .backoff_delay(attempt, None, &mut core.persist_rng);
+                (delay, core.held_lease.clone())
             };
+            if let Some(lease) = lease {
+                // Keep the lease alive until the set is durable: renewed before every wait,
+                // and the waits kept well inside its time-to-live.
+                let _ = self.store_op(store.renew_lease(&lease, ttl)).await;
+                delay = delay.min(ttl / 3);
+            }
             let wake = self.rt.now().saturating_add(delay);
             self.rt.sleep_until(wake).await;
             let (set, expected) = {

@@ -118,4 +118,12 @@ impl TokenStore for FaultyStore {
     async fn release(&self, lease: keepfresh::store::Lease) -> Result<(), StoreError> {
         self.inner.release(lease).await
     }
+
+    async fn renew_lease(
+        &self,
+        lease: &keepfresh::store::Lease,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew_lease(lease, ttl).await
+    }
 }

@@ -185,4 +185,17 @@ impl TokenStore for MemoryStore {
         }
         Ok(())
     }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        let now = self.clock.monotonic();
+        let mut s = self.shared.lock();
+        match s.lease {
+            // Still ours, even if it ran out, as long as nobody else took it meanwhile.
+            Some((id, _)) if id == lease.id => {
+                s.lease = Some((id, now.saturating_add(ttl)));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }

@@ -188,6 +188,18 @@ pub trait TokenStore: Send + Sync + 'static {
         let _ = lease;
         Ok(())
     }
+
+    /// Extends a lease this process holds to `ttl` from now; returns whether it is still ours.
+    /// The engine renews its lease while a rotated token set is not yet durable, so that no
+    /// other process refreshes with the spent refresh token in the meantime. The default (for
+    /// stores without leases) renews nothing.
+    ///
+    /// # Errors
+    /// I/O failures.
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        let _ = (lease, ttl);
+        Ok(false)
+    }
 }
 
 #[async_trait]
@@ -210,5 +222,8 @@ impl<S: TokenStore + ?Sized> TokenStore for Arc<S> {
     }
     async fn release(&self, lease: Lease) -> Result<(), StoreError> {
         (**self).release(lease).await
+    }
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        (**self).renew_lease(lease, ttl).await
     }
 }
