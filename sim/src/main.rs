@@ -357,7 +357,15 @@ fn sweep(a: SweepArgs) -> i32 {
         None => runner::suite(),
     };
     let started = std::time::Instant::now();
+    // A live bar on a terminal; a line per tenth of the sweep when stderr is a log.
+    let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = |done: u64, total: u64| {
+        if !live {
+            if done == total || done % (total / 10).max(1) == 0 {
+                eprintln!("{done}/{total} runs");
+            }
+            return;
+        }
         if done % 10 == 0 || done == total {
             let width = 40;
             let filled = (done * width / total.max(1)) as usize;
