@@ -83,9 +83,8 @@ pub(crate) fn run(report: &mut Report) {
         .expect("tokio runtime");
 
     // keepfresh on a 2 s token issued now, on its own real timeline: refresh point drawn in
-    // 1.2-1.7 s, served until 1.9 s (100 ms skew); the callers arrive from 1.75 s on. (A 1 h
-    // token restored with 45 s left is not used here: the engine places tokens issued before
-    // its clock's origin on a shortened lifetime, see RESULTS.md.)
+    // 1.2-1.7 s, served until 1.9 s (100 ms skew); the callers arrive from 1.75 s on, past the
+    // refresh point and before the serving deadline.
     let calls = Arc::new(AtomicU32::new(0));
     let ok = rt.block_on(async {
         let credential = contenders::credential(
