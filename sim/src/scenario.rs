@@ -294,6 +294,17 @@ pub fn all() -> Vec<Scenario> {
             c.max_calls_per_credential = Some(3 * H / 60 + 4);
             c
         }},
+        Scenario { name: "step-up-403", reference: "F26", summary: "403 insufficient_scope is a step-up, never a refresh: refreshes stay at one per token lifetime", in_suite: true, build: |r| {
+            let mut c = WorldConfig::base("step-up-403", strict());
+            c.callers = r.range(10, 200) as usize;
+            c.pattern = Pattern::Steady { mean: secs(30) };
+            c.step_up_every = r.range(2, 10);
+            c.duration = secs(4 * H);
+            // One refresh per lifetime at most (1 h tokens), plus the start: a 403 that caused
+            // refreshes would blow through this at these request rates.
+            c.max_calls_per_credential = Some(4 + 2);
+            c
+        }},
         Scenario { name: "long-streams", reference: "F27", summary: "callers holding tokens for long I/O never block others", in_suite: true, build: |r| {
             let mut c = WorldConfig::base("long-streams", strict());
             c.io_time = secs(r.range(60, 1800));

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::{select, Either};
+use keepfresh::oauth::{classify_resource_answer, ResourceVerdict};
 use keepfresh::runtime::MonoTime;
 use keepfresh::store::{MemoryStore, TokenStore};
 use keepfresh::{AccessToken, RefreshPolicy, RefreshToken, TokenSet};
@@ -242,6 +243,9 @@ pub struct WorldConfig {
     pub process_skew_secs: i64,
     /// Callers check each token against the resource server (and handle a 401).
     pub resource_server: bool,
+    /// Every n-th resource request needs a scope the grant lacks: the resource server answers
+    /// 403 `insufficient_scope` (0: never). Callers must treat it as a step-up, not a refresh.
+    pub step_up_every: u64,
     /// Time a caller spends using the token before the resource server sees it.
     pub io_time: Duration,
     /// Callers abandon their request after this long (cancellation).
@@ -305,6 +309,7 @@ impl WorldConfig {
             provider_skew_secs: 0,
             process_skew_secs: 0,
             resource_server: true,
+            step_up_every: 0,
             io_time: Duration::ZERO,
             caller_timeout: None,
             reauth: ReauthExpect::Never,
@@ -512,6 +517,10 @@ pub struct Metrics {
     pub rs_unauthorized: u64,
     /// 401s again after the one retry.
     pub rs_unauthorized_after_retry: u64,
+    /// Resource requests checked by the resource server.
+    pub rs_requests: u64,
+    /// Resource-server 403 `insufficient_scope` answers (step-ups; never a refresh).
+    pub rs_step_up: u64,
     /// Re-authorization signals.
     pub reauths: u64,
     /// Persist failures signalled.
@@ -563,6 +572,8 @@ impl Metrics {
         self.served_past_true_expiry += o.served_past_true_expiry;
         self.rs_unauthorized += o.rs_unauthorized;
         self.rs_unauthorized_after_retry += o.rs_unauthorized_after_retry;
+        self.rs_requests += o.rs_requests;
+        self.rs_step_up += o.rs_step_up;
         self.reauths += o.reauths;
         self.persist_failures += o.persist_failures;
         self.abandoned += o.abandoned;
@@ -1508,13 +1519,33 @@ async fn request(caller: Arc<Caller>, i: usize) {
     if !w.cfg.io_time.is_zero() {
         w.exec.sleep(w.cfg.io_time).await;
     }
-    let answer = {
-        let s = w.state.lock();
-        s.provider
-            .check_resource(token.access.expose_secret(), w.exec.now())
+    // The resource server answers with a status and an RFC 6750 challenge; the caller acts on
+    // the engine's reading of it, as a host would.
+    let (status, challenge) = {
+        let mut s = w.state.lock();
+        let answer = s
+            .provider
+            .check_resource(token.access.expose_secret(), w.exec.now());
+        s.metrics.rs_requests += 1;
+        let every = w.cfg.step_up_every;
+        let step_up = every > 0 && s.metrics.rs_requests % every == 0;
+        match answer {
+            ResourceAnswer::Unauthorized => (401, r#"Bearer error="invalid_token""#),
+            ResourceAnswer::Forbidden => (403, r#"Bearer error="insufficient_scope""#),
+            ResourceAnswer::Ok if step_up => (
+                403,
+                r#"Bearer error="insufficient_scope", scope="admin:org""#,
+            ),
+            ResourceAnswer::Ok => (200, ""),
+        }
     };
-    if answer != ResourceAnswer::Unauthorized {
-        return;
+    match classify_resource_answer(status, Some(challenge).filter(|c| !c.is_empty())) {
+        ResourceVerdict::InvalidToken => {}
+        ResourceVerdict::InsufficientScope { .. } => {
+            w.state.lock().metrics.rs_step_up += 1;
+            return;
+        }
+        _ => return,
     }
     w.state.lock().metrics.rs_unauthorized += 1;
     client.unauthorized(&token);
