@@ -18,7 +18,7 @@ use crate::error::Error;
 use crate::event::{Event, Listeners};
 use crate::flight::FlightCell;
 use crate::machine::{Action, FlightId, Grant, Input, Machine, Phase, Refusal};
-use crate::policy::{JitterRng, LifetimeAdjustment, RefreshPolicy};
+use crate::policy::{JitterRng, RefreshPolicy};
 use crate::refresher::{RefreshError, RefreshRequest, Refresher};
 use crate::runtime::{MonoTime, Runtime};
 use crate::secret::{AccessToken, Fingerprint, RefreshToken};
@@ -1199,7 +1199,6 @@ impl Inner {
         // Persist, then publish: the set is durable (or its save is known to have failed)
         // before any caller can see the new access token.
         let saved = self.persist(job.version, &set).await;
-        let _: Option<LifetimeAdjustment> = adjustment;
         FlightResult::Refreshed {
             set,
             issued: issued_mono,
