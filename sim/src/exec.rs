@@ -728,7 +728,13 @@ impl Drop for SimSleep {
     }
 }
 
-/// The engine's [`Clock`] on virtual time, with a per-process wall-clock offset.
+/// Where the engine's monotonic clock reads when virtual time is zero: like the system clock's
+/// (`keepfresh::runtime::SystemClock`), far enough from zero that tokens issued before the run
+/// started (aged logins, restored stores) keep their true issue time on the engine's clock.
+pub const ENGINE_CLOCK_OFFSET: Duration = Duration::from_secs(1_000 * 86_400);
+
+/// The engine's [`Clock`] on virtual time, with a per-process wall-clock offset. Its monotonic
+/// readings are virtual time plus [`ENGINE_CLOCK_OFFSET`].
 #[derive(Clone)]
 pub struct SimClock {
     shared: CoreRef,
@@ -746,10 +752,13 @@ impl fmt::Debug for SimClock {
 impl Clock for SimClock {
     #[inline]
     fn monotonic(&self) -> MonoTime {
-        MonoTime::from_nanos(self.shared.now())
+        MonoTime::from_nanos(self.shared.now()).saturating_add(ENGINE_CLOCK_OFFSET)
     }
     fn wall(&self) -> OffsetDateTime {
-        wall_at(self.monotonic(), self.wall_offset.load(Ordering::Relaxed))
+        wall_at(
+            MonoTime::from_nanos(self.shared.now()),
+            self.wall_offset.load(Ordering::Relaxed),
+        )
     }
 }
 
@@ -761,7 +770,7 @@ impl Sleep for SimTimer {
     fn sleep_until(&self, deadline: MonoTime) -> BoxFuture<'static, ()> {
         Box::pin(SimSleep {
             shared: self.shared,
-            deadline: deadline.as_nanos(),
+            deadline: deadline.saturating_sub(ENGINE_CLOCK_OFFSET).as_nanos(),
             slot: None,
         })
     }
