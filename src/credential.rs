@@ -1582,4 +1582,23 @@ mod tests {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Token>();
     }
+
+    /// A caller waiting for a refresh holds the two-word `TokenFuture` plus the boxed slow
+    /// path; together they stay within the 256-byte budget.
+    #[test]
+    fn a_waiting_token_future_is_small() {
+        let clock = crate::runtime::ManualClock::new();
+        let c = futures::executor::block_on(
+            Credential::builder(crate::refresher_fn(|_| async {
+                Err(RefreshError::transient("unused"))
+            }))
+            .runtime(Runtime::manual(&clock))
+            .build(),
+        )
+        .expect("builds");
+        let inline = std::mem::size_of::<TokenFuture<'_>>();
+        let boxed = std::mem::size_of_val(&c.inner.token_slow());
+        println!("waiting token(): {inline} B inline + {boxed} B boxed");
+        assert!(inline + boxed <= 256, "{inline} + {boxed} bytes");
+    }
 }
