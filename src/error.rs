@@ -37,7 +37,7 @@ enum Kind {
     },
     Timeout,
     Store(StoreError),
-    #[cfg_attr(feature = "tokio", allow(dead_code))]
+    Closed,
     Config(String),
 }
 
@@ -65,6 +65,10 @@ impl Error {
 
     pub(crate) fn timeout() -> Self {
         Self::new(Kind::Timeout)
+    }
+
+    pub(crate) fn closed() -> Self {
+        Self::new(Kind::Closed)
     }
 
     pub(crate) fn store(error: StoreError) -> Self {
@@ -161,6 +165,16 @@ impl Error {
     pub fn is_config(&self) -> bool {
         matches!(*self.inner, Kind::Config(_))
     }
+
+    /// The credential was shut down and no valid token is left.
+    ///
+    /// ```
+    /// # let e = keepfresh::Error::not_authorized();
+    /// assert!(!e.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        matches!(*self.inner, Kind::Closed)
+    }
 }
 
 impl fmt::Debug for Error {
@@ -176,6 +190,7 @@ impl fmt::Display for Error {
             Kind::Reauth(r) => write!(f, "re-authorization required: {r}"),
             Kind::Refresh { error, .. } => write!(f, "no valid token: {error}"),
             Kind::Timeout => f.write_str("timed out waiting for a token refresh"),
+            Kind::Closed => f.write_str("the credential was shut down and has no valid token"),
             Kind::Store(e) => write!(f, "{e}"),
             Kind::Config(m) => write!(f, "configuration error: {m}"),
         }

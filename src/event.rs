@@ -126,6 +126,40 @@ pub enum Event {
         /// When.
         at: MonoTime,
     },
+    /// Renewing the cross-process lease failed or the store said it is no longer ours; the
+    /// owed save goes on (the store's compare-and-swap protects it).
+    LeaseLost {
+        /// When.
+        at: MonoTime,
+    },
+    /// An owed save was given up: the store holds another lineage's set (`adopted`: it is now
+    /// served) or was emptied by someone else (it is not resurrected).
+    SaveSuperseded {
+        /// When.
+        at: MonoTime,
+        /// Whether the store's set was adopted.
+        adopted: bool,
+    },
+    /// At build time, the store and the builder both had tokens: which ones were used.
+    InitialTokens {
+        /// When.
+        at: MonoTime,
+        /// `true`: the store's set; `false`: the builder's.
+        from_store: bool,
+    },
+    /// A listener panicked; the panic was caught and the listener stays registered.
+    ListenerPanicked {
+        /// When.
+        at: MonoTime,
+    },
+    /// The refresh task could not be started or ended without a result (a panic, a dropped
+    /// runtime); the flight was failed so that callers are not left waiting.
+    FlightAborted {
+        /// When.
+        at: MonoTime,
+        /// The flight.
+        flight: FlightId,
+    },
     /// A resource server rejected a token.
     Invalidated {
         /// When.
@@ -169,6 +203,33 @@ impl Event {
 
 type Listener = Arc<dyn Fn(&Event) + Send + Sync>;
 
+/// The time an event carries (transitions carry theirs too).
+fn event_time(e: &Event) -> MonoTime {
+    match e {
+        Event::Transition(t) => t.at,
+        Event::RefreshStarted { at, .. }
+        | Event::Refreshed { at, .. }
+        | Event::Adopted { at, .. }
+        | Event::RefreshFailed { at, .. }
+        | Event::RefresherPanicked { at, .. }
+        | Event::LifetimeAdjusted { at, .. }
+        | Event::MalformedResponse { at, .. }
+        | Event::Persisted { at, .. }
+        | Event::PersistFailed { at, .. }
+        | Event::StoreConflict { at }
+        | Event::StoreCleared { at }
+        | Event::LeaseBusy { at }
+        | Event::LeaseLost { at }
+        | Event::SaveSuperseded { at, .. }
+        | Event::InitialTokens { at, .. }
+        | Event::ListenerPanicked { at }
+        | Event::FlightAborted { at, .. }
+        | Event::Invalidated { at, .. }
+        | Event::ReauthRequired { at, .. }
+        | Event::WaitTimedOut { at } => *at,
+    }
+}
+
 /// The listeners of one credential.
 #[derive(Default)]
 pub(crate) struct Listeners {
@@ -202,12 +263,26 @@ impl Listeners {
             return;
         }
         let callbacks: Vec<Listener> = self.callbacks.lock().clone();
+        let mut panicked = None;
         for e in &events {
             #[cfg(feature = "tracing")]
             trace_event(e);
             for cb in &callbacks {
-                cb(e);
+                // A panicking listener must not wedge the credential: the panic is caught here
+                // and the remaining listeners still run.
+                let call = std::panic::AssertUnwindSafe(|| cb(e));
+                if std::panic::catch_unwind(call).is_err() {
+                    panicked = Some(event_time(e));
+                }
             }
+        }
+        let mut events = events;
+        if let Some(at) = panicked {
+            // Told to the streams (and tracing) only: the listeners just panicked.
+            let e = Event::ListenerPanicked { at };
+            #[cfg(feature = "tracing")]
+            trace_event(&e);
+            events.push(e);
         }
         let mut streams = self.streams.lock();
         if !streams.is_empty() {

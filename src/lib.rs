@@ -76,7 +76,7 @@
 mod credential;
 mod error;
 pub mod event;
-mod flight;
+pub mod flight;
 pub mod machine;
 pub mod oauth;
 pub mod policy;
@@ -93,7 +93,7 @@ mod token;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use credential::{Credential, CredentialBuilder, Status, Token, TokenFuture};
+pub use credential::{Credential, CredentialBuilder, Precedence, Status, Token, TokenFuture};
 pub use error::Error;
 pub use event::Event;
 pub use machine::{Phase, ReauthReason};

@@ -208,6 +208,11 @@ pub enum Input {
         /// The current monotonic time.
         now: MonoTime,
     },
+    /// The host is shutting down: no refresh starts from now on. A valid token is still served.
+    Close {
+        /// The current monotonic time.
+        now: MonoTime,
+    },
 }
 
 impl Input {
@@ -225,7 +230,8 @@ impl Input {
             | Input::RefreshSucceeded { now, .. }
             | Input::RefreshFailed { now, .. }
             | Input::Authorize { now, .. }
-            | Input::Tick { now } => *now,
+            | Input::Tick { now }
+            | Input::Close { now } => *now,
         }
     }
 }
@@ -245,6 +251,8 @@ pub enum Refusal {
     },
     /// Re-authorization is required.
     Reauth(ReauthReason),
+    /// The credential was shut down and starts no refresh.
+    Closed,
 }
 
 /// What the shell should do with the caller behind an input.
@@ -294,6 +302,9 @@ pub struct Transition {
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Current {
     generation: u64,
+    /// When this set was installed (on the machine's clock): the keep-alive period counts from
+    /// here.
+    installed: MonoTime,
     timing: TokenTiming,
     has_refresh_token: bool,
     rejected: bool,
@@ -319,6 +330,7 @@ pub struct Machine {
     reauth: Option<ReauthReason>,
     invalid_client_streak: u32,
     after_ambiguous: bool,
+    closed: bool,
     phase: Phase,
     transitions: Vec<Transition>,
 }
@@ -354,6 +366,7 @@ impl Machine {
             reauth: None,
             invalid_client_streak: 0,
             after_ambiguous: false,
+            closed: false,
             phase: Phase::Empty,
             transitions: Vec::new(),
         }
@@ -494,15 +507,23 @@ impl Machine {
     /// assert_eq!(m.next_deadline(MonoTime::ZERO), Some(m.timing().unwrap().refresh_at));
     /// ```
     pub fn next_deadline(&self, now: MonoTime) -> Option<MonoTime> {
-        let mut candidates = Vec::with_capacity(3);
+        let mut next: Option<MonoTime> = None;
+        let mut consider = |t: MonoTime| {
+            if t > now {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        };
         if let Some(c) = &self.current {
-            candidates.push(c.timing.refresh_at);
-            candidates.push(c.timing.usable_until);
+            consider(c.timing.refresh_at);
+            consider(c.timing.usable_until);
+            if let (Some(k), true) = (self.policy.keep_alive(), c.has_refresh_token) {
+                consider(c.installed.saturating_add(k));
+            }
         }
         if let Some(b) = self.backoff {
-            candidates.push(b.until);
+            consider(b.until);
         }
-        candidates.into_iter().filter(|t| *t > now).min()
+        next
     }
 
     /// Takes the phase changes recorded since the last call.
@@ -539,7 +560,7 @@ impl Machine {
                     self.invalid_client_streak = 0;
                     self.after_ambiguous = false;
                     self.reauth = None;
-                    self.install(grant);
+                    self.install(now, grant);
                     Decision::act(Action::None)
                 }
             }
@@ -556,26 +577,58 @@ impl Machine {
                 Decision::act(Action::None)
             }
             Input::Authorize { grant, .. } => {
+                // A login (or a change adopted from outside a refresh) supersedes the refresh in
+                // flight: that refresh started from older tokens, and its result must never
+                // replace these.
+                self.flight = None;
                 self.backoff = None;
                 self.invalid_client_streak = 0;
                 self.after_ambiguous = false;
                 self.reauth = None;
-                self.install(grant);
+                self.install(now, grant);
                 Decision::act(Action::None)
             }
             Input::Tick { now } => self.on_tick(now),
+            Input::Close { .. } => {
+                self.closed = true;
+                Decision::act(Action::None)
+            }
         };
+        let decision = self.refuse_when_closed(now, decision);
         self.update_phase(now);
         decision
     }
 
-    fn install(&mut self, grant: Grant) {
+    /// After [`Input::Close`], a flight the rules would start is not started: its caller gets
+    /// the valid token, or a refusal.
+    fn refuse_when_closed(&mut self, now: MonoTime, mut decision: Decision) -> Decision {
+        if !self.closed {
+            return decision;
+        }
+        if let Some(id) = decision.start_refresh.take() {
+            if self.flight == Some(id) {
+                self.flight = None;
+                self.next_flight -= 1;
+            }
+            if decision.action == Action::Wait {
+                decision.action = if self.token_valid_at(now) || self.token_in_grace_at(now) {
+                    Action::Serve
+                } else {
+                    Action::Fail(Refusal::Closed)
+                };
+            }
+        }
+        decision
+    }
+
+    fn install(&mut self, now: MonoTime, grant: Grant) {
         self.generation += 1;
         let timing = self
             .policy
             .timing(grant.issued, grant.lifetime, &mut self.rng);
         self.current = Some(Current {
             generation: self.generation,
+            installed: now,
             timing,
             has_refresh_token: grant.has_refresh_token,
             rejected: false,
@@ -723,21 +776,33 @@ impl Machine {
 
     fn on_tick(&mut self, now: MonoTime) -> Decision {
         self.note_time(now);
-        if !self.policy.eager()
-            || self.flight.is_some()
-            || self.reauth.is_some()
-            || self.backoff_active(now).is_some()
-        {
+        if self.flight.is_some() || self.reauth.is_some() || self.backoff_active(now).is_some() {
             return Decision::act(Action::None);
         }
-        match &self.current {
-            Some(c) if c.has_refresh_token && (now >= c.timing.refresh_at || c.rejected) => {
-                Decision {
-                    action: Action::None,
-                    start_refresh: Some(self.start_flight()),
-                }
+        let due = match &self.current {
+            Some(c) if c.has_refresh_token => {
+                let refresh_point = now >= c.timing.refresh_at || c.rejected;
+                // Eager mode refreshes at the refresh point whether or not anyone asks; after an
+                // ambiguous failure the retry runs on the timer too (the provider may hold a
+                // rotation only for its grace window); and an idle credential is refreshed once
+                // per keep-alive period so that a refresh token that expires after inactivity
+                // stays alive.
+                (self.policy.eager() && refresh_point)
+                    || (self.after_ambiguous && self.backoff.is_some())
+                    || self
+                        .policy
+                        .keep_alive()
+                        .is_some_and(|k| now >= c.installed.saturating_add(k))
             }
-            _ => Decision::act(Action::None),
+            _ => false,
+        };
+        if due {
+            Decision {
+                action: Action::None,
+                start_refresh: Some(self.start_flight()),
+            }
+        } else {
+            Decision::act(Action::None)
         }
     }
 

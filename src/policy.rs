@@ -111,10 +111,22 @@ pub struct TokenTiming {
 /// | [`max_retry_after`](RefreshPolicyBuilder::max_retry_after) | 1 h | `Retry-After` is honoured up to this |
 /// | [`invalid_client_threshold`](RefreshPolicyBuilder::invalid_client_threshold) | 2 | consecutive `invalid_client` answers before it is terminal |
 /// | [`wait_timeout`](RefreshPolicyBuilder::wait_timeout) | 30 s | how long a caller waits for a refresh |
-/// | [`refresh_timeout`](RefreshPolicyBuilder::refresh_timeout) | 30 s | a refresh taking longer is abandoned as ambiguous |
-/// | [`store_timeout`](RefreshPolicyBuilder::store_timeout) | 10 s | a store operation taking longer is a store failure |
-/// | [`lease_ttl`](RefreshPolicyBuilder::lease_ttl) | 45 s | cross-process refresh lease lifetime |
-/// | [`eager`](RefreshPolicyBuilder::eager) | `false` | refresh on a timer even when nobody asks |
+/// | [`refresh_timeout`](RefreshPolicyBuilder::refresh_timeout) | 10 s | a refresh taking longer is abandoned as ambiguous and retried on the engine's timer |
+/// | [`store_timeout`](RefreshPolicyBuilder::store_timeout) | 5 s | a store operation taking longer is a store failure |
+/// | [`lease_ttl`](RefreshPolicyBuilder::lease_ttl) | 60 s | cross-process refresh lease lifetime (renewed until the rotated set is durable) |
+/// | [`eager`](RefreshPolicyBuilder::eager) | `false` | refresh at the refresh point even when nobody asks |
+/// | [`keep_alive`](RefreshPolicyBuilder::keep_alive) | 24 h | an idle credential is refreshed once per this period, so that a refresh token that expires after inactivity stays alive; `None` turns it off |
+/// | [`fail_open`](RefreshPolicyBuilder::fail_open) | `false` | refresh without the lease and re-read when the store fails (availability over the single-flight guarantee; see the setter) |
+///
+/// ## Timeouts
+/// The refresh timeout sits well below the grace windows providers commonly give a rotated
+/// refresh token (30 s is typical): when an answer is lost, the engine's own retry — on its
+/// timer, whether or not a caller comes — still lands inside the window. A healthy token
+/// endpoint answers in well under a second, so 10 s only cuts off answers that are lost anyway.
+/// [`build`](RefreshPolicyBuilder::build) checks the relations between the timeouts: the lease
+/// must outlive one refresh — taking it, re-reading the store, the provider call and renewing
+/// it before the save: `lease_ttl >= refresh_timeout + 3 × store_timeout`. The wait timeout
+/// may be shorter than a refresh: a caller that gives up leaves the refresh running.
 /// | [`jitter_seed`](RefreshPolicyBuilder::jitter_seed) | from entropy | seed of the jitter RNG |
 ///
 /// # Examples
@@ -149,6 +161,8 @@ pub struct RefreshPolicy {
     store_timeout: Duration,
     lease_ttl: Duration,
     eager: bool,
+    keep_alive: Option<Duration>,
+    fail_open: bool,
     jitter_seed: Option<u64>,
 }
 
@@ -167,10 +181,12 @@ impl Default for RefreshPolicy {
             max_retry_after: Duration::from_secs(3600),
             invalid_client_threshold: 2,
             wait_timeout: Duration::from_secs(30),
-            refresh_timeout: Duration::from_secs(30),
-            store_timeout: Duration::from_secs(10),
-            lease_ttl: Duration::from_secs(45),
+            refresh_timeout: Duration::from_secs(10),
+            store_timeout: Duration::from_secs(5),
+            lease_ttl: Duration::from_secs(60),
             eager: false,
+            keep_alive: Some(Duration::from_secs(86_400)),
+            fail_open: false,
             jitter_seed: None,
         }
     }
@@ -403,6 +419,25 @@ impl RefreshPolicy {
         self.eager
     }
 
+    /// How often an idle credential is refreshed without callers (`None`: never).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// assert_eq!(keepfresh::RefreshPolicy::default().keep_alive(), Some(Duration::from_secs(86_400)));
+    /// ```
+    pub fn keep_alive(&self) -> Option<Duration> {
+        self.keep_alive
+    }
+
+    /// Whether a store failure (lease or re-read) lets a refresh go ahead anyway.
+    ///
+    /// ```
+    /// assert!(!keepfresh::RefreshPolicy::default().fail_open());
+    /// ```
+    pub fn fail_open(&self) -> bool {
+        self.fail_open
+    }
+
     /// This policy with another jitter seed (for example one per process or replica, so that
     /// their refresh points differ).
     ///
@@ -505,8 +540,24 @@ impl RefreshPolicyBuilder {
         lease_ttl: lease_ttl: Duration
     );
     setter!(
-        /// Refresh on a timer even when nobody asks.
+        /// Refresh at the refresh point even when nobody asks.
         eager: eager: bool
+    );
+    setter!(
+        /// Refresh an idle credential once per this period (`None`: never). Providers expire
+        /// refresh tokens that go unused for a while (days to months); the default of a day is
+        /// far inside all of those and costs one refresh a day for an idle credential.
+        keep_alive: keep_alive: Option<Duration>
+    );
+    setter!(
+        /// When the store's lease or re-read fails, refresh anyway (`true`) instead of treating
+        /// it as a transient failure and backing off (`false`, the default).
+        ///
+        /// **Risk:** with a store shared by several processes, a store blip then lets two of them
+        /// refresh with the same refresh token; a provider with strict rotation takes that for
+        /// theft and revokes the whole grant, and the loser may replay a spent token later.
+        /// Only choose it for a store no other process shares, or a provider without rotation.
+        fail_open: fail_open: bool
     );
 
     /// Exponential backoff: first retry within `base`, doubling up to `cap`.
@@ -569,6 +620,44 @@ impl RefreshPolicyBuilder {
             if d.is_zero() {
                 return Err(PolicyError(format!("{name} must be positive")));
             }
+        }
+        // About a century: far beyond any real token, small enough that no date arithmetic on
+        // it can overflow.
+        const MAX_LIFETIME_LIMIT: Duration = Duration::from_secs(100 * 366 * 86_400);
+        if p.max_lifetime > MAX_LIFETIME_LIMIT {
+            return Err(PolicyError(format!(
+                "max_lifetime must be at most 100 years, got {:?}",
+                p.max_lifetime
+            )));
+        }
+        for (name, d) in [
+            ("wait_timeout", p.wait_timeout),
+            ("refresh_timeout", p.refresh_timeout),
+            ("store_timeout", p.store_timeout),
+            ("lease_ttl", p.lease_ttl),
+            ("max_retry_after", p.max_retry_after),
+            ("backoff cap", p.backoff_cap),
+        ] {
+            if d > MAX_LIFETIME_LIMIT {
+                return Err(PolicyError(format!(
+                    "{name} must be at most 100 years, got {d:?}"
+                )));
+            }
+        }
+        if p.keep_alive.is_some_and(|k| k < p.min_lifetime) {
+            return Err(PolicyError(format!(
+                "keep_alive ({:?}) must not be shorter than min_lifetime ({:?})",
+                p.keep_alive.unwrap_or_default(),
+                p.min_lifetime
+            )));
+        }
+        let lease_floor = p.refresh_timeout + p.store_timeout * 3;
+        if p.lease_ttl < lease_floor {
+            return Err(PolicyError(format!(
+                "lease_ttl ({:?}) must cover one refresh: at least refresh_timeout + 3 × \
+                 store_timeout = {:?} (take the lease, re-read, call the provider, renew)",
+                p.lease_ttl, lease_floor
+            )));
         }
         Ok(p)
     }

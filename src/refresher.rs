@@ -11,7 +11,7 @@ use crate::secret::RefreshToken;
 use crate::token::TokenResponse;
 
 /// What the engine hands a [`Refresher`] for one refresh.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RefreshRequest {
     /// The refresh token to redeem, if the credential has one.

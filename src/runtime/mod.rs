@@ -11,6 +11,7 @@ mod system;
 mod tokio_rt;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -155,12 +156,12 @@ pub trait Clock: Send + Sync + 'static {
     /// The current wall-clock time, used only for persisted absolute expiry.
     fn wall(&self) -> OffsetDateTime;
 
-    /// The standard library `Instant` at which this clock reads `t`, if this clock *is* the
-    /// operating system's monotonic clock (`None`, the default, otherwise). The hot path then
-    /// compares `Instant`s directly, which is cheaper than producing a [`MonoTime`].
-    fn instant_of(&self, t: MonoTime) -> Option<std::time::Instant> {
-        let _ = t;
-        None
+    /// Whether [`monotonic`](Clock::monotonic) keeps counting while the machine is suspended
+    /// (the default says no). When it does not, the [`Runtime`] corrects it with the wall
+    /// clock: time the wall clock moved beyond the monotonic clock (a suspend, or a forward
+    /// step) is added, so a token is served only while both clocks say it is valid.
+    fn counts_suspend(&self) -> bool {
+        false
     }
 }
 
@@ -201,6 +202,35 @@ pub struct Runtime {
     clock: Arc<dyn Clock>,
     sleep: Arc<dyn Sleep>,
     spawn: Arc<dyn Spawn>,
+    /// `None` when the clock counts suspend.
+    gap: Option<Arc<SuspendGap>>,
+}
+
+/// Time the wall clock ran ahead of a monotonic clock that stops during suspend.
+struct SuspendGap {
+    mono0: MonoTime,
+    wall0: OffsetDateTime,
+    /// The largest excess of wall-clock progress over monotonic progress seen, in nanoseconds.
+    gap: AtomicU64,
+}
+
+impl SuspendGap {
+    fn correct(&self, mono: MonoTime, wall: OffsetDateTime) -> MonoTime {
+        let wall_ns = (wall - self.wall0).whole_nanoseconds();
+        let mono_ns = i128::from(mono.as_nanos()) - i128::from(self.mono0.as_nanos());
+        let excess = u64::try_from((wall_ns - mono_ns).max(0)).unwrap_or(u64::MAX);
+        let seen = self.gap.load(Ordering::Relaxed);
+        let gap = if excess > seen {
+            self.gap.fetch_max(excess, Ordering::Relaxed).max(excess)
+        } else {
+            seen
+        };
+        MonoTime::from_nanos(mono.as_nanos().saturating_add(gap))
+    }
+
+    fn current(&self) -> u64 {
+        self.gap.load(Ordering::Relaxed)
+    }
 }
 
 impl Runtime {
@@ -208,14 +238,23 @@ impl Runtime {
     ///
     /// See the [type-level example](Runtime#examples).
     pub fn new(clock: Arc<dyn Clock>, sleep: Arc<dyn Sleep>, spawn: Arc<dyn Spawn>) -> Self {
+        let gap = (!clock.counts_suspend()).then(|| {
+            Arc::new(SuspendGap {
+                mono0: clock.monotonic(),
+                wall0: clock.wall(),
+                gap: AtomicU64::new(0),
+            })
+        });
         Runtime {
             clock,
             sleep,
             spawn,
+            gap,
         }
     }
 
-    /// The current monotonic time.
+    /// The current monotonic time, counting suspend: the clock's reading when it counts suspend
+    /// itself, else the clock's reading plus the time the wall clock ran ahead of it.
     ///
     /// ```
     /// # use keepfresh::runtime::{ManualClock, Runtime};
@@ -224,21 +263,17 @@ impl Runtime {
     /// let rt = Runtime::manual(&clock);
     /// clock.advance(Duration::from_secs(2));
     /// assert_eq!(rt.now().as_duration(), Duration::from_secs(2));
+    /// // A suspend: the wall clock moves on, the manual monotonic clock does not.
+    /// clock.jump_wall(time::Duration::hours(4));
+    /// assert_eq!(rt.now().as_duration(), Duration::from_secs(2 + 4 * 3600));
     /// ```
     #[inline]
     pub fn now(&self) -> MonoTime {
-        self.clock.monotonic()
-    }
-
-    /// See [`Clock::instant_of`].
-    ///
-    /// ```
-    /// # use keepfresh::runtime::{ManualClock, Runtime};
-    /// let clock = ManualClock::new();
-    /// assert_eq!(Runtime::manual(&clock).instant_of(clock.now()), None);
-    /// ```
-    pub fn instant_of(&self, t: MonoTime) -> Option<std::time::Instant> {
-        self.clock.instant_of(t)
+        let mono = self.clock.monotonic();
+        match &self.gap {
+            None => mono,
+            Some(gap) => gap.correct(mono, self.clock.wall()),
+        }
     }
 
     /// The current wall-clock time.
@@ -267,7 +302,12 @@ impl Runtime {
     /// assert!(timer.now_or_never().is_some());
     /// ```
     pub fn sleep_until(&self, deadline: MonoTime) -> BoxFuture<'static, ()> {
-        self.sleep.sleep_until(deadline)
+        // The timer follows the clock's own reading, which lags `now()` by the suspend gap.
+        let raw = match &self.gap {
+            None => deadline,
+            Some(gap) => MonoTime::from_nanos(deadline.as_nanos().saturating_sub(gap.current())),
+        };
+        self.sleep.sleep_until(raw)
     }
 
     /// Starts a detached task.

@@ -1,4 +1,12 @@
 //! The operating system's clocks.
+//!
+//! The monotonic clock must keep counting while the machine is suspended: a token issued before
+//! a four-hour laptop sleep is four hours older after it. `std::time::Instant` does not count
+//! suspend on Linux (`CLOCK_MONOTONIC`) nor on macOS (`mach_absolute_time`), so on those systems
+//! [`SystemClock`] reads `CLOCK_BOOTTIME` (Linux, Android) or `CLOCK_MONOTONIC` (Apple, where
+//! it counts sleep) through `rustix`: one vDSO call, as cheap as `Instant::now()`. Elsewhere it
+//! falls back to `Instant`, says so through [`Clock::counts_suspend`], and the
+//! [`Runtime`](super::Runtime) then corrects it with the wall clock.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -7,33 +15,72 @@ use time::OffsetDateTime;
 
 use super::{Clock, MonoTime};
 
-pub(crate) fn origin() -> Instant {
-    static ORIGIN: OnceLock<Instant> = OnceLock::new();
-    *ORIGIN.get_or_init(Instant::now)
-}
-
-/// Where the system clock's [`MonoTime`] starts: far enough from zero that a token issued before
-/// the process started (restored from a store) keeps its true issue time on this clock, for any
-/// lifetime up to the policy's maximum of 400 days.
+/// The engine's monotonic clock reads this at the process's first reading: far from zero, so
+/// that tokens issued before the process started can be placed on it.
 pub(crate) const ORIGIN_OFFSET: Duration = Duration::from_secs(1_000 * 86_400);
 
-/// The `MonoTime` of an `Instant` on the system clock.
-pub(crate) fn mono_of(at: Instant) -> MonoTime {
-    MonoTime::from_duration(at.saturating_duration_since(origin()) + ORIGIN_OFFSET)
+#[cfg(any(target_os = "linux", target_os = "android", target_vendor = "apple"))]
+mod raw {
+    use std::time::Duration;
+
+    pub(super) const COUNTS_SUSPEND: bool = true;
+
+    #[inline]
+    pub(super) fn read() -> Duration {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let id = rustix::time::ClockId::Boottime;
+        #[cfg(target_vendor = "apple")]
+        let id = rustix::time::ClockId::Monotonic;
+        let ts = rustix::time::clock_gettime(id);
+        // Both fields are non-negative for these clocks.
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    }
 }
 
-/// The `Instant` of a `MonoTime` on the system clock (`None` before the process's origin).
-pub(crate) fn instant_of(t: MonoTime) -> Option<Instant> {
-    origin().checked_add(t.as_duration().checked_sub(ORIGIN_OFFSET)?)
+#[cfg(not(any(target_os = "linux", target_os = "android", target_vendor = "apple")))]
+mod raw {
+    use std::sync::OnceLock;
+    use std::time::{Duration, Instant};
+
+    pub(super) const COUNTS_SUSPEND: bool = false;
+
+    #[inline]
+    pub(super) fn read() -> Duration {
+        static BASE: OnceLock<Instant> = OnceLock::new();
+        BASE.get_or_init(Instant::now).elapsed()
+    }
 }
 
-/// The system clocks: `Instant` for monotonic time, `OffsetDateTime::now_utc` for wall time.
+/// The raw reading at the process's first use, so that `MonoTime` starts at `ORIGIN_OFFSET`.
+fn origin() -> Duration {
+    static ORIGIN: OnceLock<Duration> = OnceLock::new();
+    *ORIGIN.get_or_init(raw::read)
+}
+
+/// The current reading of the system's monotonic clock.
+#[inline]
+pub(crate) fn now() -> MonoTime {
+    let at = raw::read();
+    MonoTime::from_duration(at.saturating_sub(origin()) + ORIGIN_OFFSET)
+}
+
+/// The `Instant` at which a timer for `deadline` should fire: now plus what remains. A timer
+/// that spans a suspend fires late (timers follow `Instant`); deadlines are re-checked against
+/// [`now`] when it fires.
+pub(crate) fn instant_for(deadline: MonoTime) -> Instant {
+    Instant::now() + deadline.saturating_duration_since(now())
+}
+
+/// The operating system's clocks: a monotonic clock that counts suspend where the system has
+/// one, and the UTC wall clock.
 ///
 /// ```
 /// use keepfresh::runtime::{Clock, SystemClock};
-/// let a = SystemClock.monotonic();
-/// let b = SystemClock.monotonic();
-/// assert!(b >= a);
+/// let c = SystemClock;
+/// let a = c.monotonic();
+/// assert!(c.monotonic() >= a);
+/// # #[cfg(target_os = "linux")]
+/// assert!(c.counts_suspend());
 /// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SystemClock;
@@ -41,12 +88,12 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     #[inline]
     fn monotonic(&self) -> MonoTime {
-        mono_of(Instant::now())
+        now()
     }
     fn wall(&self) -> OffsetDateTime {
         OffsetDateTime::now_utc()
     }
-    fn instant_of(&self, t: MonoTime) -> Option<Instant> {
-        instant_of(t)
+    fn counts_suspend(&self) -> bool {
+        raw::COUNTS_SUSPEND
     }
 }

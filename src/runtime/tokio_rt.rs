@@ -1,38 +1,60 @@
-//! The tokio adapter: real monotonic and wall clocks, tokio timers, `tokio::spawn`.
+//! The tokio adapter: the system clocks, tokio timers, tokio spawning.
 
 use std::sync::Arc;
 
-use super::system::{instant_of, origin, SystemClock};
+use super::system::{instant_for, SystemClock};
 use super::{MonoTime, Runtime, Sleep, Spawn};
 use futures::future::BoxFuture;
 
-/// Timers and spawning on the ambient tokio runtime (or a given handle).
+/// Timers and spawning on a tokio runtime: the one given, or the one current when the
+/// credential was built, or else the one current at each call.
+///
+/// Outside any tokio runtime a timer never fires and a task is dropped instead of spawned (never
+/// a panic); the engine fails the refresh that needed the task, so callers get an error instead
+/// of waiting forever.
 #[derive(Clone, Debug)]
 pub struct TokioExecutor {
     handle: Option<tokio::runtime::Handle>,
 }
 
+impl TokioExecutor {
+    fn handle(&self) -> Option<tokio::runtime::Handle> {
+        self.handle
+            .clone()
+            .or_else(|| tokio::runtime::Handle::try_current().ok())
+    }
+}
+
 impl Sleep for TokioExecutor {
     fn sleep_until(&self, deadline: MonoTime) -> BoxFuture<'static, ()> {
-        // A deadline before the process's origin is already past.
-        let at = instant_of(deadline).unwrap_or_else(origin);
-        Box::pin(tokio::time::sleep_until(at.into()))
+        let at = instant_for(deadline);
+        match self.handle() {
+            // Entering the handle registers the timer with its time driver, so the sleep can be
+            // awaited from any thread.
+            Some(h) => {
+                let _entered = h.enter();
+                Box::pin(tokio::time::sleep_until(at.into()))
+            }
+            None => Box::pin(futures::future::pending()),
+        }
     }
 }
 
 impl Spawn for TokioExecutor {
     fn spawn(&self, task: BoxFuture<'static, ()>) {
-        match &self.handle {
+        match self.handle() {
             Some(h) => drop(h.spawn(task)),
-            None => drop(tokio::spawn(task)),
+            // Dropping the task runs its guards, which fail the work it was to do.
+            None => drop(task),
         }
     }
 }
 
 impl Runtime {
-    /// The system clocks with tokio timers and `tokio::spawn` on the runtime that is current when
-    /// a task is spawned. Requires the `tokio` feature; the tokio runtime needs its time driver
-    /// enabled (`enable_time()` or `#[tokio::main]`).
+    /// The system clocks with tokio timers and tokio spawning: on the tokio runtime current
+    /// when this is called (usually while building a credential inside async code), else on
+    /// the one current at each timer or spawn. Requires the `tokio` feature; the tokio runtime
+    /// needs its time driver enabled (`enable_time()` or `#[tokio::main]`).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -44,8 +66,10 @@ impl Runtime {
     /// # }
     /// ```
     pub fn tokio() -> Runtime {
-        // One shared instance: every credential built with the default runtime clones three
-        // `Arc`s instead of allocating them.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            return Runtime::tokio_with_handle(handle);
+        }
+        // One shared instance for use outside a runtime.
         static SHARED: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
         SHARED
             .get_or_init(|| {
@@ -55,13 +79,17 @@ impl Runtime {
             .clone()
     }
 
-    /// Like [`Runtime::tokio`], but spawns on the given runtime handle, so credentials can be
-    /// used from threads outside the tokio runtime.
+    /// Like [`Runtime::tokio`], but timers and tasks run on the given runtime handle, so
+    /// credentials can be used — `token()`, `invalidate()`, waiting — from threads outside the
+    /// tokio runtime.
     ///
     /// ```
-    /// let tokio_rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    /// let tokio_rt = tokio::runtime::Runtime::new().unwrap();
     /// let rt = keepfresh::runtime::Runtime::tokio_with_handle(tokio_rt.handle().clone());
-    /// # let _ = rt;
+    /// // A plain thread waits on a tokio timer.
+    /// let deadline = rt.now() + std::time::Duration::from_millis(1);
+    /// futures::executor::block_on(rt.sleep_until(deadline));
+    /// assert!(rt.now() >= deadline);
     /// ```
     pub fn tokio_with_handle(handle: tokio::runtime::Handle) -> Runtime {
         let exec = Arc::new(TokioExecutor {

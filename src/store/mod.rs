@@ -174,7 +174,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Asks for the cross-process refresh lease for `ttl`. The default has no leases.
     ///
     /// # Errors
-    /// I/O failures (the engine then refreshes without the lease rather than not at all).
+    /// I/O failures. The engine then does not refresh (a transient failure, backed off):
+    /// without the lease another process might refresh with the same refresh token. See
+    /// [`RefreshPolicy::fail_open`](crate::RefreshPolicy::fail_open) for the opposite choice.
     async fn try_lease(&self, ttl: Duration) -> Result<LeaseOutcome, StoreError> {
         let _ = ttl;
         Ok(LeaseOutcome::Unsupported)
@@ -189,16 +191,24 @@ pub trait TokenStore: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Extends a lease this process holds to `ttl` from now; returns whether it is still ours.
-    /// The engine renews its lease while a rotated token set is not yet durable, so that no
-    /// other process refreshes with the spent refresh token in the meantime. The default (for
-    /// stores without leases) renews nothing.
+    /// Extends a lease this process holds to `ttl` from now; returns whether it is still ours
+    /// (`false`: it ran out and may be someone else's). The engine renews its lease before
+    /// every save and while a rotated token set is not yet durable, so that no other process
+    /// refreshes with the spent refresh token in the meantime, and checks the answer.
+    ///
+    /// Stores that hand out leases must implement it. The default (for stores without
+    /// leases, where it is never called) answers with a [`StoreErrorKind::Config`] error, so a
+    /// store that forgot it is reported ([`Event::LeaseLost`](crate::Event::LeaseLost)) instead
+    /// of silently losing its lease.
     ///
     /// # Errors
     /// I/O failures.
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
         let _ = (lease, ttl);
-        Ok(false)
+        Err(StoreError::new(
+            StoreErrorKind::Config,
+            "this store hands out leases but does not implement renew_lease",
+        ))
     }
 }
 

@@ -280,6 +280,13 @@ impl TokenStore for FlakyStore {
     async fn release(&self, lease: keepfresh::store::Lease) -> Result<(), StoreError> {
         self.inner.release(lease).await
     }
+    async fn renew_lease(
+        &self,
+        lease: &keepfresh::store::Lease,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew_lease(lease, ttl).await
+    }
 }
 
 /// A seeded default policy.

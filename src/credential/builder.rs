@@ -1,0 +1,332 @@
+//! [`CredentialBuilder`]: where the first tokens come from, and the credential's start.
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::channel::mpsc;
+
+use super::engine::{self, After, Core, Inner};
+use super::handle::Snapshot;
+use super::{store_io, Credential};
+use crate::error::Error;
+use crate::event::{Event, Listeners};
+use crate::machine::{Grant, Input};
+use crate::policy::RefreshPolicy;
+use crate::refresher::Refresher;
+use crate::runtime::{MonoTime, Runtime};
+use crate::secret::RefreshToken;
+use crate::store::{SaveOutcome, Stored, TokenStore};
+use crate::sync::{Mutex, Published};
+use crate::token::TokenSet;
+
+/// Which tokens a new credential starts from when both the store and the builder have some.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Precedence {
+    /// The set issued later wins (by `issued_at`); a refresh token given alone loses to a stored
+    /// set, which may hold its rotated successor. The default.
+    #[default]
+    Newer,
+    /// The store's set wins whenever there is one.
+    Store,
+    /// The builder's tokens win: they are saved over the store's set.
+    Given,
+}
+
+/// The tokens given to the builder.
+#[derive(Clone)]
+enum Given {
+    Set(TokenSet),
+    /// A refresh token alone: there is no access token until the first refresh.
+    RefreshOnly(RefreshToken),
+}
+
+/// Builder of a [`Credential`].
+///
+/// # Default
+/// | setting | default |
+/// |---|---|
+/// | [`runtime`](CredentialBuilder::runtime) | [`Runtime::tokio`] with the `tokio` feature; required without it |
+/// | [`policy`](CredentialBuilder::policy) | [`RefreshPolicy::default`] |
+/// | [`store`](CredentialBuilder::store) | none: tokens live in memory only |
+/// | [`tokens`](CredentialBuilder::tokens) / [`refresh_token`](CredentialBuilder::refresh_token) | none: the store's content, or [`Phase::Empty`](crate::Phase::Empty) |
+/// | [`precedence`](CredentialBuilder::precedence) | [`Precedence::Newer`] |
+/// | [`name`](CredentialBuilder::name) | `"credential"` (used in tracing spans) |
+pub struct CredentialBuilder {
+    refresher: Arc<dyn Refresher>,
+    runtime: Option<Runtime>,
+    policy: RefreshPolicy,
+    store: Option<Arc<dyn TokenStore>>,
+    given: Option<Given>,
+    precedence: Precedence,
+    name: String,
+}
+
+impl fmt::Debug for CredentialBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let given = match &self.given {
+            None => "none",
+            Some(Given::Set(_)) => "token set",
+            Some(Given::RefreshOnly(_)) => "refresh token",
+        };
+        f.debug_struct("CredentialBuilder")
+            .field("policy", &self.policy)
+            .field("has_store", &self.store.is_some())
+            .field("given", &given)
+            .field("precedence", &self.precedence)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CredentialBuilder {
+    pub(super) fn new(refresher: Arc<dyn Refresher>) -> Self {
+        CredentialBuilder {
+            refresher,
+            runtime: None,
+            policy: RefreshPolicy::default(),
+            store: None,
+            given: None,
+            precedence: Precedence::default(),
+            name: "credential".into(),
+        }
+    }
+
+    /// The runtime to run on (clock, timers, spawning).
+    ///
+    /// See [`Runtime`] for building one; the [default](CredentialBuilder#default) is tokio.
+    pub fn runtime(mut self, runtime: Runtime) -> Self {
+        self.runtime = Some(runtime);
+        self
+    }
+
+    /// The refresh policy.
+    ///
+    /// See [`RefreshPolicy`].
+    pub fn policy(mut self, policy: RefreshPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The store tokens are loaded from at build time and saved to after every refresh.
+    ///
+    /// See [`TokenStore`].
+    pub fn store(mut self, store: impl TokenStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Initial tokens (from a login). When the store holds a set too, the
+    /// [`precedence`](CredentialBuilder::precedence) decides.
+    ///
+    /// See the [`Token::access_token`](crate::Token::access_token) example.
+    pub fn tokens(mut self, tokens: TokenSet) -> Self {
+        self.given = Some(Given::Set(tokens));
+        self
+    }
+
+    /// Start from a refresh token alone: there is no access token until the first caller's
+    /// refresh, and nothing is saved before that refresh succeeds.
+    ///
+    /// See the [`Credential` example](Credential#examples).
+    pub fn refresh_token(mut self, refresh_token: RefreshToken) -> Self {
+        self.given = Some(Given::RefreshOnly(refresh_token));
+        self
+    }
+
+    /// Which tokens win when both the store and the builder have some; the choice is reported
+    /// as [`Event::InitialTokens`].
+    ///
+    /// ```
+    /// # let b = keepfresh::Credential::builder(keepfresh::refresher_fn(|_| async { Err(keepfresh::RefreshError::transient("x")) }));
+    /// let b = b.precedence(keepfresh::Precedence::Given);
+    /// assert!(format!("{b:?}").contains("Given"));
+    /// ```
+    pub fn precedence(mut self, precedence: Precedence) -> Self {
+        self.precedence = precedence;
+        self
+    }
+
+    /// A name for tracing spans and `Debug` output.
+    ///
+    /// ```
+    /// # let b = keepfresh::Credential::builder(keepfresh::refresher_fn(|_| async { Err(keepfresh::RefreshError::transient("x")) }));
+    /// let b = b.name("github");
+    /// assert!(format!("{b:?}").contains("github"));
+    /// ```
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Builds the credential, loading the store first.
+    ///
+    /// # Errors
+    /// A configuration error when no runtime is available, a store error when the store cannot
+    /// be read (a corrupt store is left untouched) or the given tokens cannot be saved.
+    ///
+    /// # Cancel safety
+    /// Cancelling drops the half-built credential; at most the given token set was written to
+    /// the store.
+    ///
+    /// See the [`Credential` example](Credential#examples).
+    pub async fn build(self) -> Result<Credential, Error> {
+        let rt = match self.runtime {
+            Some(rt) => rt,
+            None => default_runtime()?,
+        };
+        let policy = Arc::new(self.policy);
+        let inner = Arc::new(Inner {
+            id: engine::next_id(),
+            published: Published::new(Snapshot {
+                owner: 0,
+                set: None,
+                generation: 0,
+                fast_until: MonoTime::ZERO,
+            }),
+            core: Mutex::new(Core::new(&policy)),
+            rt,
+            refresher: self.refresher,
+            store: self.store,
+            policy,
+            listeners: Listeners::default(),
+            timer: Mutex::new(None),
+            name: self.name.into(),
+        });
+        let limit = inner.policy.store_timeout();
+        let stored = match &inner.store {
+            Some(store) => store_io::store_op(&inner.rt, limit, store.load()).await?,
+            None => None,
+        };
+        let start = choose(stored, self.given, self.precedence);
+        let mut after = After::default();
+        let now = inner.rt.now();
+        if let Some(from_store) = start.contested {
+            after.events.push(Event::InitialTokens {
+                at: now,
+                from_store,
+            });
+        }
+        let mut version = start.version;
+        if let (Some(store), Some(set), true) = (&inner.store, &start.set, start.save) {
+            version = match store_io::store_op(&inner.rt, limit, store.save(version, set)).await? {
+                SaveOutcome::Saved(v) => Some(v),
+                SaveOutcome::Conflict(_) => {
+                    return Err(Error::store(crate::store::StoreError::new(
+                        crate::store::StoreErrorKind::Io,
+                        "the store changed while the credential was being built",
+                    )))
+                }
+            };
+        }
+        {
+            let mut core = inner.core.lock();
+            core.version = version;
+            match (start.set, start.refresh_only) {
+                (Some(set), _) => inner.authorize_locked(&mut core, set, version, &mut after),
+                (None, Some(rt)) => {
+                    core.refresh_only = Some(rt);
+                    // No access token: a grant that is already over, with a refresh token.
+                    let grant = Grant::new(now, std::time::Duration::ZERO, true);
+                    core.machine.handle(Input::Authorize { now, grant });
+                    inner.publish_locked(&mut core, &mut after.events);
+                }
+                (None, None) => inner.publish_locked(&mut core, &mut after.events),
+            }
+        }
+        inner.run_after(after);
+        let (tx, rx) = mpsc::unbounded();
+        *inner.timer.lock() = Some(tx);
+        let weak = Arc::downgrade(&inner);
+        inner
+            .rt
+            .spawn(Box::pin(engine::timer_loop(weak, inner.rt.clone(), rx)));
+        Ok(Credential { inner })
+    }
+}
+
+/// The tokens a credential starts from.
+struct Initial {
+    set: Option<Arc<TokenSet>>,
+    refresh_only: Option<RefreshToken>,
+    version: Option<crate::store::Version>,
+    /// Whether `set` must be saved (the builder's set won, or the store was empty).
+    save: bool,
+    /// `Some(from_store)` when both had tokens.
+    contested: Option<bool>,
+}
+
+fn choose(stored: Option<Stored>, given: Option<Given>, precedence: Precedence) -> Initial {
+    let version = stored.as_ref().map(|s| s.version);
+    let from_store = |stored: Stored, contested| Initial {
+        set: Some(Arc::new(stored.tokens)),
+        refresh_only: None,
+        version: Some(stored.version),
+        save: false,
+        contested,
+    };
+    match (stored, given) {
+        (None, None) => Initial {
+            set: None,
+            refresh_only: None,
+            version: None,
+            save: false,
+            contested: None,
+        },
+        (Some(s), None) => from_store(s, None),
+        (None, Some(Given::Set(set))) => Initial {
+            set: Some(Arc::new(set)),
+            refresh_only: None,
+            version: None,
+            save: true,
+            contested: None,
+        },
+        (None, Some(Given::RefreshOnly(rt))) => Initial {
+            set: None,
+            refresh_only: Some(rt),
+            version: None,
+            save: false,
+            contested: None,
+        },
+        (Some(s), Some(given)) => {
+            let given_wins = match (&given, precedence) {
+                (_, Precedence::Given) => true,
+                (_, Precedence::Store) => false,
+                (Given::Set(set), Precedence::Newer) => set.issued_at() > s.tokens.issued_at(),
+                (Given::RefreshOnly(_), Precedence::Newer) => false,
+            };
+            if !given_wins {
+                return from_store(s, Some(true));
+            }
+            match given {
+                Given::Set(set) => Initial {
+                    set: Some(Arc::new(set)),
+                    refresh_only: None,
+                    version,
+                    save: true,
+                    contested: Some(false),
+                },
+                // Saved with the first refresh's set, over the store's version.
+                Given::RefreshOnly(rt) => Initial {
+                    set: None,
+                    refresh_only: Some(rt),
+                    version,
+                    save: false,
+                    contested: Some(false),
+                },
+            }
+        }
+    }
+}
+
+#[cfg(feature = "tokio")]
+fn default_runtime() -> Result<Runtime, Error> {
+    Ok(Runtime::tokio())
+}
+
+#[cfg(not(feature = "tokio"))]
+fn default_runtime() -> Result<Runtime, Error> {
+    Err(Error::config(
+        "no runtime: enable the `tokio` feature or call CredentialBuilder::runtime",
+    ))
+}

@@ -1,0 +1,571 @@
+//! The shell that feeds the [`Machine`], publishes its answers for lock-free readers and applies
+//! what refresh flights report.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use futures::channel::mpsc;
+use futures::future::{select, Either};
+use futures::StreamExt;
+use time::OffsetDateTime;
+
+use super::cell::FlightCell;
+use super::handle::Snapshot;
+use crate::error::Error;
+use crate::event::{Event, Listeners};
+use crate::flight::Report;
+use crate::machine::{Action, FlightId, Grant, Input, Machine, Phase, Refusal};
+use crate::policy::{JitterRng, RefreshPolicy};
+use crate::refresher::{RefreshError, Refresher};
+use crate::runtime::{MonoTime, Runtime};
+use crate::secret::RefreshToken;
+use crate::store::{TokenStore, Version};
+use crate::sync::{Loaded, Mutex, Published};
+use crate::token::TokenSet;
+
+/// Gives every credential an identity for [`Snapshot::owner`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+pub(crate) fn next_id() -> u64 {
+    NEXT_ID.fetch_add(1, Ordering::Relaxed)
+}
+
+pub(crate) struct Inner {
+    pub(crate) id: u64,
+    pub(crate) published: Published<Snapshot>,
+    pub(crate) core: Mutex<Core>,
+    pub(crate) rt: Runtime,
+    pub(crate) refresher: Arc<dyn Refresher>,
+    pub(crate) store: Option<Arc<dyn TokenStore>>,
+    pub(crate) policy: Arc<RefreshPolicy>,
+    pub(crate) listeners: Listeners,
+    pub(crate) timer: Mutex<Option<mpsc::UnboundedSender<()>>>,
+    pub(crate) name: Arc<str>,
+}
+
+/// The one refresh worker of a credential: idle, or running plans one after another.
+pub(crate) enum Driver {
+    Idle,
+    Busy {
+        /// The next flight, started by the machine while a plan was still finishing.
+        queued: Option<Job>,
+        /// Completed (and replaced) when a job is queued: wakes a plan waiting to retry a save.
+        wake: Arc<FlightCell>,
+        /// Completed when the driver goes idle (shutdown waits for it).
+        idle: Arc<FlightCell>,
+    },
+}
+
+/// A flight the machine started, for the driver to carry out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Job {
+    pub(crate) flight: FlightId,
+    pub(crate) epoch: u64,
+    pub(crate) attempt: u32,
+}
+
+pub(crate) struct Core {
+    pub(crate) machine: Machine,
+    /// The current token set.
+    pub(crate) tokens: Option<Arc<TokenSet>>,
+    /// A refresh token known without a token set (built from a refresh token alone).
+    pub(crate) refresh_only: Option<RefreshToken>,
+    /// The store version this process's lineage expects: where the current set was read or
+    /// written, or — while it is not durable — where its durable parent is.
+    pub(crate) version: Option<Version>,
+    /// The machine's flight and the cell its waiters wait on.
+    pub(crate) flight: Option<(FlightId, Arc<FlightCell>)>,
+    pub(crate) last_error: Option<RefreshError>,
+    /// Bumped by every login: flights started before it are cancelled.
+    pub(crate) epoch: u64,
+    pub(crate) driver: Driver,
+    /// The generation whose save is owed.
+    pub(crate) persist_pending: Option<u64>,
+    pub(crate) rng: JitterRng,
+    pub(crate) published_key: (u64, MonoTime),
+    pub(crate) closed: bool,
+}
+
+impl Core {
+    pub(crate) fn new(policy: &Arc<RefreshPolicy>) -> Self {
+        Core {
+            machine: Machine::shared(policy.clone()),
+            tokens: None,
+            refresh_only: None,
+            version: None,
+            flight: None,
+            last_error: None,
+            epoch: 0,
+            driver: Driver::Idle,
+            persist_pending: None,
+            rng: policy.rng(),
+            published_key: (u64::MAX, MonoTime::ZERO),
+            closed: false,
+        }
+    }
+}
+
+/// What a caller does after asking the machine.
+pub(crate) enum Step {
+    Serve(Loaded<Snapshot>),
+    Wait(Arc<FlightCell>),
+    Fail(Error),
+}
+
+/// Work to do after the core lock is released: spawn the driver, wake waiters, emit events.
+#[derive(Default)]
+pub(crate) struct After {
+    pub(crate) events: Vec<Event>,
+    pub(crate) spawn: Option<Job>,
+    pub(crate) complete: Vec<Arc<FlightCell>>,
+    /// Whether the input started a flight.
+    pub(crate) started: bool,
+}
+
+impl Inner {
+    /// Feeds one input, starting the flight it asks for; returns the decision's action.
+    pub(crate) fn feed(
+        self: &Arc<Self>,
+        core: &mut Core,
+        input: Input,
+        after: &mut After,
+    ) -> Action {
+        let now = input.now();
+        let d = core.machine.handle(input);
+        if let Some(id) = d.start_refresh {
+            self.begin_flight(core, id, now, after);
+        }
+        self.publish_locked(core, &mut after.events);
+        d.action
+    }
+
+    /// Spawns (before emitting: a panicking listener must not keep a flight from running),
+    /// wakes waiters, then emits.
+    pub(crate) fn run_after(self: &Arc<Self>, after: After) {
+        if let Some(job) = after.spawn {
+            super::driver::spawn(self, job);
+        }
+        for cell in after.complete {
+            cell.complete();
+        }
+        self.listeners.emit(after.events);
+    }
+
+    pub(crate) fn demand(self: &Arc<Self>) -> Step {
+        let mut after = After::default();
+        let step = {
+            let mut core = self.core.lock();
+            let now = self.rt.now();
+            let action = self.feed(&mut core, Input::Demand { now }, &mut after);
+            match action {
+                Action::Serve => Step::Serve(self.published.load()),
+                Action::Wait => match &core.flight {
+                    Some((_, cell)) => Step::Wait(cell.clone()),
+                    None => Step::Fail(Error::timeout()),
+                },
+                Action::Fail(refusal) => Step::Fail(refusal_error(&core, refusal)),
+                _ => Step::Fail(Error::not_authorized()),
+            }
+        };
+        self.run_after(after);
+        step
+    }
+
+    pub(crate) fn invalidate(self: &Arc<Self>, generation: u64) -> bool {
+        let mut after = After::default();
+        {
+            let mut core = self.core.lock();
+            let now = self.rt.now();
+            self.feed(&mut core, Input::Invalidate { now, generation }, &mut after);
+            after.events.push(Event::Invalidated {
+                at: now,
+                generation,
+                refresh_started: after.started,
+            });
+        }
+        let started = after.started;
+        self.run_after(after);
+        started
+    }
+
+    pub(crate) fn tick(self: &Arc<Self>) {
+        let mut after = After::default();
+        {
+            let mut core = self.core.lock();
+            let now = self.rt.now();
+            self.feed(&mut core, Input::Tick { now }, &mut after);
+        }
+        self.run_after(after);
+    }
+
+    pub(crate) fn nudge(&self) {
+        if let Some(tx) = self.timer.lock().as_ref() {
+            let _ = tx.unbounded_send(());
+        }
+    }
+
+    fn begin_flight(&self, core: &mut Core, id: FlightId, now: MonoTime, after: &mut After) {
+        let cell = FlightCell::new();
+        core.flight = Some((id, cell));
+        after.started = true;
+        let job = Job {
+            flight: id,
+            epoch: core.epoch,
+            attempt: core.machine.failed_attempts() + 1,
+        };
+        after.events.push(Event::RefreshStarted {
+            at: now,
+            flight: id,
+            refresh_token: current_refresh_token(core).map(|r| r.fingerprint()),
+        });
+        match &mut core.driver {
+            Driver::Idle => {
+                core.driver = Driver::Busy {
+                    queued: None,
+                    wake: FlightCell::new(),
+                    idle: FlightCell::new(),
+                };
+                after.spawn = Some(job);
+            }
+            Driver::Busy { queued, wake, .. } => {
+                // The running plan is finishing an older flight (or waiting to retry its save);
+                // it hands over to this one.
+                *queued = Some(job);
+                after
+                    .complete
+                    .push(std::mem::replace(wake, FlightCell::new()));
+            }
+        }
+    }
+
+    /// Publishes the current token and fast-path deadline for lock-free readers, and turns the
+    /// machine's transitions into events. Called after every input, with the core locked.
+    pub(crate) fn publish_locked(&self, core: &mut Core, events: &mut Vec<Event>) {
+        let key = (core.machine.generation(), core.machine.fast_path_until());
+        if key != core.published_key {
+            core.published_key = key;
+            self.published.store(Snapshot {
+                owner: self.id,
+                set: core.tokens.clone(),
+                generation: key.0,
+                fast_until: key.1,
+            });
+        }
+        for t in core.machine.take_transitions() {
+            if let Phase::ReauthRequired { reason } = t.to {
+                events.push(Event::Transition(t.clone()));
+                events.push(Event::ReauthRequired { at: t.at, reason });
+            } else {
+                events.push(Event::Transition(t));
+            }
+        }
+    }
+
+    /// Installs a set from outside a refresh (a login, the store at build time, a newer set a
+    /// plan found in the store): it supersedes the flight in flight, whose waiters are woken.
+    pub(crate) fn authorize_locked(
+        &self,
+        core: &mut Core,
+        set: Arc<TokenSet>,
+        version: Option<Version>,
+        after: &mut After,
+    ) {
+        let now = self.rt.now();
+        let grant = grant_for(&set, now, self.rt.wall());
+        core.tokens = Some(set);
+        core.refresh_only = None;
+        if version.is_some() {
+            core.version = version;
+        }
+        core.persist_pending = None;
+        core.last_error = None;
+        core.machine.handle(Input::Authorize { now, grant });
+        if let Some((_, cell)) = core.flight.take() {
+            after.complete.push(cell);
+        }
+        self.publish_locked(core, &mut after.events);
+    }
+
+    /// Applies one report of the plan carrying out `job`.
+    pub(crate) fn apply(self: &Arc<Self>, job: &Job, report: Report) {
+        let mut after = After::default();
+        {
+            let mut core = self.core.lock();
+            let now = self.rt.now();
+            if job.epoch != core.epoch {
+                // A login superseded this flight: nothing it reports applies any more.
+                return;
+            }
+            let ours = core.machine.flight() == Some(job.flight);
+            match report {
+                Report::LeaseBusy => after.events.push(Event::LeaseBusy { at: now }),
+                Report::LeaseLost => after.events.push(Event::LeaseLost { at: now }),
+                Report::Conflict => after.events.push(Event::StoreConflict { at: now }),
+                Report::Cleared => after.events.push(Event::StoreCleared { at: now }),
+                Report::LifetimeAdjusted { adjustment, used } => {
+                    after.events.push(Event::LifetimeAdjusted {
+                        at: now,
+                        adjustment,
+                        used,
+                    })
+                }
+                Report::Malformed { kept_refresh_token } => {
+                    after.events.push(Event::MalformedResponse {
+                        at: now,
+                        kept_refresh_token,
+                    })
+                }
+                Report::SaveFailed { attempt, error } => {
+                    let generation = core
+                        .persist_pending
+                        .unwrap_or(core.machine.generation() + 1);
+                    after.events.push(Event::PersistFailed {
+                        at: now,
+                        generation,
+                        attempt,
+                        error,
+                    });
+                }
+                Report::Refreshed {
+                    set,
+                    issued,
+                    lifetime,
+                    rotated,
+                    version,
+                    pending,
+                } if ours => {
+                    let grant = Grant::new(issued, lifetime, set.refresh_token().is_some());
+                    core.tokens = Some(set.clone());
+                    core.refresh_only = None;
+                    core.last_error = None;
+                    core.machine.handle(Input::RefreshSucceeded {
+                        now,
+                        flight: job.flight,
+                        grant,
+                    });
+                    let generation = core.machine.generation();
+                    after.events.push(Event::Refreshed {
+                        at: now,
+                        flight: job.flight,
+                        generation,
+                        access_token: set.access_token().fingerprint(),
+                        refresh_token: set.refresh_token().map(|r| r.fingerprint()),
+                        rotated,
+                        lifetime,
+                    });
+                    note_saved(&mut core, generation, version, pending, now, &mut after);
+                    self.end_flight(&mut core, job.flight, &mut after);
+                }
+                Report::Adopted(stored) if ours => {
+                    let set = Arc::new(stored.tokens);
+                    let grant = grant_for(&set, now, self.rt.wall());
+                    core.tokens = Some(set.clone());
+                    core.refresh_only = None;
+                    core.version = Some(stored.version);
+                    core.last_error = None;
+                    core.persist_pending = None;
+                    core.machine.handle(Input::RefreshSucceeded {
+                        now,
+                        flight: job.flight,
+                        grant,
+                    });
+                    after.events.push(Event::Adopted {
+                        at: now,
+                        generation: core.machine.generation(),
+                        access_token: set.access_token().fingerprint(),
+                    });
+                    self.end_flight(&mut core, job.flight, &mut after);
+                }
+                Report::Failed {
+                    error,
+                    kept,
+                    pending,
+                } if ours => {
+                    if let Some(set) = kept {
+                        core.tokens = Some(set);
+                        let generation = core.machine.generation();
+                        note_saved(&mut core, generation, None, pending, now, &mut after);
+                    }
+                    after.events.push(Event::RefreshFailed {
+                        at: now,
+                        flight: job.flight,
+                        class: error.class(),
+                        retry_after: error.retry_after(),
+                    });
+                    core.machine.handle(Input::RefreshFailed {
+                        now,
+                        flight: job.flight,
+                        class: error.class(),
+                        retry_after: error.retry_after(),
+                    });
+                    core.last_error = Some(error);
+                    self.end_flight(&mut core, job.flight, &mut after);
+                }
+                Report::Durable { version } => {
+                    if let Some(generation) = core.persist_pending.take() {
+                        core.version = Some(version);
+                        after.events.push(Event::Persisted {
+                            at: now,
+                            generation,
+                            version,
+                        });
+                    }
+                }
+                Report::Superseded(held) => {
+                    if core.persist_pending.take().is_some() {
+                        after.events.push(Event::SaveSuperseded {
+                            at: now,
+                            adopted: held.is_some(),
+                        });
+                        if let Some(stored) = held {
+                            self.authorize_locked(
+                                &mut core,
+                                Arc::new(stored.tokens),
+                                Some(stored.version),
+                                &mut after,
+                            );
+                        }
+                    }
+                }
+                // A result for a flight the machine no longer runs (superseded by a login
+                // or an adopted set): dropped.
+                _ => {}
+            }
+            self.publish_locked(&mut core, &mut after.events);
+        }
+        self.run_after(after);
+        self.nudge();
+    }
+
+    /// Wakes the waiters of `flight` once the machine has its result.
+    pub(crate) fn end_flight(&self, core: &mut Core, flight: FlightId, after: &mut After) {
+        if core.flight.as_ref().is_some_and(|(f, _)| *f == flight) {
+            if let Some((_, cell)) = core.flight.take() {
+                after.complete.push(cell);
+            }
+        }
+    }
+
+    /// Fails `flight` because its task could not run or died; callers get an error instead of
+    /// waiting forever.
+    pub(crate) fn abort_flight(
+        self: &Arc<Self>,
+        flight: FlightId,
+        after: &mut After,
+        core: &mut Core,
+    ) {
+        let now = self.rt.now();
+        if core.machine.flight() == Some(flight) {
+            let error = RefreshError::transient("the refresh task ended without a result");
+            after.events.push(Event::FlightAborted { at: now, flight });
+            core.machine.handle(Input::RefreshFailed {
+                now,
+                flight,
+                class: error.class(),
+                retry_after: None,
+            });
+            core.last_error = Some(error);
+        }
+        self.end_flight(core, flight, after);
+    }
+}
+
+fn note_saved(
+    core: &mut Core,
+    generation: u64,
+    version: Option<Version>,
+    pending: bool,
+    now: MonoTime,
+    after: &mut After,
+) {
+    if pending {
+        core.persist_pending = Some(generation);
+        return;
+    }
+    core.persist_pending = None;
+    if let Some(version) = version {
+        core.version = Some(version);
+        after.events.push(Event::Persisted {
+            at: now,
+            generation,
+            version,
+        });
+    }
+}
+
+pub(crate) fn current_refresh_token(core: &Core) -> Option<&RefreshToken> {
+    core.tokens
+        .as_deref()
+        .and_then(|t| t.refresh_token())
+        .or(core.refresh_only.as_ref())
+}
+
+pub(crate) fn refusal_error(core: &Core, refusal: Refusal) -> Error {
+    match refusal {
+        Refusal::NotAuthorized => Error::not_authorized(),
+        Refusal::Reauth(reason) => Error::reauth(reason),
+        Refusal::BackingOff { until, last_error } => {
+            let error = core
+                .last_error
+                .clone()
+                .unwrap_or_else(|| RefreshError::new(last_error, "refresh failed"));
+            Error::refresh(error, Some(until))
+        }
+        _ => Error::closed(),
+    }
+}
+
+/// Places a token set on the monotonic clock, keeping its absolute (wall-clock) expiry: the one
+/// function that does so, for sets read from a store, given by a login or adopted.
+pub(crate) fn grant_for(set: &TokenSet, now: MonoTime, wall: OffsetDateTime) -> Grant {
+    let to_std = |d: time::Duration| Duration::try_from(d).unwrap_or(Duration::ZERO);
+    let age = to_std(wall - set.issued_at());
+    let lifetime = to_std(set.lifetime());
+    let has_rt = set.refresh_token().is_some();
+    let since_origin = now.as_duration();
+    if age <= since_origin {
+        Grant::new(now.saturating_sub(age), lifetime, has_rt)
+    } else {
+        // Issued before this clock's origin: shorten the lifetime so the expiry stays put.
+        Grant::new(
+            MonoTime::ZERO,
+            lifetime.saturating_sub(age - since_origin),
+            has_rt,
+        )
+    }
+}
+
+/// The credential's timer: ticks the machine at its next deadline (eager refresh, keep-alive,
+/// the retry after an ambiguous answer). Ends when the credential is dropped or shut down.
+pub(crate) async fn timer_loop(
+    weak: Weak<Inner>,
+    rt: Runtime,
+    mut nudges: mpsc::UnboundedReceiver<()>,
+) {
+    loop {
+        let deadline = {
+            let Some(inner) = weak.upgrade() else { return };
+            let now = rt.now();
+            let core = inner.core.lock();
+            if core.closed {
+                return;
+            }
+            core.machine.next_deadline(now)
+        };
+        match deadline {
+            Some(at) => {
+                if let Either::Right((None, _)) = select(rt.sleep_until(at), nudges.next()).await {
+                    return;
+                }
+            }
+            None => {
+                if nudges.next().await.is_none() {
+                    return;
+                }
+            }
+        }
+        let Some(inner) = weak.upgrade() else { return };
+        inner.tick();
+    }
+}

@@ -1,0 +1,98 @@
+//! [`TokenFuture`]: the lock-free hot path, and the slow path that joins or starts a refresh.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use futures::future::{select, Either};
+
+use super::engine::{Inner, Step};
+use super::handle::Token;
+use super::Credential;
+use crate::error::Error;
+use crate::event::Event;
+use crate::refresher::RefreshError;
+
+/// How many times one caller follows a finished refresh with another before giving up.
+const MAX_ROUNDS: u32 = 4;
+
+/// The future returned by [`Credential::token`].
+///
+/// Its first poll serves a fresh token without locks or allocation; only when that is not
+/// possible does it box the engine's slow path (joining or starting a refresh), so the future
+/// itself stays two words and is cheap to create, move and drop.
+#[must_use = "futures do nothing unless polled"]
+pub struct TokenFuture<'a> {
+    pub(super) credential: &'a Credential,
+    pub(super) slow: Option<SlowPath<'a>>,
+}
+
+type SlowPath<'a> = Pin<Box<dyn Future<Output = Result<Token, Error>> + Send + 'a>>;
+
+impl Future for TokenFuture<'_> {
+    type Output = Result<Token, Error>;
+
+    #[inline]
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(slow) = self.slow.as_mut() {
+            return slow.as_mut().poll(cx);
+        }
+        if let Some(token) = self.credential.try_token() {
+            return Poll::Ready(Ok(token));
+        }
+        let mut slow: SlowPath<'_> = Box::pin(self.credential.inner.token_slow());
+        let poll = slow.as_mut().poll(cx);
+        if poll.is_pending() {
+            self.slow = Some(slow);
+        }
+        poll
+    }
+}
+
+impl fmt::Debug for TokenFuture<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenFuture")
+            .field("waiting", &self.slow.is_some())
+            .finish()
+    }
+}
+
+impl Inner {
+    /// The published token, if it may be handed out now without the engine's attention.
+    #[inline]
+    pub(crate) fn try_fast(&self) -> Option<Token> {
+        let snap = self.published.load();
+        (self.rt.now() < snap.fast_until).then_some(Token { snap })
+    }
+
+    pub(crate) async fn token_slow(self: &Arc<Self>) -> Result<Token, Error> {
+        let deadline = self.rt.now().saturating_add(self.policy.wait_timeout());
+        for _ in 0..MAX_ROUNDS {
+            match self.demand() {
+                Step::Serve(snap) => return Ok(Token { snap }),
+                Step::Fail(e) => return Err(e),
+                Step::Wait(cell) => {
+                    let timer = self.rt.sleep_until(deadline);
+                    if let Either::Right(_) = select(cell.wait(), timer).await {
+                        self.listeners
+                            .emit(vec![Event::WaitTimedOut { at: self.rt.now() }]);
+                        return Err(Error::timeout());
+                    }
+                    // The refresh published its token: read it lock-free, like the hot path,
+                    // instead of re-entering the machine under its lock.
+                    if let Some(token) = self.try_fast() {
+                        return Ok(token);
+                    }
+                }
+            }
+        }
+        Err(Error::refresh(
+            RefreshError::transient(
+                "refreshed tokens were unusable on arrival (lifetime shorter than the refresh latency)",
+            ),
+            None,
+        ))
+    }
+}

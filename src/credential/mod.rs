@@ -1,0 +1,390 @@
+//! The concurrent shell around the [`Machine`](crate::machine::Machine): a lock-free hot path,
+//! single-flight refreshes carried out by one worker per credential, persist-then-publish,
+//! cross-process leases and the timer.
+//!
+//! - `handle`: what callers hold ([`Token`], [`Status`]) and the published snapshot;
+//! - `future`: [`TokenFuture`], the hot path and the slow path;
+//! - `builder`: [`CredentialBuilder`];
+//! - `engine`: feeds the machine, publishes, applies what flights report;
+//! - `driver`: the worker that interprets a [`flight::Plan`](crate::flight::Plan)'s effects;
+//! - `store_io`: every store and refresher call, with its timeout and panic shield;
+//! - `cell`: the rendezvous between a flight and its waiters.
+
+mod builder;
+mod cell;
+mod driver;
+mod engine;
+mod future;
+mod handle;
+mod store_io;
+
+use std::fmt;
+use std::sync::Arc;
+
+use futures::channel::mpsc;
+
+use crate::error::Error;
+use crate::event::Event;
+use crate::machine::{Input, Phase};
+use crate::store::SaveOutcome;
+use crate::token::TokenSet;
+
+pub use builder::{CredentialBuilder, Precedence};
+pub use future::TokenFuture;
+pub use handle::{Status, Token};
+
+use engine::{After, Driver, Inner};
+
+/// A credential: hands out valid access tokens to any number of concurrent callers and keeps
+/// them fresh.
+///
+/// Cloning is cheap and gives another handle to the same credential. The credential's
+/// background work (a refresh in flight, a save being retried) keeps running while any handle
+/// or that work itself is alive.
+///
+/// # Examples
+/// ```
+/// use keepfresh::{refresher_fn, AccessToken, Credential, RefreshToken, TokenResponse};
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use std::sync::Arc;
+///
+/// # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+/// # async fn main() -> Result<(), keepfresh::Error> {
+/// let calls = Arc::new(AtomicU32::new(0));
+/// let counter = calls.clone();
+/// let refresher = refresher_fn(move |req| {
+///     let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+///     async move {
+///         assert!(req.refresh_token.is_some());
+///         Ok(TokenResponse::new(AccessToken::new(format!("access-{n}")))
+///             .with_refresh_token(RefreshToken::new(format!("refresh-{n}")))
+///             .with_expires_in(3600))
+///     }
+/// });
+///
+/// let credential = Credential::builder(refresher)
+///     .refresh_token(RefreshToken::new("refresh-0"))
+///     .build()
+///     .await?;
+///
+/// // 100 concurrent callers, one refresh.
+/// let tasks: Vec<_> = (0..100)
+///     .map(|_| {
+///         let c = credential.clone();
+///         tokio::spawn(async move { c.token().await.map(|t| t.secret().to_owned()) })
+///     })
+///     .collect();
+/// for t in tasks {
+///     assert_eq!(t.await.unwrap()?, "access-1");
+/// }
+/// assert_eq!(calls.load(Ordering::SeqCst), 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Credential {
+    inner: Arc<Inner>,
+}
+
+impl Credential {
+    /// Starts building a credential that refreshes with `refresher`.
+    ///
+    /// See the [type-level example](Credential#examples) and the builder's
+    /// [defaults](CredentialBuilder#default).
+    pub fn builder(refresher: impl crate::Refresher) -> CredentialBuilder {
+        CredentialBuilder::new(Arc::new(refresher))
+    }
+
+    /// A valid access token.
+    ///
+    /// A fresh token is returned without locks or allocation. Inside the refresh window the
+    /// current token is returned at once and one background refresh is started. When no valid
+    /// token exists, the caller waits for the single refresh in flight (all concurrent callers
+    /// share it and its outcome), bounded by the policy's wait timeout.
+    ///
+    /// # Errors
+    /// - [`Error::is_not_authorized`]: never authorized;
+    /// - [`Error::is_reauth_required`]: the refresh token is dead (see [`Error::reauth_reason`]);
+    /// - [`Error::refresh_error`]: the last refresh failed and the engine is backing off (the
+    ///   same error is returned to every caller until the backoff ends);
+    /// - [`Error::is_timeout`]: the wait timeout passed first.
+    ///
+    /// # Cancel safety
+    /// Cancel safe. The refresh belongs to the engine, not to the caller that triggered it:
+    /// dropping this future never aborts or loses a refresh, whose result is published and
+    /// persisted for everyone.
+    ///
+    /// See the [type-level example](Credential#examples).
+    pub fn token(&self) -> TokenFuture<'_> {
+        TokenFuture {
+            credential: self,
+            slow: None,
+        }
+    }
+
+    /// The current token if it can be handed out right now without waiting and without the
+    /// engine's attention — the lock-free fast path of [`Credential::token`], usable from
+    /// synchronous code (building a request header in a sync client, say). `None` means: call
+    /// [`Credential::token`], which also starts the refresh that may be due.
+    ///
+    /// ```
+    /// # use keepfresh::{AccessToken, Credential, TokenSet};
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// # rt.block_on(async {
+    /// let now = time::OffsetDateTime::now_utc();
+    /// let fresh = TokenSet::new(AccessToken::new("at"), None, now, now + time::Duration::hours(1));
+    /// let c = Credential::builder(keepfresh::refresher_fn(|_| async {
+    ///     Err(keepfresh::RefreshError::transient("offline"))
+    /// }))
+    /// .tokens(fresh)
+    /// .build()
+    /// .await
+    /// .unwrap();
+    /// assert_eq!(c.try_token().unwrap().secret(), "at");
+    /// # });
+    /// ```
+    #[inline]
+    pub fn try_token(&self) -> Option<Token> {
+        let snap = self.inner.published.load();
+        (self.inner.rt.now() < snap.fast_until).then_some(Token { snap })
+    }
+
+    /// Reports that a resource server rejected `token` (HTTP 401). If it is still the current
+    /// token, it stops being served and one refresh starts; if a newer token was published in
+    /// the meantime, nothing happens. Returns whether a refresh was started.
+    ///
+    /// Any number of concurrent calls for the same token start at most one refresh.
+    ///
+    /// ```
+    /// # use keepfresh::{refresher_fn, AccessToken, Credential, RefreshToken, TokenResponse, TokenSet};
+    /// # let now = time::OffsetDateTime::now_utc();
+    /// # let set = TokenSet::new(AccessToken::new("at-1"), Some(RefreshToken::new("rt")), now, now + time::Duration::hours(1));
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// # rt.block_on(async {
+    /// let c = Credential::builder(refresher_fn(|_| async {
+    ///     Ok(TokenResponse::new(AccessToken::new("at-2")).with_expires_in(3600))
+    /// }))
+    /// .tokens(set)
+    /// .build()
+    /// .await
+    /// .unwrap();
+    /// let rejected = c.token().await.unwrap();
+    /// assert!(c.invalidate(&rejected));
+    /// assert!(!c.invalidate(&rejected)); // already handled
+    /// assert_eq!(c.token().await.unwrap().secret(), "at-2");
+    /// # });
+    /// ```
+    pub fn invalidate(&self, token: &Token) -> bool {
+        // A token of another credential says nothing about this one's (generations collide).
+        if token.owner() != self.inner.id {
+            return false;
+        }
+        self.inner.invalidate(token.generation())
+    }
+
+    /// The current phase.
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// # rt.block_on(async {
+    /// let c = keepfresh::Credential::builder(keepfresh::refresher_fn(|_| async {
+    ///     Err(keepfresh::RefreshError::transient("unused"))
+    /// })).build().await.unwrap();
+    /// assert_eq!(c.phase(), keepfresh::Phase::Empty);
+    /// # });
+    /// ```
+    pub fn phase(&self) -> Phase {
+        self.inner.core.lock().machine.phase().clone()
+    }
+
+    /// A summary of the credential's state, without secrets.
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// # rt.block_on(async {
+    /// # let c = keepfresh::Credential::builder(keepfresh::refresher_fn(|_| async { Err(keepfresh::RefreshError::transient("x")) })).build().await.unwrap();
+    /// let s = c.status();
+    /// assert_eq!(s.generation, 0);
+    /// assert!(!s.persist_pending);
+    /// # });
+    /// ```
+    pub fn status(&self) -> Status {
+        let core = self.inner.core.lock();
+        let set = core.tokens.as_deref();
+        Status {
+            phase: core.machine.phase().clone(),
+            generation: core.machine.generation(),
+            expires_at: set.map(|s| s.expires_at()),
+            access_token: set.map(|s| s.access_token().fingerprint()),
+            refresh_token: engine::current_refresh_token(&core).map(|r| r.fingerprint()),
+            persist_pending: core.persist_pending.is_some(),
+            store_version: core.version,
+            closed: core.closed,
+        }
+    }
+
+    /// Calls `listener` for every [`Event`], in order, on the task that caused it, with no
+    /// engine lock held. Keep it short; it must not block.
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// # rt.block_on(async {
+    /// # let c = keepfresh::Credential::builder(keepfresh::refresher_fn(|_| async { Err(keepfresh::RefreshError::transient("x")) })).build().await.unwrap();
+    /// c.on_event(|e| println!("{e:?}"));
+    /// # });
+    /// ```
+    pub fn on_event(&self, listener: impl Fn(&Event) + Send + Sync + 'static) {
+        self.inner.listeners.add(Arc::new(listener));
+    }
+
+    /// A stream of every [`Event`] from now on.
+    ///
+    /// ```
+    /// # use futures::StreamExt;
+    /// # use keepfresh::{AccessToken, TokenSet, Phase};
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// # rt.block_on(async {
+    /// # let c = keepfresh::Credential::builder(keepfresh::refresher_fn(|_| async { Err(keepfresh::RefreshError::transient("x")) })).build().await.unwrap();
+    /// let mut events = c.subscribe();
+    /// let now = time::OffsetDateTime::now_utc();
+    /// c.set_tokens(TokenSet::new(AccessToken::new("at"), None, now, now + time::Duration::hours(1))).await.unwrap();
+    /// let first = events.next().await.unwrap();
+    /// assert_eq!(first.new_phase(), Some(&Phase::Fresh));
+    /// # });
+    /// ```
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Event> {
+        self.inner.listeners.stream()
+    }
+
+    /// Installs a new token set (after a login or a step-up): saved to the store first, then
+    /// published. A login always wins: it overwrites whatever the store holds, and a refresh
+    /// that started before it is cancelled — its result is never installed or saved. Leaves
+    /// re-authorization and backoff.
+    ///
+    /// # Errors
+    /// A store error if the set could not be saved; it is then not installed either, and a
+    /// refresh in flight goes on.
+    ///
+    /// # Cancel safety
+    /// Cancelling may leave the set saved but not yet published; it is adopted at the next
+    /// refresh, which re-reads the store.
+    ///
+    /// See the [`subscribe`](Credential::subscribe) example.
+    pub async fn set_tokens(&self, tokens: TokenSet) -> Result<(), Error> {
+        let set = Arc::new(tokens);
+        let version = match &self.inner.store {
+            Some(store) => self.inner.save_login(store.as_ref(), &set).await?,
+            None => None,
+        };
+        let mut after = After::default();
+        {
+            let mut core = self.inner.core.lock();
+            core.epoch += 1;
+            self.inner
+                .authorize_locked(&mut core, set, version, &mut after);
+        }
+        self.inner.run_after(after);
+        self.inner.nudge();
+        Ok(())
+    }
+
+    /// Shuts the credential down: no refresh starts from now on, the timer stops, and the
+    /// call waits — at most the lease's time-to-live — for the refresh in flight and any owed
+    /// save to finish, so that no rotated refresh token is lost. Tokens that are still valid
+    /// keep being served; later callers that would need a refresh get
+    /// [`Error::is_closed`].
+    ///
+    /// # Errors
+    /// A store error when a rotated set is still not durable (the store failed or the wait
+    /// ran out): it then exists only in memory.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the refresh and the owed save go on in the background.
+    ///
+    /// ```
+    /// # let rt = tokio::runtime::Runtime::new().unwrap();
+    /// # rt.block_on(async {
+    /// # let c = keepfresh::Credential::builder(keepfresh::refresher_fn(|_| async { Err(keepfresh::RefreshError::transient("x")) })).build().await.unwrap();
+    /// c.shutdown().await.unwrap();
+    /// assert!(c.status().closed);
+    /// # });
+    /// ```
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        let mut after = After::default();
+        let idle = {
+            let mut core = self.inner.core.lock();
+            core.closed = true;
+            let now = self.inner.rt.now();
+            self.inner.feed(&mut core, Input::Close { now }, &mut after);
+            match &core.driver {
+                Driver::Busy { idle, .. } => Some(idle.clone()),
+                Driver::Idle => None,
+            }
+        };
+        self.inner.run_after(after);
+        // Stops the timer.
+        self.inner.timer.lock().take();
+        if let Some(idle) = idle {
+            let limit = self.inner.policy.lease_ttl();
+            let _ = store_io_timeout(&self.inner, limit, idle.wait()).await;
+        }
+        let core = self.inner.core.lock();
+        if core.persist_pending.is_some() {
+            return Err(Error::store(crate::store::StoreError::new(
+                crate::store::StoreErrorKind::Io,
+                "shut down with a rotated token set that could not be saved",
+            )));
+        }
+        Ok(())
+    }
+}
+
+async fn store_io_timeout<F: std::future::Future>(
+    inner: &Inner,
+    limit: std::time::Duration,
+    fut: F,
+) -> Option<F::Output> {
+    store_io::timeout(&inner.rt, limit, fut).await
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credential")
+            .field("name", &self.inner.name)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl Inner {
+    /// Saves a login's set: it wins over whatever the store holds, so a conflict is redone
+    /// against the version found (a bounded number of times).
+    async fn save_login(
+        &self,
+        store: &dyn crate::store::TokenStore,
+        set: &Arc<TokenSet>,
+    ) -> Result<Option<crate::store::Version>, Error> {
+        const MAX_ROUNDS: u32 = 4;
+        let limit = self.policy.store_timeout();
+        let mut expected = self.core.lock().version;
+        for _ in 0..MAX_ROUNDS {
+            match store_io::store_op(&self.rt, limit, store.save(expected, set)).await? {
+                SaveOutcome::Saved(v) => return Ok(Some(v)),
+                SaveOutcome::Conflict(held) => {
+                    if let Some(h) = &held {
+                        if h.tokens == **set {
+                            return Ok(Some(h.version));
+                        }
+                    }
+                    self.listeners
+                        .emit(vec![Event::StoreConflict { at: self.rt.now() }]);
+                    expected = held.map(|h| h.version);
+                }
+            }
+        }
+        Err(Error::store(crate::store::StoreError::new(
+            crate::store::StoreErrorKind::Io,
+            "the store kept changing under the login's write",
+        )))
+    }
+}
