@@ -1,6 +1,9 @@
 //! N tasks ask for a token at once while none is valid: how many refreshes, how long each
-//! caller waits. keepfresh runs next to the other caches and to the least a single-flight can
-//! cost on this runtime (`OnceCell`), which separates the engine's cost from the scheduler's.
+//! caller waits. keepfresh runs next to the other caches, to the least a single-flight can
+//! cost on this runtime (`OnceCell`), which separates the engine's cost from the scheduler's,
+//! and to the single-flight cache one writes by hand: an `ArcSwap` or `RwLock` check of the
+//! cached token, then one refresh behind a `tokio::sync::Mutex` (waiters let through one by
+//! one) or a `Notify` (waiters woken all at once).
 
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -8,12 +11,17 @@ use std::time::{Duration, Instant};
 
 use keepfresh::{AccessToken, RefreshPolicy, TokenResponse};
 
-use crate::contenders::{self, AwsLazyCache, OnceCellIdeal, SlowResolver, Source};
+use crate::contenders::{
+    self, ArcSwapSlot, AwsLazyCache, MutexSingleFlight, NotifySingleFlight, OnceCellIdeal,
+    RefreshFn, RwLockSlot, SlowResolver, Source,
+};
 use crate::report::{ms, percentile, Report, Target};
 
 /// The refresher's latency.
 const REFRESH_LATENCY: Duration = Duration::from_millis(50);
 const LIFETIME: Duration = Duration::from_secs(3600);
+/// How long before its end the caches refresh a token (the golang and AWS default).
+const MARGIN: Duration = Duration::from_secs(10);
 
 pub(crate) fn run(report: &mut Report, sizes: &[usize]) {
     report.section(&format!(
@@ -55,12 +63,7 @@ pub(crate) fn run(report: &mut Report, sizes: &[usize]) {
         let calls = Arc::new(AtomicU32::new(0));
         let counter = calls.clone();
         let stats = on_fresh_runtime(n, move || async move {
-            contenders::slow_mutex_cache(
-                REFRESH_LATENCY,
-                LIFETIME,
-                Duration::from_secs(10),
-                counter,
-            )
+            contenders::slow_mutex_cache(REFRESH_LATENCY, LIFETIME, MARGIN, counter)
         });
         let name = format!("N={n}: tokio_mutex_golang");
         stats.report(report, &name, calls.load(Ordering::SeqCst), None);
@@ -76,7 +79,36 @@ pub(crate) fn run(report: &mut Report, sizes: &[usize]) {
         });
         let name = format!("N={n}: aws_lazy_cache");
         stats.report(report, &name, calls.load(Ordering::SeqCst), None);
+
+        // Hand-written single-flight caches: a lock-free (ArcSwap) or read-locked (RwLock)
+        // check of the cached token, then one refresh that the other callers wait for.
+        single_flight(report, n, "arcswap_single_flight_mutex", |refresh| {
+            MutexSingleFlight::<ArcSwapSlot>::new(MARGIN, refresh)
+        });
+        single_flight(report, n, "rwlock_single_flight_mutex", |refresh| {
+            MutexSingleFlight::<RwLockSlot>::new(MARGIN, refresh)
+        });
+        single_flight(report, n, "arcswap_single_flight_notify", |refresh| {
+            NotifySingleFlight::<ArcSwapSlot>::new(MARGIN, refresh)
+        });
+        single_flight(report, n, "rwlock_single_flight_notify", |refresh| {
+            NotifySingleFlight::<RwLockSlot>::new(MARGIN, refresh)
+        });
     }
+}
+
+/// Runs the burst on the hand-written cache `make` builds around the slow refresher.
+fn single_flight<S: Source>(
+    report: &mut Report,
+    n: usize,
+    name: &str,
+    make: impl FnOnce(RefreshFn) -> S,
+) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let refresh = contenders::slow_refresh(REFRESH_LATENCY, LIFETIME, calls.clone());
+    let stats = on_fresh_runtime(n, move || async move { make(refresh) });
+    let name = format!("N={n}: {name}");
+    stats.report(report, &name, calls.load(Ordering::SeqCst), None);
 }
 
 fn workers() -> usize {

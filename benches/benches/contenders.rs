@@ -1,11 +1,12 @@
 //! The caches keepfresh is measured against, built the way their users build them.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use arc_swap::{ArcSwap, Guard};
+use arc_swap::{ArcSwap, ArcSwapOption, Guard};
 use aws_smithy_async::rt::sleep::TokioSleep;
 use aws_smithy_async::time::SystemTimeSource;
 use aws_smithy_runtime::client::identity::IdentityCache;
@@ -54,6 +55,14 @@ impl Floor {
         let snap = self.0.load();
         (Instant::now() < snap.valid_until).then_some(snap)
     }
+
+    /// Like [`Floor::get`], but the token comes out as an `Arc` (`ArcSwap::load_full`): a
+    /// reference count instead of a debt slot, whatever else the thread holds.
+    #[inline]
+    pub(crate) fn get_full(&self) -> Option<Arc<Snap>> {
+        let snap = self.0.load_full();
+        (Instant::now() < snap.valid_until).then_some(snap)
+    }
 }
 
 /// The classic read-mostly cache: `parking_lot::RwLock<Arc<_>>`, read lock + clone.
@@ -74,7 +83,7 @@ impl RwLockCache {
     }
 }
 
-type RefreshFn = Box<dyn Fn() -> BoxFuture<'static, Result<Snap, String>> + Send + Sync>;
+pub(crate) type RefreshFn = Box<dyn Fn() -> BoxFuture<'static, Result<Snap, String>> + Send + Sync>;
 
 /// golang's `oauth2.ReuseTokenSource` in Rust: a `tokio::sync::Mutex<Option<token>>`; a caller
 /// that finds the token within `margin` of its end refreshes while holding the lock, and a
@@ -285,15 +294,178 @@ pub(crate) fn slow_mutex_cache(
     margin: Duration,
     calls: Arc<AtomicU32>,
 ) -> MutexCache {
-    MutexCache::new(
-        None,
-        margin,
-        Box::new(move || {
-            calls.fetch_add(1, Ordering::SeqCst);
-            Box::pin(async move {
-                tokio::time::sleep(latency).await;
-                Ok(Snap::new("mutex", lifetime))
-            })
-        }),
-    )
+    MutexCache::new(None, margin, slow_refresh(latency, lifetime, calls))
+}
+
+/// Where a hand-written cache keeps its token; read on every call without the refresh lock.
+pub(crate) trait Slot: Send + Sync + 'static {
+    fn empty() -> Self;
+    /// The cached token, if it stays valid for more than `margin`.
+    fn fresh(&self, margin: Duration) -> Option<Arc<Snap>>;
+    fn put(&self, snap: Arc<Snap>);
+}
+
+/// `ArcSwapOption<token>`: a lock-free load, the token cloned out when it is fresh.
+pub(crate) struct ArcSwapSlot(ArcSwapOption<Snap>);
+
+impl Slot for ArcSwapSlot {
+    fn empty() -> Self {
+        ArcSwapSlot(ArcSwapOption::empty())
+    }
+
+    #[inline]
+    fn fresh(&self, margin: Duration) -> Option<Arc<Snap>> {
+        let snap = self.0.load();
+        snap.as_ref()
+            .filter(|s| Instant::now() + margin < s.valid_until)
+            .cloned()
+    }
+
+    fn put(&self, snap: Arc<Snap>) {
+        self.0.store(Some(snap));
+    }
+}
+
+/// `parking_lot::RwLock<Option<token>>`: a read lock, the token cloned out when it is fresh.
+pub(crate) struct RwLockSlot(parking_lot::RwLock<Option<Arc<Snap>>>);
+
+impl Slot for RwLockSlot {
+    fn empty() -> Self {
+        RwLockSlot(parking_lot::RwLock::new(None))
+    }
+
+    #[inline]
+    fn fresh(&self, margin: Duration) -> Option<Arc<Snap>> {
+        self.0
+            .read()
+            .as_ref()
+            .filter(|s| Instant::now() + margin < s.valid_until)
+            .cloned()
+    }
+
+    fn put(&self, snap: Arc<Snap>) {
+        *self.0.write() = Some(snap);
+    }
+}
+
+/// The usual hand-written single-flight cache: a caller that finds no fresh token in `slot`
+/// takes a `tokio::sync::Mutex`, checks again (another caller may have refreshed while it
+/// waited) and refreshes if still needed. Waiters queue on the mutex and are let through one at
+/// a time (tokio's mutex is FIFO), each reading the refreshed token from the slot.
+pub(crate) struct MutexSingleFlight<S> {
+    slot: S,
+    refresh_lock: tokio::sync::Mutex<()>,
+    margin: Duration,
+    refresh: RefreshFn,
+}
+
+impl<S: Slot> MutexSingleFlight<S> {
+    pub(crate) fn new(margin: Duration, refresh: RefreshFn) -> Self {
+        MutexSingleFlight {
+            slot: S::empty(),
+            refresh_lock: tokio::sync::Mutex::new(()),
+            margin,
+            refresh,
+        }
+    }
+
+    pub(crate) async fn token(&self) -> Result<Arc<Snap>, String> {
+        if let Some(snap) = self.slot.fresh(self.margin) {
+            return Ok(snap);
+        }
+        let _refreshing = self.refresh_lock.lock().await;
+        if let Some(snap) = self.slot.fresh(self.margin) {
+            return Ok(snap);
+        }
+        let snap = Arc::new((self.refresh)().await?);
+        self.slot.put(snap.clone());
+        Ok(snap)
+    }
+}
+
+impl<S: Slot> Source for MutexSingleFlight<S> {
+    async fn get(&self) -> bool {
+        self.token().await.is_ok()
+    }
+}
+
+/// A single-flight cache that wakes all its waiters at once, like `OnceCell` but with expiry:
+/// a caller that finds no fresh token either becomes the one refreshing (an atomic flag) or
+/// waits on a `tokio::sync::Notify`; the refreshing caller stores the token and calls
+/// `notify_waiters`, and every waiter reads the slot again. A failed refresh is returned to
+/// the caller that ran it; its waiters retry.
+pub(crate) struct NotifySingleFlight<S> {
+    slot: S,
+    refreshing: AtomicBool,
+    done: tokio::sync::Notify,
+    margin: Duration,
+    refresh: RefreshFn,
+}
+
+impl<S: Slot> NotifySingleFlight<S> {
+    pub(crate) fn new(margin: Duration, refresh: RefreshFn) -> Self {
+        NotifySingleFlight {
+            slot: S::empty(),
+            refreshing: AtomicBool::new(false),
+            done: tokio::sync::Notify::new(),
+            margin,
+            refresh,
+        }
+    }
+
+    pub(crate) async fn token(&self) -> Result<Arc<Snap>, String> {
+        loop {
+            if let Some(snap) = self.slot.fresh(self.margin) {
+                return Ok(snap);
+            }
+            // Registered before the second look, so a refresh ending in between is not missed.
+            let mut done = pin!(self.done.notified());
+            done.as_mut().enable();
+            if let Some(snap) = self.slot.fresh(self.margin) {
+                return Ok(snap);
+            }
+            if !self.refreshing.swap(true, Ordering::AcqRel) {
+                let _release = Release(self);
+                // The previous refresh may have ended between the second look and the flag.
+                if let Some(snap) = self.slot.fresh(self.margin) {
+                    return Ok(snap);
+                }
+                let snap = Arc::new((self.refresh)().await?);
+                self.slot.put(snap.clone());
+                return Ok(snap);
+            }
+            done.await;
+        }
+    }
+}
+
+/// Ends a refresh of a [`NotifySingleFlight`] however it ends (answer, error, cancellation).
+struct Release<'a, S>(&'a NotifySingleFlight<S>);
+
+impl<S> Drop for Release<'_, S> {
+    fn drop(&mut self) {
+        self.0.refreshing.store(false, Ordering::Release);
+        self.0.done.notify_waiters();
+    }
+}
+
+impl<S: Slot> Source for NotifySingleFlight<S> {
+    async fn get(&self) -> bool {
+        self.token().await.is_ok()
+    }
+}
+
+/// A refresh that takes `latency` and yields a token valid for `lifetime`, counting its calls.
+pub(crate) fn slow_refresh(
+    latency: Duration,
+    lifetime: Duration,
+    calls: Arc<AtomicU32>,
+) -> RefreshFn {
+    Box::new(move || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move {
+            tokio::time::sleep(latency).await;
+            Ok(Snap::new("single-flight", lifetime))
+        })
+    })
 }

@@ -1,5 +1,5 @@
 //! `Credential::token()` on a fresh token against its baselines, on one thread and on two
-//! threads at once.
+//! threads at once; then again with tokens held ([`HELD_GROUPS`]).
 //!
 //! Every contender returns its token to the caller (a guard or an `Arc` clone, dropped inside
 //! the timed loop) after checking it against a monotonic clock. Async contenders are polled
@@ -31,6 +31,23 @@ pub(crate) const CONTENDERS: [&str; 6] = [
     "parking_lot_rwlock",
     "tokio_mutex_golang",
     "aws_lazy_cache",
+];
+
+/// Criterion group names of the held-token benchmarks: each call is made while the calling
+/// thread holds tokens from its earlier calls, as a worker thread does whose tasks keep their
+/// tokens across their I/O.
+pub(crate) const HELD_GROUPS: [&str; 2] = ["hot_path_held_1_thread", "hot_path_held_2_threads"];
+/// How many tokens each thread holds while it makes a call: more than arc-swap's 8 debt slots
+/// per thread, beyond which a load cannot take a slot and takes arc-swap's fallback instead (the
+/// guard then holds a reference count on the shared `Arc`).
+pub(crate) const HELD: [usize; 2] = [16, 32];
+/// Criterion function names of the held-token benchmarks, floor first; each is suffixed with
+/// `_held_<n>`, `n` from [`HELD`].
+pub(crate) const HELD_CONTENDERS: [&str; 4] = [
+    "floor_arcswap_load_instant",
+    "floor_arcswap_load_full_instant",
+    "keepfresh_token",
+    "keepfresh_try_token",
 ];
 
 /// Everything under measurement, each holding a fresh token.
@@ -137,6 +154,29 @@ pub(crate) fn bench_all(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(3));
     each_contender!(&contenders, two_threads, &mut two, &handle);
     two.finish();
+
+    for (threads, group) in [1, 2].into_iter().zip(HELD_GROUPS) {
+        let mut g = c.benchmark_group(group);
+        g.warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3));
+        let c = &contenders;
+        for held in HELD {
+            let [floor, floor_full, kf, kf_sync] = HELD_CONTENDERS;
+            holding(&mut g, &handle, threads, held, floor, || {
+                c.floor.get().expect("fresh")
+            });
+            holding(&mut g, &handle, threads, held, floor_full, || {
+                c.floor.get_full().expect("fresh")
+            });
+            holding(&mut g, &handle, threads, held, kf, || {
+                poll_ready(c.keepfresh.token()).expect("fresh")
+            });
+            holding(&mut g, &handle, threads, held, kf_sync, || {
+                c.keepfresh.try_token().expect("fresh")
+            });
+        }
+        g.finish();
+    }
 }
 
 fn one_thread<F: Fn()>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, call: F) {
@@ -178,14 +218,68 @@ fn two_threads<F: Fn() + Sync>(
     });
 }
 
+/// `threads` threads each make `iters` calls while holding the `held` tokens of their previous
+/// calls: a call's token replaces the oldest one held, which is then dropped, so every call is
+/// made with `held` tokens alive on its thread (the first `held` calls, before the clock starts,
+/// fill the ring). The time of the slower thread is reported, so the figure is one call plus
+/// one drop of an older token.
+fn holding<T, F: Fn() -> T + Sync>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &tokio::runtime::Handle,
+    threads: usize,
+    held: usize,
+    name: &str,
+    call: F,
+) {
+    g.bench_function(format!("{name}_held_{held}"), |b| {
+        b.iter_custom(|iters| {
+            let start = Barrier::new(threads);
+            std::thread::scope(|s| {
+                let threads: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let _guard = rt.enter();
+                            let mut tokens: Vec<T> = (0..held).map(|_| call()).collect();
+                            start.wait();
+                            let t0 = Instant::now();
+                            let mut oldest = 0;
+                            for _ in 0..iters {
+                                let token = black_box(call());
+                                drop(std::mem::replace(&mut tokens[oldest], token));
+                                oldest += 1;
+                                if oldest == held {
+                                    oldest = 0;
+                                }
+                            }
+                            let elapsed = t0.elapsed();
+                            drop(tokens);
+                            elapsed
+                        })
+                    })
+                    .collect();
+                threads
+                    .into_iter()
+                    .map(|t| t.join().expect("bench thread"))
+                    .max()
+                    .unwrap_or_default()
+            })
+        })
+    });
+}
+
 /// Adds the hot-path ratios to the report, from the estimates criterion just wrote
 /// (`<target>/criterion/<group>/<function>/new/estimates.json`; `$CRITERION_HOME` if set).
-pub(crate) fn report(report: &mut Report) {
+/// Only the groups `selected` accepts are read, so that a filtered run does not report the
+/// estimates an earlier run left behind.
+pub(crate) fn report(report: &mut Report, selected: impl Fn(&str) -> bool) {
     let root = std::env::var_os("CRITERION_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| crate::report::target_dir().join("criterion"));
-    report.section("Hot path: token() on a fresh token (criterion, this run)");
-    for group in GROUPS {
+    let groups: Vec<&str> = GROUPS.into_iter().filter(|g| selected(g)).collect();
+    if !groups.is_empty() {
+        report.section("Hot path: token() on a fresh token (criterion, this run)");
+    }
+    for group in groups {
         let medians: Vec<Option<f64>> = CONTENDERS
             .iter()
             .map(|f| median_ns(&root.join(group).join(f).join("new/estimates.json")))
@@ -231,6 +325,50 @@ pub(crate) fn report(report: &mut Report) {
             "x",
             Target::Info,
         );
+    }
+    report_held(report, &root, &selected);
+}
+
+/// The held-token figures: each median, and keepfresh against the floor held the same way.
+fn report_held(report: &mut Report, root: &Path, selected: impl Fn(&str) -> bool) {
+    let groups: Vec<&str> = HELD_GROUPS.into_iter().filter(|g| selected(g)).collect();
+    if groups.is_empty() {
+        return;
+    }
+    report.section(&format!(
+        "Hot path with tokens held: each call made while its thread holds {HELD:?} earlier \
+         tokens (arc-swap has 8 debt slots per thread); one call + one drop (criterion, this run)"
+    ));
+    for group in groups {
+        for held in HELD {
+            let medians: Vec<Option<f64>> = HELD_CONTENDERS
+                .iter()
+                .map(|f| {
+                    let function = format!("{f}_held_{held}");
+                    median_ns(&root.join(group).join(function).join("new/estimates.json"))
+                })
+                .collect();
+            let [Some(floor), Some(floor_full), Some(kf), Some(kf_sync)] = medians[..] else {
+                report.note(&format!(
+                    "{group}, {held} held: no estimates under {} (filtered out, or --test/--list \
+                     run)",
+                    root.display()
+                ));
+                continue;
+            };
+            for (name, ns) in HELD_CONTENDERS.iter().zip([floor, floor_full, kf, kf_sync]) {
+                let figure = format!("{group}: {name}_held_{held} median");
+                report.figure(&figure, ns, "ns", Target::Info);
+            }
+            for (name, ns) in [("keepfresh_token", kf), ("keepfresh_try_token", kf_sync)] {
+                report.figure(
+                    &format!("{group}: {name}_held_{held} / floor_held_{held}"),
+                    ns / floor,
+                    "x",
+                    Target::Info,
+                );
+            }
+        }
     }
 }
 

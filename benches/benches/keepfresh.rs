@@ -4,7 +4,9 @@
 //! `<target dir>/keepfresh-bench-report.txt`.
 //!
 //! `cargo bench -p keepfresh-benches` runs everything; a filter argument selects benchmarks
-//! and scenarios whose name contains it (`cargo bench -p keepfresh-benches -- burst`).
+//! and scenarios whose name contains it (`cargo bench -p keepfresh-benches -- burst`;
+//! `-- hot_path_held` for the held-token benchmarks alone, `-- hot_path` for every hot-path
+//! benchmark).
 //! Without `--bench` (`cargo test --benches`, or `-- --test`) every part runs once, scaled down.
 
 mod alloc;
@@ -102,8 +104,8 @@ fn main() {
             ""
         }
     ));
-    if !args.test && args.selects("hot_path") {
-        hot_path::report(&mut report);
+    if !args.test {
+        hot_path::report(&mut report, |group| args.selects(group));
     }
     if args.selects("burst") {
         let sizes: &[usize] = if args.test {
