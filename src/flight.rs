@@ -169,6 +169,8 @@ pub struct Carry {
     /// The set whose save is owed. The next plan refreshes from it; should that refresh fail,
     /// the next plan goes on saving it.
     pub owed: Option<Arc<TokenSet>>,
+    /// The store version the owed save expects (the lineage's durable parent).
+    pub expected: Option<Version>,
 }
 
 /// What the shell must do next.
@@ -281,6 +283,9 @@ pub enum Report {
         /// The lifetime used.
         used: Duration,
     },
+    /// A credential known only by its refresh token got a rotated one in an answer without an
+    /// access token: the new refresh token replaces the old (which may be spent).
+    RefreshTokenRotated(RefreshToken),
     /// A 2xx answer without an access token.
     Malformed {
         /// Whether a rotated refresh token in it was kept.
@@ -406,10 +411,14 @@ impl Plan {
     pub fn new(policy: Arc<RefreshPolicy>, has_store: bool, start: Start) -> Self {
         let lease = start.carried.as_ref().and_then(|c| c.lease.clone());
         let owed = start.carried.as_ref().and_then(|c| c.owed.clone());
+        let expected = match &start.carried {
+            Some(c) if c.owed.is_some() => c.expected,
+            _ => start.expected,
+        };
         Plan {
             give_up: start.now.saturating_add(policy.lease_ttl()),
             rng: JitterRng::new(start.poll_seed),
-            expected: start.expected,
+            expected,
             policy,
             has_store,
             stage: Stage::Begin,
@@ -520,6 +529,7 @@ impl Plan {
         Some(Carry {
             lease: self.lease.take(),
             owed,
+            expected: self.expected,
         })
     }
 
@@ -534,15 +544,20 @@ impl Plan {
     /// assert_eq!(p.step(MonoTime::ZERO, Feedback::Start), Effect::Done);
     /// ```
     pub fn cancel(&mut self) {
-        if self.cancelled || self.stage == Stage::Done {
+        if self.cancelled {
             return;
         }
         self.cancelled = true;
         self.pending = None;
         self.owed = None;
         self.outbox.clear();
-        self.held = None;
-        self.stage = Stage::Finishing;
+        // An effect queued behind the dropped reports: only a release still matters.
+        if let Some(Effect::Release { lease }) = self.held.take() {
+            self.lease = Some(lease);
+        }
+        if self.stage != Stage::Done || self.lease.is_some() {
+            self.stage = Stage::Finishing;
+        }
     }
 
     /// Feeds the result of the last effect (or [`Feedback::Start`]) and returns the next
@@ -572,6 +587,12 @@ impl Plan {
 
     fn advance(&mut self, now: MonoTime, feedback: Feedback) -> Effect {
         if self.cancelled {
+            // The effect in progress when the plan was cancelled may have handed it a lease.
+            match feedback {
+                Feedback::Lease(Ok(LeaseOutcome::Acquired(lease))) => self.lease = Some(lease),
+                Feedback::Renewed(Ok(false)) => self.lease = None,
+                _ => {}
+            }
             return self.finish();
         }
         match std::mem::replace(&mut self.stage, Stage::Done) {
@@ -729,8 +750,7 @@ impl Plan {
                 self.expected = None;
             }
             Feedback::Loaded(Err(e)) => {
-                // A carried lease means this process owns the lineage; otherwise fail closed.
-                if !self.policy.fail_open() && self.start.carried.is_none() {
+                if !self.policy.fail_open() {
                     return self.finish_with(failed(
                         RefreshError::transient(format!(
                             "the store could not be re-read before refreshing: {e}"
@@ -798,14 +818,23 @@ impl Plan {
             let kept = match (rotated, self.start.base.as_deref()) {
                 (true, Some(base)) => {
                     let mut set = base.clone();
-                    set.set_refresh_token(refresh_token);
+                    set.set_refresh_token(refresh_token.clone());
                     Some(Arc::new(set))
                 }
                 _ => None,
             };
+            let kept_alone = match (&kept, rotated, self.start.base.is_none()) {
+                (None, true, true) => refresh_token.clone(),
+                _ => None,
+            };
             self.outbox.push_back(Report::Malformed {
-                kept_refresh_token: kept.is_some(),
+                kept_refresh_token: kept.is_some() || kept_alone.is_some(),
             });
+            if let Some(rt) = kept_alone {
+                // Only a refresh token was known: keep the rotated one in its place (in memory;
+                // a store holds whole token sets, and there is no access token to save).
+                self.outbox.push_back(Report::RefreshTokenRotated(rt));
+            }
             return match kept {
                 Some(set) if self.has_store => {
                     self.pending = Some((set, Saving::Kept { error }));

@@ -331,6 +331,8 @@ pub struct Machine {
     invalid_client_streak: u32,
     after_ambiguous: bool,
     closed: bool,
+    /// The time of the last input.
+    last_now: MonoTime,
     phase: Phase,
     transitions: Vec<Transition>,
 }
@@ -367,6 +369,7 @@ impl Machine {
             invalid_client_streak: 0,
             after_ambiguous: false,
             closed: false,
+            last_now: MonoTime::ZERO,
             phase: Phase::Empty,
             transitions: Vec::new(),
         }
@@ -487,7 +490,9 @@ impl Machine {
         let deadline = c.timing.usable_until;
         if self.reauth.is_some() || (self.flight.is_some() && stale_ok) {
             deadline
-        } else if let (Some(b), true, None) = (self.backoff, stale_ok, self.flight) {
+        } else if let (Some(b), true, None) =
+            (self.backoff_active(self.last_now), stale_ok, self.flight)
+        {
             b.until.min(deadline)
         } else {
             c.timing.refresh_at
@@ -548,6 +553,7 @@ impl Machine {
     /// See the [module example](self).
     pub fn handle(&mut self, input: Input) -> Decision {
         let now = input.now();
+        self.last_now = self.last_now.max(now);
         let decision = match input {
             Input::Demand { now } => self.on_demand(now),
             Input::Invalidate { now, generation } => self.on_invalidate(now, generation),
@@ -722,6 +728,12 @@ impl Machine {
         if c.generation != generation || c.rejected {
             return Decision::act(Action::None);
         }
+        // What time alone already decided (re-authorization at the refresh point of a token
+        // without a refresh token) comes before the rejection.
+        self.note_time(now);
+        let Some(c) = self.current.as_mut() else {
+            return Decision::act(Action::None);
+        };
         c.rejected = true;
         let has_rt = c.has_refresh_token;
         self.note_time(now);

@@ -107,6 +107,15 @@ pub struct HttpAnswer<'a> {
 /// }).unwrap_err();
 /// assert_eq!(err.class(), ErrorClass::InvalidGrant);
 ///
+/// // A 2xx answer with a rotated refresh token but no access token: the refresh token is
+/// // kept (the old one may be spent); the empty access token marks the answer as malformed.
+/// let odd = parse_token_response(HttpAnswer {
+///     status: 200, content_type: Some("application/json"), retry_after: None,
+///     body: br#"{"refresh_token":"r2"}"#,
+/// }).unwrap();
+/// assert!(odd.access_token().is_empty());
+/// assert_eq!(odd.refresh_token().unwrap().expose_secret(), "r2");
+///
 /// // An HTML page with 200: the answer is lost.
 /// let err = parse_token_response(HttpAnswer {
 ///     status: 200, content_type: Some("text/html"), retry_after: None, body: b"<html>",
@@ -153,8 +162,16 @@ pub fn parse_token_response(answer: HttpAnswer<'_>) -> Result<TokenResponse, Ref
             answer.body.len()
         )));
     };
-    let access = match fields.get("access_token") {
-        Some(Value::String(s)) if !s.is_empty() => AccessToken::new(s.as_str()),
+    let refresh_token = match fields.get("refresh_token") {
+        Some(Value::String(rt)) if !rt.is_empty() => Some(RefreshToken::new(rt.as_str())),
+        _ => None,
+    };
+    let access = match (fields.get("access_token"), refresh_token.as_ref()) {
+        (Some(Value::String(s)), _) if !s.is_empty() => AccessToken::new(s.as_str()),
+        // No access token, but a refresh token: the provider may have rotated, so the old
+        // refresh token may be spent. Hand the new one to the engine (an empty access token
+        // marks the answer as malformed); it keeps and saves it.
+        (_, Some(_)) => AccessToken::new(""),
         _ => {
             return Err(RefreshError::ambiguous(
                 "token response without an access_token",
@@ -162,10 +179,8 @@ pub fn parse_token_response(answer: HttpAnswer<'_>) -> Result<TokenResponse, Ref
         }
     };
     let mut response = TokenResponse::new(access);
-    if let Some(Value::String(rt)) = fields.get("refresh_token") {
-        if !rt.is_empty() {
-            response = response.with_refresh_token(RefreshToken::new(rt.as_str()));
-        }
+    if let Some(rt) = refresh_token {
+        response = response.with_refresh_token(rt);
     }
     if let Some(secs) = fields.get("expires_in").and_then(lifetime_seconds) {
         response = response.with_expires_in(secs);

@@ -384,7 +384,7 @@ impl RefreshPolicy {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// assert_eq!(keepfresh::RefreshPolicy::default().refresh_timeout(), Duration::from_secs(30));
+    /// assert_eq!(keepfresh::RefreshPolicy::default().refresh_timeout(), Duration::from_secs(10));
     /// ```
     pub fn refresh_timeout(&self) -> Duration {
         self.refresh_timeout
@@ -394,7 +394,7 @@ impl RefreshPolicy {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// assert_eq!(keepfresh::RefreshPolicy::default().store_timeout(), Duration::from_secs(10));
+    /// assert_eq!(keepfresh::RefreshPolicy::default().store_timeout(), Duration::from_secs(5));
     /// ```
     pub fn store_timeout(&self) -> Duration {
         self.store_timeout
@@ -404,7 +404,7 @@ impl RefreshPolicy {
     ///
     /// ```
     /// # use std::time::Duration;
-    /// assert_eq!(keepfresh::RefreshPolicy::default().lease_ttl(), Duration::from_secs(45));
+    /// assert_eq!(keepfresh::RefreshPolicy::default().lease_ttl(), Duration::from_secs(60));
     /// ```
     pub fn lease_ttl(&self) -> Duration {
         self.lease_ttl

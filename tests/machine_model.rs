@@ -50,9 +50,6 @@ use keepfresh::runtime::MonoTime;
 use keepfresh::{ErrorClass, ReauthReason, RefreshPolicy};
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
-static STATS: std::sync::Mutex<std::collections::BTreeMap<String, u64>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-static CASES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 const SEC: u64 = 1_000_000_000;
 
@@ -574,15 +571,7 @@ impl Model {
         let serve_stale = self.policy.serve_stale();
         let until = if self.reauth.is_some() || (self.flight.is_some() && serve_stale) {
             t.timing.usable_until
-        } else if let (Some(b), true, None) = (
-            if std::env::var_os("TMP_RULE_FP").is_some() {
-                self.backing_off(now)
-            } else {
-                self.backoff
-            },
-            serve_stale,
-            self.flight,
-        ) {
+        } else if let (Some(b), true, None) = (self.backing_off(now), serve_stale, self.flight) {
             b.until.min(t.timing.usable_until)
         } else {
             t.timing.refresh_at
@@ -707,31 +696,37 @@ impl Harness {
         }
         // Rule 8 is time-driven: a token without refresh token reaches re-authorization at its
         // refresh point whatever the input.
-        if !matches!(op, Op::Invalidate { .. }) || std::env::var_os("TMP_RULE_ORDER").is_some() {
-            self.model.raise_time_reauth(now);
-        }
+        self.model.raise_time_reauth(now);
         let before_flight = self.machine.flight();
+        // A timer that fires and starts nothing is unobservable: the same input after such a
+        // `Tick` at the same instant must have the same outcome.
+        let mut ticked = self.machine.clone();
+        let ticked = ticked
+            .handle(Input::Tick { now })
+            .start_refresh
+            .is_none()
+            .then_some(ticked);
         let mut expected_action = Action::None;
         let mut expected_start = false;
 
-        let decision = match op {
+        let input = match op {
             Op::Advance(_) | Op::Jump { .. } => unreachable!(),
             Op::Demand => {
                 (expected_action, expected_start) = self.model.demand(now);
-                self.machine.handle(Input::Demand { now })
+                Input::Demand { now }
             }
             Op::Invalidate { back } => {
                 let generation = self.model.generation.saturating_add_signed(-back);
                 expected_start = self.model.invalidate(now, generation);
-                self.machine.handle(Input::Invalidate { now, generation })
+                Input::Invalidate { now, generation }
             }
             Op::Tick => {
                 expected_start = self.model.tick(now);
-                self.machine.handle(Input::Tick { now })
+                Input::Tick { now }
             }
             Op::Close => {
                 self.model.closed = true;
-                self.machine.handle(Input::Close { now })
+                Input::Close { now }
             }
             Op::Succeed {
                 expires_in,
@@ -741,8 +736,7 @@ impl Harness {
                 let flight = self.pick(*target);
                 let grant = self.grant(self.flight_started, *expires_in, *has_rt);
                 self.model.succeed(now, flight, grant);
-                self.machine
-                    .handle(Input::RefreshSucceeded { now, flight, grant })
+                Input::RefreshSucceeded { now, flight, grant }
             }
             Op::Fail {
                 class,
@@ -751,14 +745,7 @@ impl Harness {
             } => {
                 let flight = self.pick(*target);
                 let retry_after = retry_after.map(Duration::from_secs);
-                let accepted = self.model.fail(now, flight, *class, retry_after);
-                let d = self.machine.handle(Input::RefreshFailed {
-                    now,
-                    flight,
-                    class: *class,
-                    retry_after,
-                });
-                if accepted {
+                if self.model.fail(now, flight, *class, retry_after) {
                     if let Some(b) = self.model.backoff {
                         check_backoff_delay(
                             b.attempts,
@@ -767,7 +754,12 @@ impl Harness {
                         );
                     }
                 }
-                d
+                Input::RefreshFailed {
+                    now,
+                    flight,
+                    class: *class,
+                    retry_after,
+                }
             }
             Op::Authorize {
                 expires_in,
@@ -777,9 +769,10 @@ impl Harness {
                 let issued = now.saturating_sub(Duration::from_millis(*ago_ms));
                 let grant = self.grant(issued, *expires_in, *has_rt);
                 self.model.authorize(now, grant);
-                self.machine.handle(Input::Authorize { now, grant })
+                Input::Authorize { now, grant }
             }
         };
+        let decision = self.machine.handle(input.clone());
         self.model.raise_time_reauth(now);
 
         // At most one flight, with a fresh id, started exactly when the rules say so.
@@ -812,61 +805,17 @@ impl Harness {
             _ => {}
         }
 
+        if let Some(mut ticked) = ticked {
+            let d = ticked.handle(input);
+            assert_eq!(d, decision, "a Tick that started nothing changed {op:?}");
+            assert_eq!(
+                ticked.phase(),
+                self.machine.phase(),
+                "a Tick that started nothing changed the phase after {op:?}"
+            );
+        }
         self.compare(op);
         self.check_fast_path();
-        {
-            let key = format!(
-                "{}{}{}",
-                match op {
-                    Op::Demand => "demand",
-                    Op::Tick => "tick",
-                    Op::Invalidate { .. } => "inval",
-                    Op::Succeed { .. } => "succ",
-                    Op::Fail { .. } => "fail",
-                    Op::Authorize { .. } => "auth",
-                    Op::Close => "close",
-                    _ => "adv",
-                },
-                if decision.start_refresh.is_some() {
-                    "+start"
-                } else {
-                    ""
-                },
-                match (&decision.action, op) {
-                    (Action::Serve, _) => "/serve".to_string(),
-                    (Action::Wait, _) => "/wait".into(),
-                    (Action::Fail(r), _) => format!("/fail:{r:?}").chars().take(22).collect(),
-                    _ => String::new(),
-                }
-            );
-            let ph = format!("phase:{:?}", self.machine.phase())
-                .chars()
-                .take(25)
-                .collect::<String>();
-            let mut st = STATS.lock().unwrap();
-            *st.entry(key).or_default() += 1;
-            *st.entry(ph).or_default() += 1;
-            if matches!(op, Op::Succeed { .. } | Op::Fail { .. }) {
-                let acc = before_flight.is_some() && self.machine.flight().is_none();
-                *st.entry(format!(
-                    "result accepted={acc} had_flight={}",
-                    before_flight.is_some()
-                ))
-                .or_default() += 1;
-            }
-            if matches!(op, Op::Authorize { .. }) && before_flight.is_some() {
-                *st.entry("auth during flight".into()).or_default() += 1;
-            }
-            if matches!(op, Op::Tick) && decision.start_refresh.is_some() {
-                *st.entry(format!(
-                    "tickstart eager={} amb={} ka={}",
-                    self.model.policy.eager(),
-                    self.model.after_ambiguous,
-                    self.model.policy.keep_alive().is_some()
-                ))
-                .or_default() += 1;
-            }
-        }
     }
 
     /// Every observable of the machine against the model.
@@ -969,9 +918,6 @@ proptest! {
         for op in &ops {
             h.step(op);
         }
-        if CASES.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 499 {
-            for (k, v) in STATS.lock().unwrap().iter() { eprintln!("{v:8} {k}"); }
-        }
     }
 
     #[test]
@@ -1041,7 +987,9 @@ proptest! {
         };
         match parse_token_response(answer) {
             Ok(r) => {
-                prop_assert!(!r.access_token().is_empty());
+                // An empty access token only marks a 2xx that carried a (rotated) refresh token,
+                // which the engine keeps.
+                prop_assert!(!r.access_token().is_empty() || r.refresh_token().is_some());
                 prop_assert!((200..300).contains(&status));
             }
             Err(e) => {
@@ -1162,4 +1110,71 @@ fn ambiguous_then_invalid_grant_is_response_lost_once() {
         .take_transitions()
         .iter()
         .all(|t| !matches!(t.to, Phase::ReauthRequired { .. })));
+}
+
+// Minimal reproductions of the rule violations the model test finds. They fail until the
+// machine is fixed.
+
+/// Rule 8: a token without refresh token needs re-authorization from its refresh point on,
+/// with reason `NoRefreshToken`; `TokenRejected` only if it was rejected before that. A 401
+/// arriving after the refresh point must not change the reason — and whether a timer fired at
+/// the refresh point must not matter.
+#[test]
+fn no_refresh_token_reason_does_not_depend_on_a_timer() {
+    let policy = RefreshPolicy::builder()
+        .jitter_seed(0)
+        .refresh_window(0.05, 0.05)
+        .build()
+        .unwrap();
+    let run = |tick: bool| {
+        let mut m = Machine::new(policy.clone());
+        m.handle(Input::Authorize {
+            now: MonoTime::ZERO,
+            grant: Grant::new(MonoTime::ZERO, Duration::from_secs(3600), false),
+        });
+        let after_refresh_point = m.timing().unwrap().refresh_at + Duration::from_secs(1);
+        if tick {
+            m.handle(Input::Tick {
+                now: after_refresh_point,
+            });
+        }
+        m.handle(Input::Invalidate {
+            now: after_refresh_point,
+            generation: 1,
+        });
+        m.phase().clone()
+    };
+    let expected = Phase::ReauthRequired {
+        reason: ReauthReason::NoRefreshToken,
+    };
+    assert_eq!(run(true), expected);
+    assert_eq!(run(false), expected, "the reason depends on a timer tick");
+}
+
+/// Rule 12: once a backoff is over (rule 7: backing off means `now < until`), a fresh token's
+/// fast path runs to its refresh point again, not to the past backoff end.
+#[test]
+fn fast_path_resumes_after_the_backoff() {
+    let policy = RefreshPolicy::builder()
+        .jitter_seed(0)
+        .keep_alive(Some(Duration::from_secs(30)))
+        .build()
+        .unwrap();
+    let s = |n: u64| MonoTime::from_nanos(n * SEC);
+    let mut m = Machine::new(policy);
+    m.handle(Input::Authorize {
+        now: s(0),
+        grant: Grant::new(s(0), Duration::from_secs(3600), true),
+    });
+    // The keep-alive refresh fails once; its backoff (at most 1 s) is over at 40 s.
+    let flight = m.handle(Input::Tick { now: s(30) }).start_refresh.unwrap();
+    m.handle(Input::RefreshFailed {
+        now: s(30),
+        flight,
+        class: ErrorClass::Transient,
+        retry_after: None,
+    });
+    assert_eq!(m.handle(Input::Demand { now: s(40) }).action, Action::Serve);
+    assert_eq!(m.phase(), &Phase::Fresh);
+    assert_eq!(m.fast_path_until(), m.timing().unwrap().refresh_at);
 }

@@ -161,8 +161,18 @@ async fn s33_secrets_never_print() {
     })
     .unwrap();
     cap.debug(&parsed);
+    // A 2xx answer with only a (rotated) refresh token is kept, not an error.
+    let rt_only = format!(r#"{{"refresh_token":"rt-{SEED}-q"}}"#);
+    let kept = parse_token_response(HttpAnswer {
+        status: 200,
+        content_type: None,
+        retry_after: None,
+        body: rt_only.as_bytes(),
+    })
+    .unwrap();
+    assert!(kept.access_token().is_empty());
+    cap.debug(&kept);
     for (status, body) in [
-        (200, format!(r#"{{"refresh_token":"rt-{SEED}-q"}}"#)),
         (200, format!("<html>at-{SEED}-h</html>")),
         (
             400,

@@ -49,6 +49,7 @@ struct InFlight {
     state: Arc<Mutex<State>>,
     exec: ExecHandle,
     cred: usize,
+    proc: usize,
     committed: Option<String>,
 }
 
@@ -56,6 +57,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         let mut s = self.state.lock();
         s.inflight[self.cred] -= 1;
+        s.proc_inflight[self.proc] -= 1;
         if let Some(rt) = self.committed.take() {
             let now = self.exec.now();
             s.provider.mark_undelivered(&rt, now);
@@ -73,6 +75,7 @@ impl Refresher for ProviderClient {
         let (latency, fault) = {
             let mut s = self.state.lock();
             s.inflight[self.cred] += 1;
+            s.proc_inflight[self.proc] += 1;
             let now = self.exec.now();
             if s.inflight[self.cred] > 1 {
                 s.violate_correctness(
@@ -123,6 +126,7 @@ impl Refresher for ProviderClient {
             state: self.state.clone(),
             exec: self.exec.clone(),
             cred: self.cred,
+            proc: self.proc,
             committed: None,
         };
         self.exec.sleep(latency / 2).await;

@@ -5,16 +5,20 @@
 //! run in an order drawn from the seed, so different seeds explore different interleavings and
 //! the same seed replays the same one. The engine sees only its runtime traits ([`Clock`],
 //! [`Sleep`], [`Spawn`]): [`ExecHandle::runtime`] builds a [`Runtime`] for one simulated process,
-//! whose tasks carry the process's group so that a crash kills all of them at once.
+//! whose tasks carry the process's group so that a crash kills all of them at once, and a
+//! suspend of its host freezes all of them at once ([`ExecHandle::freeze`]) while its
+//! [`HostClock`] stops. A task of a process that dies of an [`InjectedPanic`] is dropped, as a
+//! host's runtime drops a task that panicked; any other panic ends the run.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fmt;
 use std::future::Future;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Once};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -57,6 +61,8 @@ pub struct ExecStats {
     pub timer_fires: u64,
     /// Tasks spawned.
     pub spawns: u64,
+    /// Process tasks dropped because they died of an [`InjectedPanic`].
+    pub injected_panics: u64,
 }
 
 impl ExecStats {
@@ -91,6 +97,9 @@ struct Core {
     polls: u64,
     timer_fires: u64,
     spawns: u64,
+    injected_panics: u64,
+    /// Ready tasks of frozen groups, put back in the ready queue when their group thaws.
+    parked: Vec<(usize, u32, Group)>,
 }
 
 thread_local! {
@@ -116,12 +125,16 @@ impl CoreRef {
                 slots: Vec::new(),
                 free: Vec::new(),
                 dead: vec![false],
+                frozen: vec![false],
+                any_frozen: 0,
             },
             timers: Timers::default(),
             rng: SimRng::new(seed),
             polls: 0,
             timer_fires: 0,
             spawns: 0,
+            injected_panics: 0,
+            parked: Vec::new(),
         };
         CORES.with(|c| {
             let mut c = c.borrow_mut();
@@ -192,11 +205,19 @@ struct Tasks {
     slots: Vec<Slot>,
     free: Vec<usize>,
     dead: Vec<bool>,
+    frozen: Vec<bool>,
+    /// How many groups are frozen (the common case, none, costs one comparison per poll).
+    any_frozen: usize,
 }
 
 impl Tasks {
     fn is_dead(&self, group: Group) -> bool {
         self.dead.get(group.0 as usize).copied().unwrap_or(false)
+    }
+
+    #[inline]
+    fn is_frozen(&self, group: Group) -> bool {
+        self.any_frozen > 0 && self.frozen.get(group.0 as usize).copied().unwrap_or(false)
     }
 }
 
@@ -323,10 +344,16 @@ impl Executor {
                 }
                 let i = c.rng.below(c.ready.len());
                 let (id, gen) = c.ready.swap_remove(i);
+                let frozen = c.tasks.any_frozen > 0;
                 let Some(slot) = c.tasks.slots.get_mut(id) else {
                     return Next::Stale;
                 };
                 if slot.gen != gen || !slot.live {
+                    return Next::Stale;
+                }
+                if frozen && c.tasks.frozen.get(slot.group.0 as usize).copied() == Some(true) {
+                    // The host is suspended: the task runs when it resumes.
+                    c.parked.push((id, gen, slot.group));
                     return Next::Stale;
                 }
                 let Some(fut) = slot.fut.take() else {
@@ -358,7 +385,19 @@ impl Executor {
                     let done = {
                         let w = waker_ref(&waker);
                         let mut cx = Context::from_waker(&w);
-                        fut.as_mut().poll(&mut cx).is_ready()
+                        if group == Group::WORLD {
+                            fut.as_mut().poll(&mut cx).is_ready()
+                        } else {
+                            match poll_catching_injected(fut.as_mut(), &mut cx) {
+                                Some(p) => p.is_ready(),
+                                None => {
+                                    // Like a host runtime, drop the task that panicked and
+                                    // keep the process's other tasks running.
+                                    core.with(|c| c.injected_panics += 1);
+                                    true
+                                }
+                            }
+                        }
                     };
                     let finished = core.with(move |c| {
                         let dead = c.tasks.is_dead(group);
@@ -461,6 +500,7 @@ impl Executor {
             polls: c.polls,
             timer_fires: c.timer_fires,
             spawns: c.spawns,
+            injected_panics: c.injected_panics,
         })
     }
 
@@ -541,6 +581,7 @@ impl ExecHandle {
     pub fn new_group(&self) -> Group {
         self.shared.with(|c| {
             c.tasks.dead.push(false);
+            c.tasks.frozen.push(false);
             Group((c.tasks.dead.len() - 1) as u32)
         })
     }
@@ -598,6 +639,7 @@ impl ExecHandle {
             if let Some(d) = tasks.dead.get_mut(group.0 as usize) {
                 *d = true;
             }
+            c.parked.retain(|p| p.2 != group);
             let mut out = Vec::new();
             let mut freed = Vec::new();
             for (id, slot) in tasks.slots.iter_mut().enumerate() {
@@ -615,6 +657,46 @@ impl ExecHandle {
         drop(futs);
     }
 
+    /// Freezes `group` (its host is suspended): none of its tasks is polled until
+    /// [`ExecHandle::thaw`]; wakes and timers that fire meanwhile take effect then. Freezing a
+    /// frozen group does nothing.
+    pub fn freeze(&self, group: Group) {
+        self.shared.with(|c| {
+            if let Some(f) = c.tasks.frozen.get_mut(group.0 as usize) {
+                if !*f {
+                    *f = true;
+                    c.tasks.any_frozen += 1;
+                }
+            }
+        });
+    }
+
+    /// Lets a frozen group run again: its tasks that became ready meanwhile are queued.
+    pub fn thaw(&self, group: Group) {
+        self.shared.with(|c| {
+            if let Some(f) = c.tasks.frozen.get_mut(group.0 as usize) {
+                if *f {
+                    *f = false;
+                    c.tasks.any_frozen -= 1;
+                }
+            }
+            let mut i = 0;
+            while i < c.parked.len() {
+                if c.parked[i].2 == group {
+                    let (id, gen, _) = c.parked.remove(i);
+                    c.ready.push((id, gen));
+                } else {
+                    i += 1;
+                }
+            }
+        });
+    }
+
+    /// Whether `group` is frozen.
+    pub fn is_frozen(&self, group: Group) -> bool {
+        self.shared.with(|c| c.tasks.is_frozen(group))
+    }
+
     /// A future that completes at `deadline`.
     pub fn sleep_until(&self, deadline: MonoTime) -> SimSleep {
         SimSleep {
@@ -629,17 +711,64 @@ impl ExecHandle {
         self.sleep_until(self.now().saturating_add(d))
     }
 
-    /// A [`Runtime`] for one simulated process: its tasks belong to `group`, and its wall clock
-    /// is offset by `wall_offset` (nanoseconds, shared so that the world can step it).
-    pub fn runtime(&self, group: Group, wall_offset: Arc<AtomicI64>) -> Runtime {
+    /// A future that completes when `host`'s monotonic clock reads `deadline`: a sleep that
+    /// spans a suspend of the host ends that much later in virtual time.
+    pub fn sleep_until_on<'a>(&self, host: &'a HostClock, deadline: MonoTime) -> HostSleep<'a> {
+        HostSleep {
+            inner: host_sleep_start(self.shared, host, deadline),
+            deadline,
+            host,
+        }
+    }
+
+    /// A future that completes after `d` of `host`'s monotonic time.
+    pub fn sleep_on<'a>(&self, host: &'a HostClock, d: Duration) -> HostSleep<'a> {
+        self.sleep_until_on(host, host.mono_at(self.now()).saturating_add(d))
+    }
+
+    /// A [`Runtime`] for one simulated process: its tasks belong to `group`, its wall clock is
+    /// offset by `wall_offset` (nanoseconds, shared so that the world can step it), and its
+    /// monotonic clock and timers follow `host` (which stops while the host is suspended).
+    pub fn runtime(
+        &self,
+        group: Group,
+        wall_offset: Arc<AtomicI64>,
+        host: Arc<HostClock>,
+    ) -> Runtime {
+        self.runtime_with(group, wall_offset, host, false)
+    }
+
+    /// Like [`ExecHandle::runtime`], for the models of other clients: they trust the process's
+    /// monotonic clock alone (as `Instant`, Go's monotonic reading and `performance.now()` do),
+    /// so the runtime is told the clock counts suspend and never corrects it with the wall
+    /// clock. keepfresh's engine gets [`ExecHandle::runtime`].
+    pub fn monotonic_only_runtime(
+        &self,
+        group: Group,
+        wall_offset: Arc<AtomicI64>,
+        host: Arc<HostClock>,
+    ) -> Runtime {
+        self.runtime_with(group, wall_offset, host, true)
+    }
+
+    fn runtime_with(
+        &self,
+        group: Group,
+        wall_offset: Arc<AtomicI64>,
+        host: Arc<HostClock>,
+        trusted: bool,
+    ) -> Runtime {
         let clock = Arc::new(SimClock {
             shared: self.shared,
             wall_offset,
+            host: Some(host.clone()),
+            trusted,
         });
         Runtime::new(
             clock,
             Arc::new(SimTimer {
                 shared: self.shared,
+                host,
             }),
             Arc::new(SimSpawner {
                 handle: self.clone(),
@@ -648,11 +777,14 @@ impl ExecHandle {
         )
     }
 
-    /// A clock following this executor, with the given wall-clock offset.
+    /// A clock following this executor, with the given wall-clock offset (and a monotonic clock
+    /// that never stops: a store's or the network's, not a suspended host's).
     pub fn clock(&self, wall_offset: Arc<AtomicI64>) -> SimClock {
         SimClock {
             shared: self.shared,
             wall_offset,
+            host: None,
+            trusted: false,
         }
     }
 
@@ -668,7 +800,141 @@ pub fn wall_at(now: MonoTime, offset_nanos: i64) -> OffsetDateTime {
     base + time::Duration::nanoseconds(now.as_nanos() as i64 + offset_nanos)
 }
 
-/// A timer future of the executor.
+/// A host's monotonic clock: virtual time minus the time the host spent suspended. Like
+/// `CLOCK_MONOTONIC` on Linux and macOS during a laptop sleep, it stands still while the host is
+/// suspended, so after a resume it reads less than virtual time by the suspended time.
+///
+/// Shared (like a process's wall-clock offset) by every instance of one simulated process, so a
+/// restart keeps the host's clock.
+#[derive(Debug)]
+pub struct HostClock {
+    /// Nanoseconds lost to finished suspends.
+    lost: AtomicU64,
+    /// Virtual time (ns) at which the current suspend began, or [`HostClock::RUNNING`].
+    since: AtomicU64,
+}
+
+impl Default for HostClock {
+    fn default() -> Self {
+        HostClock::new()
+    }
+}
+
+impl HostClock {
+    const RUNNING: u64 = u64::MAX;
+
+    /// A running host that was never suspended: its clock reads virtual time.
+    pub fn new() -> Self {
+        HostClock {
+            lost: AtomicU64::new(0),
+            since: AtomicU64::new(Self::RUNNING),
+        }
+    }
+
+    /// The host's monotonic time at virtual time `now`.
+    #[inline]
+    pub fn mono_at(&self, now: MonoTime) -> MonoTime {
+        let since = self.since.load(Ordering::Relaxed);
+        let t = if since == Self::RUNNING {
+            now.as_nanos()
+        } else {
+            since.min(now.as_nanos())
+        };
+        MonoTime::from_nanos(t.saturating_sub(self.lost.load(Ordering::Relaxed)))
+    }
+
+    /// The virtual time at which the host's clock reads `mono`, if the host runs from `now` on
+    /// (a suspended host counts as resuming at `now`).
+    #[inline]
+    pub fn virtual_at(&self, mono: MonoTime, now: MonoTime) -> MonoTime {
+        let since = self.since.load(Ordering::Relaxed);
+        let ongoing = if since == Self::RUNNING {
+            0
+        } else {
+            now.as_nanos().saturating_sub(since)
+        };
+        MonoTime::from_nanos(
+            mono.as_nanos()
+                .saturating_add(self.lost.load(Ordering::Relaxed))
+                .saturating_add(ongoing),
+        )
+    }
+
+    /// Suspends the host at virtual time `now`; `false` (and nothing changes) if it already is.
+    pub fn suspend(&self, now: MonoTime) -> bool {
+        if self.since.load(Ordering::Relaxed) != Self::RUNNING {
+            return false;
+        }
+        self.since.store(now.as_nanos(), Ordering::Relaxed);
+        true
+    }
+
+    /// Resumes the host at virtual time `now`; returns how long the suspend lasted (`None` if
+    /// the host was running).
+    pub fn resume(&self, now: MonoTime) -> Option<Duration> {
+        let since = self.since.load(Ordering::Relaxed);
+        if since == Self::RUNNING {
+            return None;
+        }
+        let d = now.as_nanos().saturating_sub(since);
+        self.lost.fetch_add(d, Ordering::Relaxed);
+        self.since.store(Self::RUNNING, Ordering::Relaxed);
+        Some(Duration::from_nanos(d))
+    }
+
+    /// Whether the host was ever suspended (its clock may lag virtual time).
+    #[inline]
+    pub fn ever_suspended(&self) -> bool {
+        self.lost.load(Ordering::Relaxed) != 0
+            || self.since.load(Ordering::Relaxed) != Self::RUNNING
+    }
+
+    /// When the current suspend began, if the host is suspended.
+    pub fn suspended_since(&self) -> Option<MonoTime> {
+        let since = self.since.load(Ordering::Relaxed);
+        (since != Self::RUNNING).then(|| MonoTime::from_nanos(since))
+    }
+
+    /// Time the host's clock has lost to suspends by virtual time `now`.
+    pub fn lost(&self, now: MonoTime) -> Duration {
+        now.saturating_duration_since(self.mono_at(now))
+    }
+}
+
+/// The payload of a panic the simulator injects into a process (a host's callback that panics).
+/// The executor drops the task it unwinds, as a host's runtime drops a panicked task; a panic
+/// with any other payload is a crash of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InjectedPanic;
+
+/// Polls `fut`, catching an [`InjectedPanic`]: `None` when the poll unwound with one. Any
+/// other panic continues to unwind.
+pub fn poll_catching_injected<F: Future + ?Sized>(
+    fut: Pin<&mut F>,
+    cx: &mut Context<'_>,
+) -> Option<Poll<F::Output>> {
+    match catch_unwind(AssertUnwindSafe(|| fut.poll(cx))) {
+        Ok(p) => Some(p),
+        Err(payload) if payload.is::<InjectedPanic>() => None,
+        Err(payload) => resume_unwind(payload),
+    }
+}
+
+/// Keeps injected panics out of the panic output (the process-wide hook is wrapped once; every
+/// other panic is reported by the previous hook as before).
+pub fn silence_injected_panics() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<InjectedPanic>() {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// A timer future of the executor, at a virtual time.
 pub struct SimSleep {
     shared: CoreRef,
     deadline: u64,
@@ -728,17 +994,106 @@ impl Drop for SimSleep {
     }
 }
 
+/// A sleep until `host`'s clock reads `deadline`: the virtual-time sleep `inner` (to the
+/// deadline's virtual time when it was made), followed by more if a suspend of the host moved
+/// the deadline meanwhile. A host never suspended costs no more than the virtual-time sleep.
+fn poll_host_sleep(
+    inner: &mut SimSleep,
+    host: &HostClock,
+    deadline: MonoTime,
+    cx: &mut Context<'_>,
+) -> Poll<()> {
+    loop {
+        if Pin::new(&mut *inner).poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if !host.ever_suspended() {
+            return Poll::Ready(());
+        }
+        let shared = inner.shared;
+        let now = MonoTime::from_nanos(shared.now());
+        let target = host.virtual_at(deadline, now);
+        if now >= target {
+            return Poll::Ready(());
+        }
+        *inner = SimSleep {
+            shared,
+            deadline: target.as_nanos(),
+            slot: None,
+        };
+    }
+}
+
+/// The virtual-time sleep to `deadline` on `host`'s clock, as far as is known now.
+fn host_sleep_start(shared: CoreRef, host: &HostClock, deadline: MonoTime) -> SimSleep {
+    let target = if host.ever_suspended() {
+        host.virtual_at(deadline, MonoTime::from_nanos(shared.now()))
+    } else {
+        deadline
+    };
+    SimSleep {
+        shared,
+        deadline: target.as_nanos(),
+        slot: None,
+    }
+}
+
+/// The engine's timer future: at a time of its host's monotonic clock, so a sleep that spans
+/// a suspend ends that much later in virtual time.
+struct EngineSleep {
+    inner: SimSleep,
+    deadline: MonoTime,
+    host: Arc<HostClock>,
+}
+
+impl Future for EngineSleep {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        poll_host_sleep(&mut this.inner, &this.host, this.deadline, cx)
+    }
+}
+
+/// A timer future on a host's monotonic clock, borrowing the host (the world's sleeps for a
+/// process: its callers' timeouts and I/O).
+pub struct HostSleep<'a> {
+    inner: SimSleep,
+    deadline: MonoTime,
+    host: &'a HostClock,
+}
+
+impl fmt::Debug for HostSleep<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HostSleep")
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+impl Future for HostSleep<'_> {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        poll_host_sleep(&mut this.inner, this.host, this.deadline, cx)
+    }
+}
+
 /// Where the engine's monotonic clock reads when virtual time is zero: like the system clock's
 /// (`keepfresh::runtime::SystemClock`), far enough from zero that tokens issued before the run
 /// started (aged logins, restored stores) keep their true issue time on the engine's clock.
 pub const ENGINE_CLOCK_OFFSET: Duration = Duration::from_secs(1_000 * 86_400);
 
 /// The engine's [`Clock`] on virtual time, with a per-process wall-clock offset. Its monotonic
-/// readings are virtual time plus [`ENGINE_CLOCK_OFFSET`].
+/// readings are its host's monotonic time (virtual time less the time the host spent
+/// suspended) plus [`ENGINE_CLOCK_OFFSET`]; its wall clock reads true wall time plus the
+/// offset, suspended or not.
 #[derive(Clone)]
 pub struct SimClock {
     shared: CoreRef,
     wall_offset: Arc<AtomicI64>,
+    host: Option<Arc<HostClock>>,
+    /// Whether the runtime trusts the monotonic clock as is (the models of other clients).
+    trusted: bool,
 }
 
 impl fmt::Debug for SimClock {
@@ -752,7 +1107,12 @@ impl fmt::Debug for SimClock {
 impl Clock for SimClock {
     #[inline]
     fn monotonic(&self) -> MonoTime {
-        MonoTime::from_nanos(self.shared.now()).saturating_add(ENGINE_CLOCK_OFFSET)
+        let now = MonoTime::from_nanos(self.shared.now());
+        let mono = match &self.host {
+            None => now,
+            Some(h) => h.mono_at(now),
+        };
+        mono.saturating_add(ENGINE_CLOCK_OFFSET)
     }
     fn wall(&self) -> OffsetDateTime {
         wall_at(
@@ -760,18 +1120,23 @@ impl Clock for SimClock {
             self.wall_offset.load(Ordering::Relaxed),
         )
     }
+    fn counts_suspend(&self) -> bool {
+        self.trusted
+    }
 }
 
 struct SimTimer {
     shared: CoreRef,
+    host: Arc<HostClock>,
 }
 
 impl Sleep for SimTimer {
     fn sleep_until(&self, deadline: MonoTime) -> BoxFuture<'static, ()> {
-        Box::pin(SimSleep {
-            shared: self.shared,
-            deadline: deadline.saturating_sub(ENGINE_CLOCK_OFFSET).as_nanos(),
-            slot: None,
+        let deadline = deadline.saturating_sub(ENGINE_CLOCK_OFFSET);
+        Box::pin(EngineSleep {
+            inner: host_sleep_start(self.shared, &self.host, deadline),
+            deadline,
+            host: self.host.clone(),
         })
     }
 }
@@ -832,5 +1197,87 @@ mod tests {
         assert!(!hit.load(Ordering::SeqCst));
         assert_eq!(ex.now(), one);
         assert_eq!(ex.live_tasks(), 0);
+    }
+
+    #[test]
+    fn a_suspended_host_stops_its_clock_and_its_tasks_and_its_timers_move_later() {
+        let secs = |s: u64| MonoTime::from_duration(Duration::from_secs(s));
+        let ex = Executor::new(5);
+        let h = ex.handle();
+        let g = h.new_group();
+        let host = Arc::new(HostClock::new());
+        let rt = h.runtime(g, Arc::new(AtomicI64::new(0)), host.clone());
+        // The host's raw monotonic clock, as the OS would read it (the engine's runtime adds the
+        // suspend back from the wall clock).
+        let raw = SimClock {
+            shared: h.shared,
+            wall_offset: Arc::new(AtomicI64::new(0)),
+            host: Some(host.clone()),
+            trusted: true,
+        };
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (h2, log2, rt2) = (h.clone(), log.clone(), rt.clone());
+        h.spawn_in(g, async move {
+            // A 100 s sleep on the host's clock, across a 50 s suspend: ends at 150 s.
+            let until = rt2.now().saturating_add(Duration::from_secs(100));
+            rt2.sleep_until(until).await;
+            log2.lock().push(("engine timer", h2.now()));
+        });
+        let (h3, log3) = (h.clone(), log.clone());
+        h.spawn_in(g, async move {
+            // A world-time sleep in the frozen group: its task runs only at the resume.
+            h3.sleep(Duration::from_secs(20)).await;
+            log3.lock().push(("world timer", h3.now()));
+        });
+        assert_eq!(ex.run(secs(10), 1_000), RunEnd::Horizon);
+        let before = raw.monotonic();
+        assert!(host.suspend(secs(10)));
+        assert!(!host.suspend(secs(10)));
+        h.freeze(g);
+        assert!(h.is_frozen(g));
+        assert_eq!(ex.run(secs(60), 1_000), RunEnd::Horizon);
+        assert!(log.lock().is_empty(), "nothing of a frozen group runs");
+        assert_eq!(raw.monotonic(), before, "the monotonic clock stands still");
+        assert_eq!(
+            rt.now(),
+            before.saturating_add(Duration::from_secs(50)),
+            "the engine's runtime counts the suspend"
+        );
+        assert_eq!(rt.wall(), wall_at(secs(60), 0), "the wall clock runs on");
+        assert_eq!(host.resume(secs(60)), Some(Duration::from_secs(50)));
+        h.thaw(g);
+        assert_eq!(host.lost(secs(60)), Duration::from_secs(50));
+        assert_eq!(ex.run(MonoTime::MAX, 1_000), RunEnd::Idle);
+        assert_eq!(
+            *log.lock(),
+            vec![("world timer", secs(60)), ("engine timer", secs(150))]
+        );
+        assert_eq!(
+            raw.monotonic(),
+            secs(100).saturating_add(ENGINE_CLOCK_OFFSET),
+            "after the resume the host's clock reads true time less the suspend"
+        );
+    }
+
+    #[test]
+    fn an_injected_panic_drops_only_the_task_it_unwinds() {
+        silence_injected_panics();
+        let ex = Executor::new(9);
+        let h = ex.handle();
+        let g = h.new_group();
+        let done = Arc::new(AtomicBool::new(false));
+        h.spawn_in(g, async { std::panic::panic_any(InjectedPanic) });
+        let (h2, done2) = (h.clone(), done.clone());
+        h.spawn_in(g, async move {
+            h2.sleep(Duration::from_secs(1)).await;
+            done2.store(true, Ordering::SeqCst);
+        });
+        assert_eq!(ex.run(MonoTime::MAX, 1_000), RunEnd::Idle);
+        assert!(done.load(Ordering::SeqCst));
+        assert_eq!(ex.stats().injected_panics, 1);
+        // Any other panic still ends the run.
+        h.spawn_in(g, async { panic!("a real bug") });
+        let r = catch_unwind(AssertUnwindSafe(|| ex.run(MonoTime::MAX, 1_000)));
+        assert!(r.is_err());
     }
 }

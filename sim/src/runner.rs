@@ -75,14 +75,15 @@ pub fn resolve(
                 KNOWN_FAULTS.join(", ")
             ));
         }
-        cfg.faults.disable(f);
+        cfg.disable_fault(f);
     }
     cfg.validate()?;
     Ok(cfg)
 }
 
-/// Fault kinds that `--disable-fault` accepts.
-pub const KNOWN_FAULTS: [&str; 9] = [
+/// Fault kinds that `--disable-fault` accepts: the rates of [`world::Faults`] and the
+/// scheduled fault actions ([`world::ACTION_FAULTS`]).
+pub const KNOWN_FAULTS: [&str; 18] = [
     "not_delivered",
     "5xx",
     "429",
@@ -92,6 +93,15 @@ pub const KNOWN_FAULTS: [&str; 9] = [
     "lost",
     "store_write_fail",
     "store_hang",
+    "lease_fail",
+    "lease_hang",
+    "load_fail",
+    "load_hang",
+    "listener_panics",
+    "store_outage",
+    "suspend",
+    "login",
+    "newer_write",
 ];
 
 /// The strategy called `name`.
@@ -264,7 +274,7 @@ pub fn shrink(scenario: &Scenario, seed: u64) -> Option<(Overrides, world::Failu
             _ => break,
         }
     }
-    for kind in base.faults.active() {
+    for kind in base.active_faults() {
         let mut o = best.clone();
         o.disable_faults.push(kind.to_owned());
         if let Some(f) = fails(&o) {

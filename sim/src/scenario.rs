@@ -340,6 +340,84 @@ pub fn all() -> Vec<Scenario> {
             c.check_convergence = false;
             c
         }},
+        Scenario { name: "store-outage", reference: "J38", summary: "the shared store is unreachable for minutes at a time: no replay, no lost rotation, recovery after", in_suite: true, build: |r| {
+            let mut c = WorldConfig::base("store-outage", strict());
+            c.processes = r.range(2, 4) as usize;
+            c.initial = Initial::Aged;
+            c.pattern = Pattern::Steady { mean: secs(r.range(5, 60)) };
+            for k in 0..r.range(3, 4) {
+                let at = secs(k * H + r.range(0, H - 1));
+                c.schedule.push((at, Action::StoreOutage { cred: 0, duration: secs(r.range(300, 2400)) }));
+            }
+            c.duration = secs(4 * H);
+            c
+        }},
+        Scenario { name: "lease-faults", reference: "J39", summary: "lease operations and store reads fail or hang: processes sharing a store never redeem a spent refresh token", in_suite: true, build: |r| {
+            let mut c = WorldConfig::base("lease-faults", strict());
+            c.processes = r.range(2, 4) as usize;
+            c.initial = if r.chance(0.5) { Initial::Expired } else { Initial::Aged };
+            c.faults.lease_fail = 0.1 + r.unit() * 0.4;
+            c.faults.lease_hang = r.unit() * 0.1;
+            c.faults.load_fail = 0.05 + r.unit() * 0.25;
+            c.faults.load_hang = r.unit() * 0.05;
+            c.faults.latency_ms = (100, 2000);
+            c.pattern = Pattern::Steady { mean: secs(r.range(5, 60)) };
+            c.heal_at = Some(secs(3 * H));
+            c.duration = secs(4 * H);
+            c
+        }},
+        Scenario { name: "suspend", reference: "K40", summary: "the host sleeps for hours (monotonic clock stopped, wall clock running): no expired token served after resume", in_suite: true, build: |r| {
+            let mut c = WorldConfig::base("suspend", strict());
+            c.processes = r.range(1, 2) as usize;
+            c.eager = r.chance(0.5);
+            c.pattern = Pattern::Steady { mean: secs(r.range(5, 60)) };
+            // Longer than the 1 h token lifetime: the token held at the suspend is long expired
+            // at the resume, though the host's monotonic clock says little time passed.
+            let at = r.range(600, 3000);
+            let slept = r.range(H, 6 * H);
+            c.schedule.push((secs(at), Action::Suspend { proc: 0, duration: secs(slept) }));
+            c.duration = secs(at + slept + H);
+            c
+        }},
+        Scenario { name: "login-during-refresh", reference: "K41", summary: "a login lands while a refresh is in flight: the flight's older result never overwrites it", in_suite: true, build: |r| {
+            let mut c = WorldConfig::base("login-during-refresh", strict());
+            c.processes = r.range(1, 2) as usize;
+            // Without jitter and with the eager timer, every process refreshes the login tokens
+            // at exactly 75 % of their life (2700 s); the answer takes 10-25 s, and the new
+            // login lands 0.5-9 s into it.
+            c.jitter = false;
+            c.eager = true;
+            c.faults.latency_ms = (10_000, 25_000);
+            c.pattern = Pattern::Steady { mean: secs(r.range(5, 60)) };
+            let proc = r.below(c.processes);
+            c.schedule.push((secs(2700) + Duration::from_millis(r.range(500, 9000)), Action::Login { proc }));
+            c.duration = secs(3 * H);
+            c
+        }},
+        Scenario { name: "newer-during-save-retry", reference: "K42", summary: "another writer stores a newer set while a save is being retried: the retry never writes the older set over it", in_suite: true, build: |r| {
+            let mut c = WorldConfig::base("newer-during-save-retry", strict());
+            c.processes = r.range(1, 2) as usize;
+            c.initial = Initial::Expired;
+            c.faults.store_write_fail = 0.5 + r.unit() * 0.4;
+            c.pattern = Pattern::Steady { mean: secs(r.range(5, 60)) };
+            for k in 0..3 {
+                c.schedule.push((secs(k * H + r.range(0, 600)), Action::WriteNewer { cred: 0 }));
+            }
+            c.heal_at = Some(secs(3 * H));
+            c.duration = secs(4 * H);
+            c
+        }},
+        Scenario { name: "panicking-listener", reference: "K44", summary: "an event listener of the host's panics: the credential keeps serving and recovers", in_suite: true, build: |r| {
+            let mut c = WorldConfig::base("panicking-listener", strict());
+            c.processes = r.range(1, 2) as usize;
+            c.initial = [Initial::Fresh, Initial::Aged, Initial::Expired][r.below(3)];
+            c.faults.listener_panics = 0.02 + r.unit() * 0.2;
+            c.eager = r.chance(0.5);
+            c.pattern = Pattern::Steady { mean: secs(r.range(5, 60)) };
+            c.heal_at = Some(secs(r.range(H, 3 * H)));
+            c.duration = secs(4 * H);
+            c
+        }},
         Scenario { name: "profiles", reference: "profiles", summary: "steady traffic against a provider profile drawn from the seed", in_suite: true, build: |r| {
             let name = Profile::NAMES[r.below(Profile::NAMES.len())];
             let mut c = WorldConfig::base("profiles", profile(name));

@@ -1,12 +1,15 @@
 //! A shared store with the faults real persistence shows: failed writes, slow or hung writes,
-//! and a process that dies between the provider's answer and the save.
+//! failed or hung reads and lease operations, outage windows in which every operation fails, and
+//! a process that dies between the provider's answer and the save. Every write that lands is
+//! checked against the provider's issue order: a store never goes back to an older set.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use keepfresh::store::{
-    LeaseOutcome, MemoryStore, SaveOutcome, StoreError, StoreErrorKind, Stored, TokenStore, Version,
+    Lease, LeaseOutcome, MemoryStore, SaveOutcome, StoreError, StoreErrorKind, Stored, TokenStore,
+    Version,
 };
 use keepfresh::TokenSet;
 use parking_lot::Mutex;
@@ -19,6 +22,7 @@ pub struct FaultyStore {
     pub(crate) inner: MemoryStore,
     pub(crate) state: Arc<Mutex<State>>,
     pub(crate) exec: ExecHandle,
+    pub(crate) cred: usize,
     pub(crate) proc: usize,
     pub(crate) group: Group,
 }
@@ -26,6 +30,7 @@ pub struct FaultyStore {
 impl std::fmt::Debug for FaultyStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FaultyStore")
+            .field("cred", &self.cred)
             .field("proc", &self.proc)
             .finish()
     }
@@ -33,10 +38,27 @@ impl std::fmt::Debug for FaultyStore {
 
 enum WriteFault {
     None,
-    Fail,
+    Fail(&'static str),
     Hang,
     Crash,
 }
+
+/// What happens to a read, a clear or a lease operation.
+enum OpFault {
+    None,
+    Fail(&'static str),
+    Hang,
+}
+
+/// The operations other than a save, for fault decisions.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Load,
+    Clear,
+    Lease,
+}
+
+const OUTAGE: &str = "store unreachable (simulated outage)";
 
 impl FaultyStore {
     async fn delay(&self) {
@@ -60,13 +82,65 @@ impl FaultyStore {
         if s.healed {
             return WriteFault::None;
         }
+        if s.store_out(self.cred, self.exec.now()) {
+            return WriteFault::Fail(OUTAGE);
+        }
         let (fail, hang) = (s.faults.store_write_fail, s.faults.store_hang);
         if s.rng.chance(fail) {
-            WriteFault::Fail
+            WriteFault::Fail("disk full (simulated)")
         } else if s.rng.chance(hang) {
             WriteFault::Hang
         } else {
             WriteFault::None
+        }
+    }
+
+    fn op_fault(&self, op: Op) -> OpFault {
+        let mut s = self.state.lock();
+        if s.healed {
+            return OpFault::None;
+        }
+        if s.store_out(self.cred, self.exec.now()) {
+            return OpFault::Fail(OUTAGE);
+        }
+        let (fail, hang, what, name) = match op {
+            Op::Load => (
+                s.faults.load_fail,
+                s.faults.load_hang,
+                "read failed (simulated)",
+                "read",
+            ),
+            Op::Lease => (
+                s.faults.lease_fail,
+                s.faults.lease_hang,
+                "lease service unreachable (simulated)",
+                "lease operation",
+            ),
+            Op::Clear => return OpFault::None,
+        };
+        let fault = if s.rng.chance(fail) {
+            OpFault::Fail(what)
+        } else if s.rng.chance(hang) {
+            OpFault::Hang
+        } else {
+            return OpFault::None;
+        };
+        let now = self.exec.now();
+        let how = if matches!(fault, OpFault::Hang) {
+            "hangs"
+        } else {
+            "fails"
+        };
+        s.trace_line(now, format!("p{} store: {name} {how}", self.proc));
+        fault
+    }
+
+    /// Applies `op`'s fault, if any: an error to return, or a hang (never returns).
+    async fn fault(&self, op: Op) -> Result<(), StoreError> {
+        match self.op_fault(op) {
+            OpFault::None => Ok(()),
+            OpFault::Fail(what) => Err(StoreError::new(StoreErrorKind::Io, what)),
+            OpFault::Hang => futures::future::pending().await,
         }
     }
 }
@@ -75,6 +149,7 @@ impl FaultyStore {
 impl TokenStore for FaultyStore {
     async fn load(&self) -> Result<Option<Stored>, StoreError> {
         self.delay().await;
+        self.fault(Op::Load).await?;
         self.inner.load().await
     }
 
@@ -85,8 +160,24 @@ impl TokenStore for FaultyStore {
     ) -> Result<SaveOutcome, StoreError> {
         self.delay().await;
         match self.write_fault() {
-            WriteFault::None => self.inner.save(expected, tokens).await,
-            WriteFault::Fail => Err(StoreError::new(StoreErrorKind::Io, "disk full (simulated)")),
+            WriteFault::None => {
+                // The memory store answers at once: nothing else runs between the read of the
+                // previous content and the write.
+                let prior = self.inner.snapshot();
+                let outcome = self.inner.save(expected, tokens).await?;
+                if let SaveOutcome::Saved(_) = outcome {
+                    let now = self.exec.now();
+                    self.state.lock().check_store_write(
+                        self.cred,
+                        prior.as_ref().map(|p| &p.tokens),
+                        tokens,
+                        &format!("p{}", self.proc),
+                        now,
+                    );
+                }
+                Ok(outcome)
+            }
+            WriteFault::Fail(what) => Err(StoreError::new(StoreErrorKind::Io, what)),
             WriteFault::Hang => futures::future::pending().await,
             WriteFault::Crash => {
                 {
@@ -108,22 +199,22 @@ impl TokenStore for FaultyStore {
 
     async fn clear(&self, expected: Version) -> Result<bool, StoreError> {
         self.delay().await;
+        self.fault(Op::Clear).await?;
         self.inner.clear(expected).await
     }
 
     async fn try_lease(&self, ttl: Duration) -> Result<LeaseOutcome, StoreError> {
+        self.fault(Op::Lease).await?;
         self.inner.try_lease(ttl).await
     }
 
-    async fn release(&self, lease: keepfresh::store::Lease) -> Result<(), StoreError> {
+    async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+        self.fault(Op::Lease).await?;
         self.inner.release(lease).await
     }
 
-    async fn renew_lease(
-        &self,
-        lease: &keepfresh::store::Lease,
-        ttl: Duration,
-    ) -> Result<bool, StoreError> {
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        self.fault(Op::Lease).await?;
         self.inner.renew_lease(lease, ttl).await
     }
 }

@@ -7,8 +7,9 @@
 //! executor, its view of the shared store, the mock provider behind a
 //! [`Refresher`], and a [`LogSink`] for everything the client would log.
 //! The world then only calls [`ProcessClient::token`] for each caller request,
-//! [`ProcessClient::unauthorized`] after a resource-server 401, [`ProcessClient::shutdown`] at a
-//! clean stop and [`ProcessClient::health`] for liveness checks. Oracles observe the provider,
+//! [`ProcessClient::unauthorized`] after a resource-server 401, [`ProcessClient::login`] when the
+//! user logs in again, [`ProcessClient::shutdown`] at a clean stop and [`ProcessClient::health`]
+//! for liveness checks. Oracles observe the provider,
 //! the store and the callers, never the strategy's internals, so metrics compare across
 //! strategies. [`Keepfresh`] is the default strategy: the real engine, unchanged.
 
@@ -22,6 +23,8 @@ use keepfresh::store::TokenStore;
 use keepfresh::{Credential, Event, RefreshPolicy, Refresher, TokenSet};
 use parking_lot::Mutex;
 use time::OffsetDateTime;
+
+use crate::exec::InjectedPanic;
 
 /// Where a client's log lines go: the trace (with simulated timestamps), the determinism hash
 /// and the secret scan.
@@ -62,6 +65,36 @@ impl fmt::Debug for LogSink {
     }
 }
 
+/// The world's decision, per event a client's listener receives, whether that listener panics
+/// (a host's event callback with a bug). Decided from the run's seed, so a run replays.
+#[derive(Clone)]
+pub struct ListenerPanics(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl ListenerPanics {
+    /// A decision made by `f`, which gets the event's kind (such as `RefreshStarted`).
+    pub fn new(f: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        ListenerPanics(Arc::new(f))
+    }
+
+    /// Whether the listener panics on an event of this kind.
+    pub fn fires(&self, event_kind: &str) -> bool {
+        (self.0)(event_kind)
+    }
+
+    /// Panics with an [`InjectedPanic`] if the listener panics on an event of this kind.
+    pub fn maybe_panic(&self, event_kind: &str) {
+        if self.fires(event_kind) {
+            std::panic::panic_any(InjectedPanic);
+        }
+    }
+}
+
+impl fmt::Debug for ListenerPanics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ListenerPanics")
+    }
+}
+
 /// Everything a strategy gets to build one process's client.
 #[derive(Clone)]
 pub struct ProcessContext {
@@ -81,6 +114,9 @@ pub struct ProcessContext {
     pub log: LogSink,
     /// A label such as `c0/p1`, for logs.
     pub label: String,
+    /// When set, the client registers an event listener of the host's that panics when this
+    /// says so (clients without event listeners ignore it).
+    pub listener_panics: Option<ListenerPanics>,
 }
 
 impl fmt::Debug for ProcessContext {
@@ -144,6 +180,12 @@ pub trait ProcessClient: Send + Sync {
     async fn token(&self) -> Result<ServedToken, ClientError>;
     /// The resource server answered 401 to `token`; returns whether a refresh was started.
     fn unauthorized(&self, token: &ServedToken) -> bool;
+    /// The user logged in again: `tokens` replace whatever the client holds (a refresh in
+    /// flight must not overwrite them), and are persisted if the client persists.
+    ///
+    /// # Errors
+    /// Why the tokens were not installed.
+    async fn login(&self, tokens: TokenSet) -> Result<(), ClientError>;
     /// A clean stop (flush pending saves).
     async fn shutdown(&self);
     /// The client's state, for liveness checks and reports.
@@ -198,6 +240,16 @@ impl ClientStrategy for Keepfresh {
                 _ => {}
             }
         });
+        if let Some(panics) = ctx.listener_panics.clone() {
+            credential.on_event(move |e: &Event| {
+                let text = format!("{e:?}");
+                let kind = text
+                    .split(|c: char| !c.is_ascii_alphanumeric())
+                    .next()
+                    .unwrap_or("");
+                panics.maybe_panic(kind);
+            });
+        }
         Ok(Arc::new(KeepfreshClient { credential }))
     }
 }
@@ -232,6 +284,13 @@ impl ProcessClient for KeepfreshClient {
             Some(t) => self.credential.invalidate(&t),
             None => false,
         }
+    }
+
+    async fn login(&self, tokens: TokenSet) -> Result<(), ClientError> {
+        self.credential
+            .set_tokens(tokens)
+            .await
+            .map_err(|e| ClientError::Other(e.to_string()))
     }
 
     async fn shutdown(&self) {

@@ -10,6 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::future::{select, Either};
@@ -21,15 +22,18 @@ use parking_lot::Mutex;
 use serde::Serialize;
 
 use crate::client::ProviderClient;
-use crate::exec::{wall_at, ExecHandle, Executor, Group, RunEnd};
-use crate::provider::{FamilyId, Profile, Provider, ResourceAnswer, SECRET_MARKER};
+use crate::exec::{
+    poll_catching_injected, silence_injected_panics, wall_at, ExecHandle, Executor, Group,
+    HostClock, InjectedPanic, RunEnd,
+};
+use crate::provider::{FamilyId, IssueOrder, Profile, Provider, ResourceAnswer, SECRET_MARKER};
 use crate::rng::{derive, SimRng};
 use crate::store::FaultyStore;
 use crate::strategy::{
-    ClientError, ClientStrategy, LogLine, LogSink, ProcessClient, ProcessContext,
+    ClientError, ClientStrategy, ListenerPanics, LogLine, LogSink, ProcessClient, ProcessContext,
 };
 
-/// Transport and store faults, active until the world heals.
+/// Transport, store and host faults, active until the world heals.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Faults {
     /// Token-endpoint latency range, milliseconds.
@@ -60,6 +64,18 @@ pub struct Faults {
     pub store_hang: f64,
     /// Store operation latency range, milliseconds (0, 0: instant).
     pub store_latency_ms: (u64, u64),
+    /// A lease operation (`try_lease`, `renew_lease`, `release`) fails with an I/O error.
+    pub lease_fail: f64,
+    /// A lease operation hangs (bounded by the engine's store timeout).
+    pub lease_hang: f64,
+    /// A store read fails with an I/O error.
+    pub load_fail: f64,
+    /// A store read hangs (bounded by the engine's store timeout). Separate from
+    /// [`Faults::store_hang`], which stays a write fault so that existing worlds replay.
+    pub load_hang: f64,
+    /// An event listener of the host's, registered in every process's client, panics on an
+    /// event with this probability.
+    pub listener_panics: f64,
 }
 
 impl Faults {
@@ -80,13 +96,17 @@ impl Faults {
             store_write_fail: 0.0,
             store_hang: 0.0,
             store_latency_ms: (0, 0),
+            lease_fail: 0.0,
+            lease_hang: 0.0,
+            load_fail: 0.0,
+            load_hang: 0.0,
+            listener_panics: 0.0,
         }
     }
 
-    /// Names of the fault kinds that are switched on (for shrinking and reports).
-    pub fn active(&self) -> Vec<&'static str> {
-        let mut v = Vec::new();
-        for (name, p) in [
+    /// Every fault rate with its name, as [`Faults::active`] and [`Faults::disable`] name them.
+    fn rates(&self) -> [(&'static str, f64); 14] {
+        [
             ("not_delivered", self.p_not_delivered),
             ("5xx", self.p_5xx),
             ("429", self.p_429),
@@ -96,12 +116,21 @@ impl Faults {
             ("lost", self.p_lost),
             ("store_write_fail", self.store_write_fail),
             ("store_hang", self.store_hang),
-        ] {
-            if p > 0.0 {
-                v.push(name);
-            }
-        }
-        v
+            ("lease_fail", self.lease_fail),
+            ("lease_hang", self.lease_hang),
+            ("load_fail", self.load_fail),
+            ("load_hang", self.load_hang),
+            ("listener_panics", self.listener_panics),
+        ]
+    }
+
+    /// Names of the fault kinds that are switched on (for shrinking and reports).
+    pub fn active(&self) -> Vec<&'static str> {
+        self.rates()
+            .into_iter()
+            .filter(|(_, p)| *p > 0.0)
+            .map(|(name, _)| name)
+            .collect()
     }
 
     /// Switches one fault kind off by name.
@@ -116,6 +145,11 @@ impl Faults {
             "lost" => self.p_lost = 0.0,
             "store_write_fail" => self.store_write_fail = 0.0,
             "store_hang" => self.store_hang = 0.0,
+            "lease_fail" => self.lease_fail = 0.0,
+            "lease_hang" => self.lease_hang = 0.0,
+            "load_fail" => self.load_fail = 0.0,
+            "load_hang" => self.load_hang = 0.0,
+            "listener_panics" => self.listener_panics = 0.0,
             _ => {}
         }
     }
@@ -190,7 +224,62 @@ pub enum Action {
         /// Down time.
         restart_after: Duration,
     },
+    /// Every operation on the credential's store (read, save, clear, lease) fails with an I/O
+    /// error for `duration` (a network store unreachable, a file system gone read-only), or
+    /// until the world heals.
+    StoreOutage {
+        /// Credential index.
+        cred: usize,
+        /// Length of the outage.
+        duration: Duration,
+    },
+    /// The process's host sleeps (a laptop lid closed) for `duration`, or until the world
+    /// heals: none of its tasks runs and no caller of it is issued, wall time runs on, and its
+    /// monotonic clock stands still, so after the resume it reads `duration` less than true
+    /// time; its timers fire by that clock.
+    Suspend {
+        /// Global process index.
+        proc: usize,
+        /// Length of the suspend.
+        duration: Duration,
+    },
+    /// The user logs in again in this process: the provider authorizes a new grant and the
+    /// process's client installs its tokens. Oracles: from then on the process serves only
+    /// tokens of that grant (or a later one), and the store never again holds an older grant.
+    Login {
+        /// Global process index.
+        proc: usize,
+    },
+    /// Another writer — a host sharing the grant whose lease request failed open, say —
+    /// redeems the provider's newest refresh token and stores the answer, at the first moment
+    /// (checked every 100 ms, until the world heals) when a rotation of the credential is not
+    /// yet durable and no token-endpoint call is in flight: it lands during a save retry.
+    WriteNewer {
+        /// Credential index.
+        cred: usize,
+    },
 }
+
+impl Action {
+    /// The fault kind a scheduled action belongs to, for shrinking (`None`: not a fault).
+    pub fn fault_kind(&self) -> Option<&'static str> {
+        match self {
+            Action::StoreOutage { .. } => Some("store_outage"),
+            Action::Suspend { .. } => Some("suspend"),
+            Action::Login { .. } => Some("login"),
+            Action::WriteNewer { .. } => Some("newer_write"),
+            Action::Crash { .. }
+            | Action::CrashOnNextSave { .. }
+            | Action::Revoke { .. }
+            | Action::Overwrite { .. }
+            | Action::JumpWall { .. }
+            | Action::Shutdown { .. } => None,
+        }
+    }
+}
+
+/// The fault kinds that are scheduled actions rather than rates in [`Faults`].
+pub const ACTION_FAULTS: [&str; 4] = ["store_outage", "suspend", "login", "newer_write"];
 
 /// What a scenario expects about re-authorization.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -329,23 +418,35 @@ impl WorldConfig {
         self.heal_at.unwrap_or(self.duration)
     }
 
+    /// Names of the fault kinds that are on: the rates of [`Faults::active`] and the kinds of
+    /// the scheduled fault actions ([`ACTION_FAULTS`]).
+    pub fn active_faults(&self) -> Vec<&'static str> {
+        let mut v = self.faults.active();
+        for kind in ACTION_FAULTS {
+            if self
+                .schedule
+                .iter()
+                .any(|(_, a)| a.fault_kind() == Some(kind))
+            {
+                v.push(kind);
+            }
+        }
+        v
+    }
+
+    /// Switches one fault kind off by name: a rate ([`Faults::disable`]) or every scheduled
+    /// action of that kind.
+    pub fn disable_fault(&mut self, name: &str) {
+        self.faults.disable(name);
+        self.schedule.retain(|(_, a)| a.fault_kind() != Some(name));
+    }
+
     /// Checks the configuration for contradictions and impossible values.
     ///
     /// # Errors
     /// A message naming the bad setting.
     pub fn validate(&self) -> Result<(), String> {
-        let probs = [
-            ("p_not_delivered", self.faults.p_not_delivered),
-            ("p_5xx", self.faults.p_5xx),
-            ("p_429", self.faults.p_429),
-            ("p_503", self.faults.p_503),
-            ("p_invalid_client", self.faults.p_invalid_client),
-            ("p_malformed", self.faults.p_malformed),
-            ("p_lost", self.faults.p_lost),
-            ("store_write_fail", self.faults.store_write_fail),
-            ("store_hang", self.faults.store_hang),
-        ];
-        for (name, p) in probs {
+        for (name, p) in self.faults.rates() {
             if !(0.0..=1.0).contains(&p) {
                 return Err(format!(
                     "fault rate {name} = {p} is not a probability in [0, 1]"
@@ -371,8 +472,13 @@ impl WorldConfig {
                 Action::Crash { proc, .. }
                 | Action::CrashOnNextSave { proc, .. }
                 | Action::JumpWall { proc, .. }
-                | Action::Shutdown { proc, .. } => (Some(*proc), None),
-                Action::Revoke { cred } | Action::Overwrite { cred } => (None, Some(*cred)),
+                | Action::Shutdown { proc, .. }
+                | Action::Suspend { proc, .. }
+                | Action::Login { proc } => (Some(*proc), None),
+                Action::Revoke { cred }
+                | Action::Overwrite { cred }
+                | Action::StoreOutage { cred, .. }
+                | Action::WriteNewer { cred } => (None, Some(*cred)),
             };
             if p.is_some_and(|p| p >= procs) || c.is_some_and(|c| c >= self.credentials) {
                 return Err(format!(
@@ -556,6 +662,8 @@ pub struct Metrics {
     pub reauth_after_restart: u64,
     /// Rotated refresh tokens a process had received but not stored when it stopped.
     pub tokens_lost: u64,
+    /// Event-listener panics injected into processes.
+    pub listener_panics: u64,
 }
 
 impl Metrics {
@@ -596,6 +704,7 @@ impl Metrics {
         self.reauth_processes += o.reauth_processes;
         self.reauth_after_restart += o.reauth_after_restart;
         self.tokens_lost += o.tokens_lost;
+        self.listener_panics += o.listener_panics;
     }
 }
 
@@ -665,13 +774,16 @@ pub struct State {
     pub(crate) faults: Faults,
     pub(crate) healed: bool,
     pub(crate) inflight: Vec<u32>,
+    /// Per process: token-endpoint calls in flight.
+    pub(crate) proc_inflight: Vec<u32>,
     pub(crate) metrics: Metrics,
     pub(crate) trace: Trace,
     pub(crate) failure: Option<Failure>,
     pub(crate) last_committed: Vec<Option<String>>,
     pub(crate) crash_on_save: Vec<bool>,
     families: Vec<FamilyId>,
-    gen_cache: Vec<(u64, MonoTime)>,
+    /// Per process: the generation last served, its access token's true expiry and grant.
+    gen_cache: Vec<(u64, MonoTime, FamilyId)>,
     skew_tolerance: Duration,
     pending_callers: u64,
     reauth_reports: BTreeMap<(usize, u32), Vec<String>>,
@@ -686,9 +798,76 @@ pub struct State {
     pub(crate) last_delivered: Vec<Option<MonoTime>>,
     failure_tail: Option<Vec<String>>,
     lifetime_known: bool,
+    /// Per credential: its store fails every operation before this time (an outage).
+    outage_until: Vec<MonoTime>,
+    /// Per credential: the newest grant its store ever held.
+    store_family: Vec<Option<FamilyId>>,
+    /// Per process: the grant of the last login it installed; it serves no older grant since.
+    login_floor: Vec<Option<FamilyId>>,
 }
 
 impl State {
+    /// Whether credential `cred`'s store is in an outage at `now`.
+    pub(crate) fn store_out(&self, cred: usize, now: MonoTime) -> bool {
+        now < self.outage_until[cred]
+    }
+
+    /// The store oracle, run on every write that landed in credential `cred`'s store: the
+    /// written set must not be older, in the provider's issue order, than the set it replaced
+    /// (a save must never write a set over a newer one), and never of an older grant than the
+    /// store ever held (a login is never overwritten by the grant it replaced).
+    pub(crate) fn check_store_write(
+        &mut self,
+        cred: usize,
+        prior: Option<&TokenSet>,
+        written: &TokenSet,
+        writer: &str,
+        now: MonoTime,
+    ) {
+        let order = |s: &State, t: &TokenSet| -> Option<IssueOrder> {
+            s.provider.issue_order(
+                t.access_token().expose_secret(),
+                t.refresh_token().map(|r| r.expose_secret()),
+            )
+        };
+        let Some(new) = order(self, written) else {
+            return;
+        };
+        if let Some(newest) = self.store_family[cred] {
+            if new.family < newest {
+                self.violate_correctness(
+                    now,
+                    format!(
+                        "c{cred}: {writer} wrote a token set of grant {} over the store of the newer grant {newest} (a login was overwritten)",
+                        new.family
+                    ),
+                );
+                return;
+            }
+        }
+        self.store_family[cred] = Some(new.family.max(self.store_family[cred].unwrap_or(0)));
+        let Some(old) = prior.and_then(|p| order(self, p)) else {
+            return;
+        };
+        if old.family != new.family {
+            return;
+        }
+        let older = match (new.refresh, old.refresh) {
+            (Some(n), Some(o)) if n != o => n < o,
+            (Some(_), None) | (None, Some(_)) => false,
+            _ => new.access < old.access,
+        };
+        if older {
+            self.violate_correctness(
+                now,
+                format!(
+                    "c{cred}: {writer} wrote an older token set over a newer one of the same grant ({})",
+                    if new.refresh != old.refresh { "older refresh token" } else { "older access token" }
+                ),
+            );
+        }
+    }
+
     pub(crate) fn trace_line(&mut self, at: MonoTime, line: String) {
         if line.contains(SECRET_MARKER) {
             // Report the leak without the secret itself.
@@ -834,6 +1013,8 @@ struct Proc {
     group: Mutex<Group>,
     client: Mutex<Option<Arc<dyn ProcessClient>>>,
     offset: Arc<AtomicI64>,
+    /// The host's monotonic clock (stops while the host is suspended).
+    host: Arc<HostClock>,
 }
 
 struct Shared {
@@ -843,7 +1024,9 @@ struct Shared {
     state: Arc<Mutex<State>>,
     strategy: Arc<dyn ClientStrategy>,
     stores: Vec<MemoryStore>,
-    logins: Vec<TokenSet>,
+    /// Per credential: the tokens of its latest login (what a process starting on an empty
+    /// store installs).
+    logins: Mutex<Vec<TokenSet>>,
     procs: Vec<Proc>,
     policy: RefreshPolicy,
 }
@@ -1037,6 +1220,7 @@ fn run_one(
         faults: cfg.faults.clone(),
         healed: false,
         inflight: vec![0; cfg.credentials],
+        proc_inflight: vec![0; procs_total],
         metrics: Metrics {
             series: vec![(0, 0); buckets as usize + 1],
             bucket_ns: (horizon.as_nanos() as u64 / buckets).max(1),
@@ -1047,7 +1231,7 @@ fn run_one(
         last_committed: vec![None; procs_total],
         crash_on_save: vec![false; procs_total],
         families,
-        gen_cache: vec![(u64::MAX, MonoTime::ZERO); procs_total],
+        gen_cache: vec![(u64::MAX, MonoTime::ZERO, 0); procs_total],
         skew_tolerance: Duration::from_secs(cfg.process_skew_secs.unsigned_abs())
             + Duration::from_millis(1),
         pending_callers: 0,
@@ -1061,7 +1245,13 @@ fn run_one(
         last_delivered: vec![None; cfg.credentials],
         failure_tail: None,
         lifetime_known: cfg.lifetime_known,
+        outage_until: vec![MonoTime::ZERO; cfg.credentials],
+        store_family: vec![None; cfg.credentials],
+        login_floor: vec![None; procs_total],
     }));
+    if cfg.faults.listener_panics > 0.0 {
+        silence_injected_panics();
+    }
     let policy = match cfg.policy(derive(seed, 5)) {
         Ok(p) => p,
         Err(e) => {
@@ -1086,6 +1276,7 @@ fn run_one(
             group: Mutex::new(Group::WORLD),
             client: Mutex::new(None),
             offset: Arc::new(AtomicI64::new(skew * 1_000_000_000)),
+            host: Arc::new(HostClock::new()),
         });
     }
     let shared = Arc::new(Shared {
@@ -1095,7 +1286,7 @@ fn run_one(
         state: state.clone(),
         strategy,
         stores,
-        logins,
+        logins: Mutex::new(logins),
         procs,
         policy,
     });
@@ -1123,6 +1314,10 @@ fn run_one(
                 .downcast_ref::<String>()
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .or_else(|| {
+                    p.is::<InjectedPanic>()
+                        .then(|| "an injected listener panic reached a world task".to_string())
+                })
                 .unwrap_or_else(|| "unknown panic".into());
             s.violate(FailureKind::Crash, now, format!("panic: {msg}"));
         }
@@ -1281,22 +1476,32 @@ fn final_checks(w: &Arc<Shared>, now: MonoTime) {
 
 fn start_process(w: &Arc<Shared>, i: usize) {
     let group = w.exec.new_group();
+    if w.procs[i].host.suspended_since().is_some() {
+        // Restarted while its host sleeps: it runs when the host resumes.
+        w.exec.freeze(group);
+    }
     *w.procs[i].group.lock() = group;
     let instance = {
         let mut s = w.state.lock();
         s.instance[i] += 1;
-        s.gen_cache[i] = (u64::MAX, MonoTime::ZERO);
+        s.gen_cache[i] = (u64::MAX, MonoTime::ZERO, 0);
         s.instance[i]
     };
     let w2 = w.clone();
     w.exec.spawn_in(group, async move {
         let p = &w2.procs[i];
-        let runtime = w2.exec.runtime(group, p.offset.clone());
+        let runtime = if w2.strategy.name() == "keepfresh" {
+            w2.exec.runtime(group, p.offset.clone(), p.host.clone())
+        } else {
+            w2.exec
+                .monotonic_only_runtime(group, p.offset.clone(), p.host.clone())
+        };
         let clock = w2.exec.clock(p.offset.clone());
         let store: Arc<dyn TokenStore> = Arc::new(FaultyStore {
             inner: w2.stores[p.cred].clone(),
             state: w2.state.clone(),
             exec: w2.exec.clone(),
+            cred: p.cred,
             proc: i,
             group,
         });
@@ -1345,11 +1550,27 @@ fn start_process(w: &Arc<Shared>, i: usize) {
                 LogLine::PersistFailed => s.metrics.persist_failures += 1,
             }
         });
+        let listener_panics = (w2.cfg.faults.listener_panics > 0.0).then(|| {
+            let st = w2.state.clone();
+            let ex = w2.exec.clone();
+            ListenerPanics::new(move |kind| {
+                let mut s = st.lock();
+                let p = s.faults.listener_panics;
+                if s.healed || !s.rng.chance(p) {
+                    return false;
+                }
+                s.metrics.listener_panics += 1;
+                let now = ex.now();
+                s.trace_line(now, format!("p{i} an event listener panics on {kind}"));
+                true
+            })
+        });
+        let initial = w2.logins.lock()[p.cred].clone();
         let ctx = ProcessContext {
             runtime,
             store,
             refresher,
-            initial: Some(w2.logins[p.cred].clone()),
+            initial: Some(initial),
             // Each process (and each restart of it) draws its own refresh points, as replicas
             // seeded from entropy would; a shared seed would make jitter spread nothing.
             policy: w2.policy.clone().with_jitter_seed(derive(
@@ -1359,6 +1580,7 @@ fn start_process(w: &Arc<Shared>, i: usize) {
             seed: derive(w2.seed, 1000 + i as u64 * 7919 + instance as u64),
             log,
             label: format!("c{}/p{i}", p.cred),
+            listener_panics,
         };
         match w2.strategy.start(ctx).await {
             Ok(client) => {
@@ -1410,10 +1632,17 @@ async fn drive_callers(w: Arc<Shared>, i: usize, group: Group, client: Arc<dyn P
         w: w.clone(),
         client,
     });
+    // Request times are on the host's monotonic clock, like a host's timers: a suspend delays
+    // them. The host's clock never runs ahead of virtual time, so a virtual-time sleep to a
+    // request time wakes at it or before; a host that was ever suspended then sleeps on by its
+    // clock (the common case costs one virtual-time sleep). The workload still ends at `end`
+    // in true time: a request time past `end` on the host's clock is past it in true time too,
+    // and after a suspend the true time is checked on waking.
+    let host = w.procs[i].host.clone();
     match &cfg.pattern {
         Pattern::Steady { mean } => {
             let mean_ns = mean.as_nanos() as u64;
-            let now = w.exec.now().as_nanos();
+            let now = host.mono_at(w.exec.now()).as_nanos();
             // Callers by next request time, ties by caller index. Packed into one u64 per
             // caller (time above the index bits) when every time fits, which halves the heap
             // and its comparisons; the order is the same as the `(time, caller)` heap.
@@ -1434,6 +1663,12 @@ async fn drive_callers(w: Arc<Shared>, i: usize, group: Group, client: Arc<dyn P
                         break;
                     }
                     w.exec.sleep_until(MonoTime::from_nanos(t)).await;
+                    if host.ever_suspended() {
+                        w.exec.sleep_until_on(&host, MonoTime::from_nanos(t)).await;
+                        if w.exec.now() >= end {
+                            break;
+                        }
+                    }
                     issue(&caller, i, group).await;
                     let next = t + rng.range(mean_ns / 2, mean_ns * 3 / 2);
                     heap.push(Reverse(next << bits | c));
@@ -1449,14 +1684,26 @@ async fn drive_callers(w: Arc<Shared>, i: usize, group: Group, client: Arc<dyn P
                     break;
                 }
                 w.exec.sleep_until(MonoTime::from_nanos(t)).await;
+                if host.ever_suspended() {
+                    w.exec.sleep_until_on(&host, MonoTime::from_nanos(t)).await;
+                    if w.exec.now() >= end {
+                        break;
+                    }
+                }
                 issue(&caller, i, group).await;
                 heap.push(Reverse((t + rng.range(mean_ns / 2, mean_ns * 3 / 2), c)));
             }
         }
         Pattern::Bursts { first, every } => {
-            let mut t = MonoTime::from_duration(*first).max(w.exec.now());
+            let mut t = MonoTime::from_duration(*first).max(host.mono_at(w.exec.now()));
             while t < end {
                 w.exec.sleep_until(t).await;
+                if host.ever_suspended() {
+                    w.exec.sleep_until_on(&host, t).await;
+                    if w.exec.now() >= end {
+                        break;
+                    }
+                }
                 for _ in 0..cfg.callers {
                     issue(&caller, i, group).await;
                 }
@@ -1474,14 +1721,34 @@ struct Caller {
 
 async fn issue(caller: &Arc<Caller>, i: usize, group: Group) {
     let mut fut = Box::pin(request(caller.clone(), i));
-    if futures::poll!(fut.as_mut()).is_pending() {
-        caller.w.exec.spawn_in(group, fut);
+    let first =
+        futures::future::poll_fn(|cx| Poll::Ready(poll_catching_injected(fut.as_mut(), cx))).await;
+    match first {
+        Some(Poll::Pending) => caller.w.exec.spawn_in(group, fut),
+        Some(Poll::Ready(())) => {}
+        // A callback panicked inside this request: like a host's request task, the request is
+        // gone, and the process's other requests go on.
+        None => {}
     }
+}
+
+/// Runs `f` to completion unless it unwinds with an [`InjectedPanic`] (`None`).
+async fn catching_injected<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    futures::future::poll_fn(|cx| match poll_catching_injected(f.as_mut(), cx) {
+        None => Poll::Ready(None),
+        Some(Poll::Ready(v)) => Poll::Ready(Some(v)),
+        Some(Poll::Pending) => Poll::Pending,
+    })
+    .await
 }
 
 async fn request(caller: Arc<Caller>, i: usize) {
     let (w, client) = (&caller.w, &caller.client);
+    let host = &w.procs[i].host;
     let start = w.exec.now();
+    // Waits are measured on the host's clock: a caller does not wait while its host sleeps.
+    let start_mono = host.mono_at(start);
     let (mut pending, valid_at_start) = {
         let mut s = w.state.lock();
         s.pending_callers += 1;
@@ -1497,7 +1764,7 @@ async fn request(caller: Arc<Caller>, i: usize) {
         None => client.token().await,
         Some(limit) => {
             let t = std::pin::pin!(client.token());
-            match select(t, w.exec.sleep(limit)).await {
+            match select(t, w.exec.sleep_on(host, limit)).await {
                 Either::Left((r, _)) => r,
                 Either::Right(_) => {
                     w.state.lock().metrics.abandoned += 1;
@@ -1509,7 +1776,7 @@ async fn request(caller: Arc<Caller>, i: usize) {
     // Without a resource server the request ends with its answer: resolved under the same
     // lock as the serving checks.
     let last = !w.cfg.resource_server;
-    let token = match served(w, i, start, valid_at_start, result, &mut pending, last) {
+    let token = match served(w, i, start_mono, valid_at_start, result, &mut pending, last) {
         Some(t) => t,
         None => return,
     };
@@ -1517,7 +1784,7 @@ async fn request(caller: Arc<Caller>, i: usize) {
         return;
     }
     if !w.cfg.io_time.is_zero() {
-        w.exec.sleep(w.cfg.io_time).await;
+        w.exec.sleep_on(host, w.cfg.io_time).await;
     }
     // The resource server answers with a status and an RFC 6750 challenge; the caller acts on
     // the engine's reading of it, as a host would.
@@ -1551,8 +1818,9 @@ async fn request(caller: Arc<Caller>, i: usize) {
     client.unauthorized(&token);
     let retry_start = w.exec.now();
     let retry_valid = w.state.lock().valid_token_at(w.procs[i].cred, retry_start);
+    let retry_mono = host.mono_at(retry_start);
     let again = client.token().await;
-    if let Some(t2) = served(w, i, retry_start, retry_valid, again, &mut pending, false) {
+    if let Some(t2) = served(w, i, retry_mono, retry_valid, again, &mut pending, false) {
         let mut s = w.state.lock();
         let now = w.exec.now();
         if s.provider.check_resource(t2.access.expose_secret(), now) == ResourceAnswer::Unauthorized
@@ -1564,18 +1832,22 @@ async fn request(caller: Arc<Caller>, i: usize) {
 
 /// Records a caller's result and checks the serving invariants.
 ///
-/// With `last`, or when nothing is served, the request resolves here (`pending`).
+/// `start_mono` is when the request started on the host's monotonic clock. With `last`, or when
+/// nothing is served, the request resolves here (`pending`).
 fn served(
     w: &Arc<Shared>,
     i: usize,
-    start: MonoTime,
+    start_mono: MonoTime,
     valid_at_start: bool,
     result: Result<crate::strategy::ServedToken, ClientError>,
     pending: &mut Pending<'_>,
     last: bool,
 ) -> Option<crate::strategy::ServedToken> {
     let now = w.exec.now();
-    let wait = now.saturating_duration_since(start);
+    let wait = w.procs[i]
+        .host
+        .mono_at(now)
+        .saturating_duration_since(start_mono);
     let mut s = w.state.lock();
     if last || result.is_err() {
         pending.resolve(&mut s);
@@ -1607,16 +1879,16 @@ fn served(
     match result {
         Ok(t) => {
             s.metrics.served += 1;
-            let expires = if s.gen_cache[i].0 == t.generation {
-                Some(s.gen_cache[i].1)
+            let known = if s.gen_cache[i].0 == t.generation {
+                Some((s.gen_cache[i].1, s.gen_cache[i].2))
             } else {
                 let rec = s.provider.access_record(t.access.expose_secret());
                 if let Some(r) = rec {
-                    s.gen_cache[i] = (t.generation, r.expires);
+                    s.gen_cache[i] = (t.generation, r.expires, r.family);
                 }
-                rec.map(|r| r.expires)
+                rec.map(|r| (r.expires, r.family))
             };
-            let Some(expires) = expires else {
+            let Some((expires, family)) = known else {
                 s.violate_correctness(
                     now,
                     format!("p{i} served an access token the provider never issued"),
@@ -1636,6 +1908,14 @@ fn served(
                 );
             } else if expires.saturating_duration_since(now) < Duration::from_secs(60) {
                 s.metrics.near_expiry += 1;
+            }
+            if let Some(login) = s.login_floor[i].filter(|&l| family < l) {
+                s.violate_correctness(
+                    now,
+                    format!(
+                        "p{i} served a token of grant {family} after its login installed grant {login} (the login was overwritten)"
+                    ),
+                );
             }
             let h = t.generation ^ (i as u64) << 40 ^ now.as_nanos().rotate_left(17);
             s.trace.mix(&h.to_le_bytes());
@@ -1672,9 +1952,15 @@ async fn director(w: Arc<Shared>) {
         let now = w.exec.now();
         match action {
             None => {
-                let mut s = w.state.lock();
-                s.healed = true;
-                s.trace_line(now, "faults healed".into());
+                {
+                    let mut s = w.state.lock();
+                    s.healed = true;
+                    s.trace_line(now, "faults healed".into());
+                }
+                // Suspended hosts wake with the heal, as outages end.
+                for p in 0..w.procs.len() {
+                    resume_host(&w, p);
+                }
             }
             Some(a) => {
                 w.state.lock().trace_line(now, format!("director: {a:?}"));
@@ -1780,13 +2066,217 @@ async fn perform(w: &Arc<Shared>, action: Action) {
         } => {
             let client = w.procs[proc].client.lock().clone();
             if let Some(c) = client {
-                c.shutdown().await;
+                if catching_injected(c.shutdown()).await.is_none() {
+                    let now = w.exec.now();
+                    w.state
+                        .lock()
+                        .trace_line(now, format!("p{proc} panicked while shutting down"));
+                }
             }
             kill(w, proc);
             w.exec.sleep(restart_after).await;
             start_process(w, proc);
         }
+        Action::StoreOutage { cred, duration } => {
+            let now = w.exec.now();
+            let mut s = w.state.lock();
+            if s.healed {
+                s.trace_line(now, format!("c{cred} store outage skipped: healed"));
+                return;
+            }
+            let until = now.saturating_add(duration);
+            s.outage_until[cred] = s.outage_until[cred].max(until);
+            let line = format!(
+                "c{cred} store outage until {:.3}s: every operation fails",
+                s.outage_until[cred].as_duration().as_secs_f64()
+            );
+            s.trace_line(now, line);
+        }
+        Action::Suspend { proc, duration } => suspend(w, proc, duration),
+        Action::Login { proc } => login(w, proc),
+        Action::WriteNewer { cred } => {
+            let w2 = w.clone();
+            w.exec.spawn_in(Group::WORLD, async move {
+                while !write_newer(&w2, cred) {
+                    w2.exec.sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
     }
+}
+
+/// Suspends process `proc`'s host for `duration` (until the world heals at the latest): its
+/// group stops running and its monotonic clock stands still.
+///
+/// The model has no network that outlives a sleeping host (a request the provider commits
+/// while the host sleeps, its answer lost at resume): a suspend due while the process has a
+/// token-endpoint call in flight starts as soon as the call ends.
+fn suspend(w: &Arc<Shared>, proc: usize, duration: Duration) {
+    let w2 = w.clone();
+    w.exec.spawn_in(Group::WORLD, async move {
+        while w2.state.lock().proc_inflight[proc] > 0 {
+            w2.exec.sleep(Duration::from_millis(10)).await;
+        }
+        let now = w2.exec.now();
+        {
+            let mut s = w2.state.lock();
+            if s.healed || !w2.procs[proc].host.suspend(now) {
+                s.trace_line(
+                    now,
+                    format!("p{proc} suspend skipped: healed or already asleep"),
+                );
+                return;
+            }
+            s.trace_line(now, format!("p{proc} host suspended"));
+        }
+        w2.exec.freeze(*w2.procs[proc].group.lock());
+        w2.exec.sleep(duration).await;
+        // Only this suspend: the heal may have ended it already.
+        if w2.procs[proc].host.suspended_since() == Some(now) {
+            resume_host(&w2, proc);
+        }
+    });
+}
+
+/// Resumes process `proc`'s host if it is suspended.
+fn resume_host(w: &Arc<Shared>, proc: usize) {
+    let now = w.exec.now();
+    let Some(slept) = w.procs[proc].host.resume(now) else {
+        return;
+    };
+    w.exec.thaw(*w.procs[proc].group.lock());
+    w.state.lock().trace_line(
+        now,
+        format!(
+            "p{proc} host resumed after {:.3}s; its monotonic clock lost that much",
+            slept.as_secs_f64()
+        ),
+    );
+}
+
+/// A new login in process `proc`: the provider authorizes a new grant for the process's
+/// credential, and the process's client installs its tokens (in the process, so a crash or a
+/// suspend of the process delays or loses the installation with it).
+fn login(w: &Arc<Shared>, proc: usize) {
+    let now = w.exec.now();
+    let cred = w.procs[proc].cred;
+    let client = w.procs[proc].client.lock().clone();
+    let Some(client) = client else {
+        w.state
+            .lock()
+            .trace_line(now, format!("p{proc} login skipped: the process is down"));
+        return;
+    };
+    let offset = w.procs[proc].offset.load(Ordering::Relaxed);
+    let (family, set) = {
+        let mut s = w.state.lock();
+        let (family, at, rt, _) = s.provider.login(now);
+        s.families[cred] = family;
+        s.record_delivered(cred, proc, now, at.clone(), rt.clone());
+        s.trace_line(
+            now,
+            format!("c{cred} provider: login in p{proc}, grant {family}"),
+        );
+        // The process reads the answer's lifetime on its own wall clock.
+        let issued = wall_at(now, offset);
+        let life = w.cfg.profile.at_lifetime;
+        let set = TokenSet::new(
+            AccessToken::new(at),
+            rt.map(RefreshToken::new),
+            issued,
+            issued + life,
+        );
+        (family, set)
+    };
+    w.logins.lock()[cred] = set.clone();
+    let w2 = w.clone();
+    let group = *w.procs[proc].group.lock();
+    w.exec.spawn_in(group, async move {
+        let r = client.login(set).await;
+        let now = w2.exec.now();
+        let mut s = w2.state.lock();
+        match r {
+            Ok(()) => {
+                s.login_floor[proc] = Some(family);
+                s.trace_line(
+                    now,
+                    format!("p{proc} installed the login of grant {family}"),
+                );
+            }
+            Err(e) => s.trace_line(now, format!("p{proc} login not installed: {e:?}")),
+        }
+    });
+}
+
+/// [`Action::WriteNewer`]'s writer: when a rotation of credential `cred` is not yet durable and
+/// no token-endpoint call is in flight, redeems the provider's newest refresh token and stores
+/// the answer by compare-and-swap. Returns whether it is done (written, or given up at the
+/// heal).
+fn write_newer(w: &Arc<Shared>, cred: usize) -> bool {
+    let now = w.exec.now();
+    let mut s = w.state.lock();
+    if s.healed {
+        s.trace_line(now, format!("c{cred} newer write skipped: healed"));
+        return true;
+    }
+    let family = s.families[cred];
+    if s.unsaved_since[cred].is_none()
+        || s.inflight[cred] > 0
+        || s.provider.family_revoked(family).is_some()
+    {
+        return false;
+    }
+    let Some(rt) = s.provider.current_refresh_token(family).map(str::to_owned) else {
+        return false;
+    };
+    let answer = s.provider.refresh(now, Some(&rt));
+    let parsed = keepfresh::oauth::parse_token_response(keepfresh::oauth::HttpAnswer {
+        status: answer.status,
+        content_type: Some(answer.content_type),
+        retry_after: None,
+        body: &answer.body,
+    });
+    let Ok(r) = parsed else {
+        s.trace_line(now, format!("c{cred} another writer's refresh failed"));
+        return true;
+    };
+    let access = r.access_token().expose_secret().to_owned();
+    let refresh = r
+        .refresh_token()
+        .map(|t| t.expose_secret().to_owned())
+        .unwrap_or(rt);
+    let issued = wall_at(now, 0);
+    let set = TokenSet::new(
+        AccessToken::new(access.clone()),
+        Some(RefreshToken::new(refresh.clone())),
+        issued,
+        issued + w.cfg.profile.at_lifetime,
+    );
+    let store = &w.stores[cred];
+    let prior = store.snapshot();
+    let expected = prior.as_ref().map(|p| p.version);
+    // The memory store answers at once.
+    let saved = futures::FutureExt::now_or_never(store.save(expected, &set));
+    if let Some(Ok(keepfresh::store::SaveOutcome::Saved(_))) = saved {
+        s.check_store_write(
+            cred,
+            prior.as_ref().map(|p| &p.tokens),
+            &set,
+            "another writer",
+            now,
+        );
+        // The credential's newest rotation is durable now; the one being retried is older.
+        if let Some(since) = s.unsaved_since[cred].take() {
+            let d = now.saturating_duration_since(since).as_nanos() as u64;
+            s.metrics.max_unsaved_window_ns = s.metrics.max_unsaved_window_ns.max(d);
+        }
+    }
+    s.record_delivered(cred, usize::MAX, now, access, Some(refresh));
+    s.trace_line(
+        now,
+        format!("c{cred} another writer redeemed the newest refresh token and stored the answer during a save retry"),
+    );
+    true
 }
 
 fn kill(w: &Arc<Shared>, proc: usize) {

@@ -303,6 +303,9 @@ impl Inner {
                 Report::LeaseLost => after.events.push(Event::LeaseLost { at: now }),
                 Report::Conflict => after.events.push(Event::StoreConflict { at: now }),
                 Report::Cleared => after.events.push(Event::StoreCleared { at: now }),
+                Report::RefreshTokenRotated(rt) if ours && core.tokens.is_none() => {
+                    core.refresh_only = Some(rt);
+                }
                 Report::LifetimeAdjusted { adjustment, used } => {
                     after.events.push(Event::LifetimeAdjusted {
                         at: now,
@@ -403,8 +406,8 @@ impl Inner {
                     self.end_flight(&mut core, job.flight, &mut after);
                 }
                 Report::Durable { version } => {
+                    core.version = Some(version);
                     if let Some(generation) = core.persist_pending.take() {
-                        core.version = Some(version);
                         after.events.push(Event::Persisted {
                             at: now,
                             generation,
@@ -412,8 +415,9 @@ impl Inner {
                         });
                     }
                 }
-                Report::Superseded(held) => {
-                    if core.persist_pending.take().is_some() {
+                Report::Superseded(held) if core.persist_pending.is_some() => {
+                    core.persist_pending = None;
+                    {
                         after.events.push(Event::SaveSuperseded {
                             at: now,
                             adopted: held.is_some(),

@@ -237,11 +237,15 @@ impl Refresher for Provider {
     }
 }
 
-/// A memory store whose saves can be made to fail.
+/// A memory store whose saves, loads and lease operations can be made to fail, and whose
+/// saves can be made to panic. Implements every lease method.
 #[derive(Clone)]
 pub struct FlakyStore {
     pub inner: MemoryStore,
     pub fail_saves: Arc<AtomicBool>,
+    pub fail_leases: Arc<AtomicBool>,
+    pub fail_loads: Arc<AtomicBool>,
+    pub panic_saves: Arc<AtomicBool>,
 }
 
 impl FlakyStore {
@@ -249,16 +253,40 @@ impl FlakyStore {
         FlakyStore {
             inner,
             fail_saves: Arc::new(AtomicBool::new(false)),
+            fail_leases: Arc::new(AtomicBool::new(false)),
+            fail_loads: Arc::new(AtomicBool::new(false)),
+            panic_saves: Arc::new(AtomicBool::new(false)),
         }
     }
     pub fn set_failing(&self, failing: bool) {
         self.fail_saves.store(failing, Ordering::SeqCst);
+    }
+    pub fn set_leases_failing(&self, failing: bool) {
+        self.fail_leases.store(failing, Ordering::SeqCst);
+    }
+    pub fn set_loads_failing(&self, failing: bool) {
+        self.fail_loads.store(failing, Ordering::SeqCst);
+    }
+    pub fn set_saves_panicking(&self, panicking: bool) {
+        self.panic_saves.store(panicking, Ordering::SeqCst);
+    }
+    fn lease_fault(&self) -> Result<(), StoreError> {
+        if self.fail_leases.load(Ordering::SeqCst) {
+            return Err(StoreError::new(
+                StoreErrorKind::Io,
+                "lease table unreachable",
+            ));
+        }
+        Ok(())
     }
 }
 
 #[async_trait]
 impl TokenStore for FlakyStore {
     async fn load(&self) -> Result<Option<Stored>, StoreError> {
+        if self.fail_loads.load(Ordering::SeqCst) {
+            return Err(StoreError::new(StoreErrorKind::Io, "read failed"));
+        }
         self.inner.load().await
     }
     async fn save(
@@ -266,6 +294,9 @@ impl TokenStore for FlakyStore {
         expected: Option<Version>,
         tokens: &TokenSet,
     ) -> Result<SaveOutcome, StoreError> {
+        if self.panic_saves.load(Ordering::SeqCst) {
+            panic!("store bug");
+        }
         if self.fail_saves.load(Ordering::SeqCst) {
             return Err(StoreError::new(StoreErrorKind::Io, "disk full"));
         }
@@ -275,9 +306,11 @@ impl TokenStore for FlakyStore {
         self.inner.clear(expected).await
     }
     async fn try_lease(&self, ttl: Duration) -> Result<LeaseOutcome, StoreError> {
+        self.lease_fault()?;
         self.inner.try_lease(ttl).await
     }
     async fn release(&self, lease: keepfresh::store::Lease) -> Result<(), StoreError> {
+        self.lease_fault()?;
         self.inner.release(lease).await
     }
     async fn renew_lease(
@@ -285,6 +318,7 @@ impl TokenStore for FlakyStore {
         lease: &keepfresh::store::Lease,
         ttl: Duration,
     ) -> Result<bool, StoreError> {
+        self.lease_fault()?;
         self.inner.renew_lease(lease, ttl).await
     }
 }

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keepfresh::TokenSet;
 
 use super::{client_error, health, is_invalid_grant, redeem, Generations, Held, ReauthFlag};
 use crate::rng::SimRng;
@@ -132,6 +133,16 @@ impl ProcessClient for Client {
 
     fn unauthorized(&self, _token: &ServedToken) -> bool {
         false
+    }
+
+    async fn login(&self, tokens: TokenSet) -> Result<(), ClientError> {
+        // The cell is filled directly; a load in flight still overwrites it when it returns.
+        let held = Held::from_set(&tokens, &self.ctx.runtime, self.generations.next());
+        *self.refresh.lock() = held.refresh.clone();
+        let buffer = self.buffer();
+        *self.cache.lock() = Some(Cached { held, buffer });
+        self.reauth.clear();
+        Ok(())
     }
 
     async fn shutdown(&self) {}

@@ -22,6 +22,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::lock::Mutex;
+use keepfresh::TokenSet;
 
 use super::{client_error, health, is_invalid_grant, redeem, Generations, Held, ReauthFlag};
 use crate::strategy::{
@@ -89,6 +90,14 @@ impl ProcessClient for Client {
 
     fn unauthorized(&self, _token: &ServedToken) -> bool {
         false
+    }
+
+    async fn login(&self, tokens: TokenSet) -> Result<(), ClientError> {
+        // Waits for the mutex: a refresh in flight finishes first, then the login replaces it.
+        let held = Held::from_set(&tokens, &self.ctx.runtime, self.generations.next());
+        *self.token.lock().await = Some(held);
+        self.reauth.clear();
+        Ok(())
     }
 
     async fn shutdown(&self) {}

@@ -22,9 +22,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keepfresh::ErrorClass;
+use keepfresh::TokenSet;
 
 use super::{
-    client_error, health, is_invalid_grant, redeem, sleep, Forced, Generations, Held, ReauthFlag,
+    client_error, health, install_login, is_invalid_grant, redeem, sleep, Forced, Generations,
+    Held, ReauthFlag,
 };
 use crate::rng::SimRng;
 use crate::strategy::{
@@ -114,6 +116,19 @@ impl ProcessClient for Client {
     fn unauthorized(&self, _token: &ServedToken) -> bool {
         self.forced.push();
         true
+    }
+
+    async fn login(&self, tokens: TokenSet) -> Result<(), ClientError> {
+        install_login(
+            &self.ctx,
+            &self.current,
+            &self.generations,
+            &self.reauth,
+            &tokens,
+            false,
+        )
+        .await;
+        Ok(())
     }
 
     async fn shutdown(&self) {}

@@ -20,8 +20,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use futures::lock::{Mutex, OwnedMutexGuard};
+use keepfresh::TokenSet;
 
-use super::{health, load_or_login, overwrite, redeem, Generations, Held, ReauthFlag};
+use super::{
+    health, install_login, load_or_login, overwrite, redeem, Generations, Held, ReauthFlag,
+};
 use crate::strategy::{
     ClientError, ClientStrategy, Health, ProcessClient, ProcessContext, ServedToken,
 };
@@ -108,6 +111,19 @@ impl ProcessClient for Client {
         *self.current.lock() = None;
         self.reauth.report(&self.ctx, "401: full re-authorization");
         false
+    }
+
+    async fn login(&self, tokens: TokenSet) -> Result<(), ClientError> {
+        install_login(
+            &self.ctx,
+            &self.current,
+            &self.generations,
+            &self.reauth,
+            &tokens,
+            true,
+        )
+        .await;
+        Ok(())
     }
 
     async fn shutdown(&self) {}

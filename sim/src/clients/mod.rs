@@ -278,6 +278,24 @@ pub(crate) async fn overwrite(ctx: &ProcessContext, set: &TokenSet, log_failure:
     false
 }
 
+/// Installs a login's tokens in a model that keeps them in `current`: they replace what it
+/// holds, are persisted if `persist` (overwriting the store, as the model does after a refresh),
+/// and answer a pending re-authorization.
+pub(crate) async fn install_login(
+    ctx: &ProcessContext,
+    current: &parking_lot::Mutex<Option<Held>>,
+    generations: &Generations,
+    reauth: &ReauthFlag,
+    tokens: &TokenSet,
+    persist: bool,
+) {
+    *current.lock() = Some(Held::from_set(tokens, &ctx.runtime, generations.next()));
+    reauth.clear();
+    if persist {
+        overwrite(ctx, tokens, true).await;
+    }
+}
+
 /// The caller-facing error for a refresh failure.
 pub(crate) fn client_error(e: &RefreshError) -> ClientError {
     ClientError::Refresh(e.class().to_string())
@@ -307,6 +325,11 @@ impl ReauthFlag {
     /// Whether re-authorization was reported.
     pub(crate) fn is_set(&self) -> bool {
         self.0.load(Ordering::Relaxed)
+    }
+
+    /// A new login answered the re-authorization.
+    pub(crate) fn clear(&self) {
+        self.0.store(false, Ordering::Relaxed);
     }
 }
 

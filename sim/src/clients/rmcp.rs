@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keepfresh::store::LeaseOutcome;
+use keepfresh::TokenSet;
 
 use super::{
     client_error, health, is_invalid_grant, load_or_login, overwrite, redeem, sleep, Forced,
@@ -133,6 +134,17 @@ impl ProcessClient for Client {
     fn unauthorized(&self, _token: &ServedToken) -> bool {
         self.forced.push();
         true
+    }
+
+    async fn login(&self, tokens: TokenSet) -> Result<(), ClientError> {
+        // The authorization manager's mutex: after any refresh in progress.
+        let mut manager = self.manager.lock().await;
+        let held = Held::from_set(&tokens, &self.ctx.runtime, self.generations.next());
+        *manager = Some(held.clone());
+        *self.snapshot.lock() = Some(held);
+        self.reauth.clear();
+        overwrite(&self.ctx, &tokens, true).await;
+        Ok(())
     }
 
     async fn shutdown(&self) {}

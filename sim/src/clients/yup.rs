@@ -22,8 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use keepfresh::TokenSet;
 
-use super::{health, load_or_login, overwrite, redeem, Forced, Generations, Held, ReauthFlag};
+use super::{
+    health, install_login, load_or_login, overwrite, redeem, Forced, Generations, Held, ReauthFlag,
+};
 use crate::strategy::{
     ClientError, ClientStrategy, Health, ProcessClient, ProcessContext, ServedToken,
 };
@@ -91,6 +94,19 @@ impl ProcessClient for Client {
     fn unauthorized(&self, _token: &ServedToken) -> bool {
         self.forced.push();
         true
+    }
+
+    async fn login(&self, tokens: TokenSet) -> Result<(), ClientError> {
+        install_login(
+            &self.ctx,
+            &self.current,
+            &self.generations,
+            &self.reauth,
+            &tokens,
+            true,
+        )
+        .await;
+        Ok(())
     }
 
     async fn shutdown(&self) {}

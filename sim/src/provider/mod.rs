@@ -40,11 +40,26 @@ pub struct AccessRecord {
     pub expires: MonoTime,
     /// Revoked before expiry.
     pub revoked: bool,
+    /// Issue order among every token the provider minted (larger: issued later).
+    pub seq: u64,
+}
+
+/// Where a token set stands in the provider's issue order: its grant (family) and the issue
+/// order of its refresh and access tokens. A set with a smaller key is older.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IssueOrder {
+    /// The grant; families are numbered in login order.
+    pub family: FamilyId,
+    /// Issue order of the refresh token (`None`: the set has none).
+    pub refresh: Option<u64>,
+    /// Issue order of the access token.
+    pub access: u64,
 }
 
 #[derive(Clone, Debug)]
 struct RtRecord {
     family: FamilyId,
+    seq: u64,
     last_used: MonoTime,
     superseded_at: Option<MonoTime>,
     dead: bool,
@@ -225,6 +240,7 @@ impl Provider {
                 issued: now,
                 expires: now.saturating_add(self.profile.at_lifetime),
                 revoked: false,
+                seq: self.counter,
             },
         );
         self.families[family].access_tokens.push(at.clone());
@@ -238,6 +254,7 @@ impl Provider {
             rt.clone(),
             RtRecord {
                 family,
+                seq: self.counter,
                 last_used: now,
                 superseded_at: None,
                 dead: false,
@@ -312,6 +329,28 @@ impl Provider {
     /// What the provider knows of an access token.
     pub fn access_record(&self, at: &str) -> Option<AccessRecord> {
         self.ats.get(at).copied()
+    }
+
+    /// Where a token set of access token `at` and refresh token `rt` stands in the issue order;
+    /// `None` when the provider did not issue the access token, or the refresh token is of
+    /// another family or unknown.
+    pub fn issue_order(&self, at: &str, rt: Option<&str>) -> Option<IssueOrder> {
+        let a = self.ats.get(at)?;
+        let refresh = match rt {
+            None => None,
+            Some(rt) => {
+                let r = self.rts.get(rt)?;
+                if r.family != a.family {
+                    return None;
+                }
+                Some(r.seq)
+            }
+        };
+        Some(IssueOrder {
+            family: a.family,
+            refresh,
+            access: a.seq,
+        })
     }
 
     /// The resource server's view of a request carrying `at` at true time `now`.

@@ -1,0 +1,543 @@
+//! One test per defect of the engine-flight issue: each failed on the engine before the flight
+//! became a pure plan (commit bc1d46a) and pins the rule that fixed it.
+
+mod common;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures::future::BoxFuture;
+use keepfresh::event::Event;
+use keepfresh::runtime::{ManualClock, Runtime, Spawn};
+use keepfresh::store::{LeaseOutcome, MemoryStore, TokenStore};
+use keepfresh::{
+    refresher_fn, AccessToken, Credential, ErrorClass, Precedence, RefreshError, RefreshPolicy,
+    RefreshToken, TokenResponse, TokenSet,
+};
+
+fn memory(clock: &ManualClock) -> MemoryStore {
+    MemoryStore::with_clock(Arc::new(clock.clone()))
+}
+
+async fn settle() {
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Defect 1: a login during a refresh already in flight is never overwritten by that
+/// refresh's result, in memory or in the store.
+#[tokio::test]
+async fn a_login_during_a_refresh_wins() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0").gated();
+    let store = memory(&clock);
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    let mut events = c.subscribe();
+    let waiter = {
+        let c = c.clone();
+        tokio::spawn(async move { c.token().await.map(|t| t.secret().to_owned()) })
+    };
+    wait_for(&mut events, "refresh started", |e| {
+        matches!(e, Event::RefreshStarted { .. })
+    })
+    .await;
+    // The step-up login lands while the provider still holds the old refresh.
+    let login = tokens(&clock, "login-access", Some("login-refresh"), 0, 3600);
+    c.set_tokens(login).await.unwrap();
+    assert_eq!(waiter.await.unwrap().unwrap(), "login-access");
+    provider.release(1);
+    // Let the superseded flight finish whatever it still does.
+    for _ in 0..5 {
+        settle().await;
+        clock.advance(Duration::from_millis(10));
+    }
+    assert_eq!(c.token().await.unwrap().secret(), "login-access");
+    assert_eq!(stored_at(&store).as_deref(), Some("login-access"));
+    assert_eq!(stored_rt(&store).as_deref(), Some("login-refresh"));
+}
+
+/// Defect 2: a save retry superseded by a newer set in the store never writes over it; the
+/// newer set is adopted.
+#[tokio::test]
+async fn a_save_retry_never_overwrites_a_newer_set() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = FlakyStore::new(memory(&clock));
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    let log = Log::attach(&c);
+    let mut events = c.subscribe();
+    store.set_failing(true);
+    assert_eq!(c.token().await.unwrap().secret(), "access-1");
+    assert!(c.status().persist_pending);
+    wait_for(&mut events, "persist failed", |e| {
+        matches!(e, Event::PersistFailed { .. })
+    })
+    .await;
+    // Another process (after our lease ran out, say) wrote a newer set.
+    let other = tokens(&clock, "other-access", Some("other-refresh"), 0, 3600);
+    store.inner.overwrite(Some(other));
+    store.set_failing(false);
+    for _ in 0..20 {
+        if !c.status().persist_pending {
+            break;
+        }
+        clock.advance(Duration::from_secs(20));
+        settle().await;
+    }
+    assert!(!c.status().persist_pending);
+    assert_eq!(stored_rt(&store.inner).as_deref(), Some("other-refresh"));
+    assert_eq!(c.token().await.unwrap().secret(), "other-access");
+    assert_eq!(
+        log.count(|e| matches!(e, Event::SaveSuperseded { adopted: true, .. })),
+        1
+    );
+}
+
+/// Defect 3: the cross-process lease is kept, and renewed, while a rotated set is not durable;
+/// it is released once the set lands.
+#[tokio::test]
+async fn the_lease_is_kept_until_the_rotated_set_is_durable() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = FlakyStore::new(memory(&clock));
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    let mut events = c.subscribe();
+    store.set_failing(true);
+    assert_eq!(c.token().await.unwrap().secret(), "access-1");
+    wait_for(&mut events, "persist failed", |e| {
+        matches!(e, Event::PersistFailed { .. })
+    })
+    .await;
+    // Well past the lease's time-to-live: renewals keep it ours.
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(15));
+        settle().await;
+    }
+    let other = store
+        .inner
+        .try_lease(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(other, LeaseOutcome::Held, "another process got the lease");
+    store.set_failing(false);
+    for _ in 0..20 {
+        if !c.status().persist_pending {
+            break;
+        }
+        clock.advance(Duration::from_secs(20));
+        settle().await;
+    }
+    assert!(!c.status().persist_pending);
+    settle().await;
+    let after = store
+        .inner
+        .try_lease(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(
+        matches!(after, LeaseOutcome::Acquired(_)),
+        "released once durable: {after:?}"
+    );
+}
+
+/// Defect 4: a store whose lease operation fails does not let a refresh through (fail closed):
+/// no provider call, a transient error, and a retry once the store is back.
+#[tokio::test]
+async fn lease_errors_fail_closed() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = FlakyStore::new(memory(&clock));
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    store.set_leases_failing(true);
+    let e = c.token().await.expect_err("no refresh without the lease");
+    assert_eq!(
+        e.refresh_error().map(|r| r.class()),
+        Some(ErrorClass::Transient)
+    );
+    assert_eq!(provider.calls(), 0);
+    // The re-read after the lease fails closed too.
+    store.set_leases_failing(false);
+    store.set_loads_failing(true);
+    clock.advance(Duration::from_secs(400));
+    assert!(c.token().await.is_err());
+    assert_eq!(provider.calls(), 0);
+    store.set_loads_failing(false);
+    clock.advance(Duration::from_secs(400));
+    assert_eq!(c.token().await.unwrap().secret(), "access-1");
+    assert_eq!(provider.calls(), 1);
+}
+
+/// The explicit availability switch: with `fail_open`, a lease error lets the refresh through.
+#[tokio::test]
+async fn fail_open_refreshes_despite_lease_errors() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = FlakyStore::new(memory(&clock));
+    let policy = RefreshPolicy::builder()
+        .jitter_seed(11)
+        .fail_open(true)
+        .build()
+        .unwrap();
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy,
+        Some(expired(&clock)),
+    )
+    .await;
+    store.set_leases_failing(true);
+    assert_eq!(c.token().await.unwrap().secret(), "access-1");
+}
+
+/// Defect 5: after a suspend (the monotonic clock stood still while the wall clock ran on),
+/// a token that expired during the suspend is not served.
+#[tokio::test]
+async fn no_expired_token_after_a_suspend() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let c = build(&clock, &provider, None, policy(), Some(fresh(&clock))).await;
+    assert_eq!(c.try_token().unwrap().secret(), "access-0");
+    // A four-hour laptop sleep: only the wall clock moves.
+    clock.jump_wall(time::Duration::hours(4));
+    assert!(c.try_token().is_none(), "an expired token was served");
+    assert_eq!(c.token().await.unwrap().secret(), "access-1");
+}
+
+/// Defect 6: a panicking listener, a panicking store and a runtime that cannot run the
+/// refresh task never wedge the credential.
+#[tokio::test]
+async fn panics_and_unspawnable_tasks_do_not_wedge() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = FlakyStore::new(memory(&clock));
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    c.on_event(|e| {
+        if matches!(e, Event::RefreshStarted { .. }) {
+            panic!("listener bug");
+        }
+    });
+    let mut events = c.subscribe();
+    store.set_saves_panicking(true);
+    // Served from memory although the store panicked on the save.
+    assert_eq!(c.token().await.unwrap().secret(), "access-1");
+    wait_for(&mut events, "the listener panic is reported", |e| {
+        matches!(e, Event::ListenerPanicked { .. })
+    })
+    .await;
+    store.set_saves_panicking(false);
+    for _ in 0..20 {
+        if !c.status().persist_pending {
+            break;
+        }
+        clock.advance(Duration::from_secs(20));
+        settle().await;
+    }
+    assert_eq!(stored_rt(&store.inner).as_deref(), Some("refresh-1"));
+}
+
+/// A spawner that cannot run anything (a dropped runtime).
+struct Dead;
+impl Spawn for Dead {
+    fn spawn(&self, task: BoxFuture<'static, ()>) {
+        drop(task);
+    }
+}
+
+#[tokio::test]
+async fn a_refresh_task_that_never_runs_fails_the_flight() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let rt = Runtime::new(
+        Arc::new(clock.clone()),
+        Arc::new(clock.clone()),
+        Arc::new(Dead),
+    );
+    let c = Credential::builder(provider.clone())
+        .runtime(rt)
+        .policy(policy())
+        .tokens(expired(&clock))
+        .build()
+        .await
+        .unwrap();
+    let log = Log::attach(&c);
+    // Before: every caller waited until its deadline, which a manual clock never reaches.
+    let e = c.token().await.expect_err("the flight failed");
+    assert!(e.refresh_error().is_some(), "{e}");
+    assert_eq!(log.count(|e| matches!(e, Event::FlightAborted { .. })), 1);
+    c.shutdown().await.unwrap();
+}
+
+/// `invalidate()` from a thread outside tokio, with the default runtime, neither panics nor
+/// loses the refresh.
+#[test]
+fn invalidate_from_a_plain_thread() {
+    let tokio_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_time()
+        .build()
+        .unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counter = calls.clone();
+    let c = tokio_rt.block_on(async {
+        let now = time::OffsetDateTime::now_utc();
+        Credential::builder(refresher_fn(move |_| {
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
+                Ok(TokenResponse::new(AccessToken::new(format!("at-{n}"))).with_expires_in(3600))
+            }
+        }))
+        .tokens(TokenSet::new(
+            AccessToken::new("at-0"),
+            Some(RefreshToken::new("rt")),
+            now,
+            now + time::Duration::hours(1),
+        ))
+        .build()
+        .await
+        .unwrap()
+    });
+    let c2 = c.clone();
+    let token = std::thread::spawn(move || {
+        let t = c2.try_token().unwrap();
+        assert!(c2.invalidate(&t));
+        futures::executor::block_on(c2.token()).map(|t| t.secret().to_owned())
+    })
+    .join()
+    .expect("no panic outside tokio");
+    assert_eq!(token.unwrap(), "at-1");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+/// Defect 7: after an ambiguous answer (a lost response) the engine retries on its own timer,
+/// without waiting for a caller.
+#[tokio::test]
+async fn an_ambiguous_answer_is_retried_without_callers() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    provider.script([Answer::Fail(RefreshError::ambiguous("connection reset"))]);
+    let c = build(&clock, &provider, None, policy(), Some(expired(&clock))).await;
+    let mut events = c.subscribe();
+    assert!(c.token().await.is_err());
+    assert_eq!(provider.calls(), 1);
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(1));
+        settle().await;
+        if provider.calls() == 2 {
+            break;
+        }
+    }
+    assert_eq!(provider.calls(), 2, "retried on the timer");
+    wait_for(&mut events, "refreshed", |e| {
+        matches!(e, Event::Refreshed { .. })
+    })
+    .await;
+    assert_eq!(c.try_token().unwrap().secret(), "access-1");
+}
+
+/// The default refresh timeout leaves room for a retry inside a 30 s grace window.
+#[test]
+fn the_default_refresh_timeout_is_well_inside_a_grace_window() {
+    let p = RefreshPolicy::default();
+    assert!(p.refresh_timeout() * 2 < Duration::from_secs(30));
+}
+
+/// Defect 8: shutdown refuses new flights, is bounded, and reports an unsaved set.
+#[tokio::test]
+async fn shutdown_fences_flights_and_is_bounded() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = FlakyStore::new(memory(&clock));
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    store.set_failing(true);
+    assert_eq!(c.token().await.unwrap().secret(), "access-1");
+    let shutdown = {
+        let c = c.clone();
+        tokio::spawn(async move { c.shutdown().await })
+    };
+    settle().await;
+    clock.advance(Duration::from_secs(61));
+    settle().await;
+    clock.advance(Duration::from_secs(61));
+    let r = shutdown.await.unwrap();
+    assert!(r.is_err(), "the unsaved set is reported");
+    // No refresh starts after shutdown.
+    let t = c.try_token();
+    assert!(t.is_some());
+    assert!(!c.invalidate(&t.unwrap()));
+    assert_eq!(provider.calls(), 1);
+    let e = c.token().await.expect_err("closed");
+    assert!(e.is_closed(), "{e}");
+}
+
+/// Defect 8: which of store and builder tokens wins is explicit and reported; a refresh token
+/// alone is not a fake token set and is never saved.
+#[tokio::test]
+async fn builder_precedence_and_refresh_token_only() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = memory(&clock);
+    let c = Credential::builder(provider.clone())
+        .runtime(runtime(&clock))
+        .policy(policy())
+        .store(store.clone())
+        .refresh_token(RefreshToken::new("refresh-0"))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(store.writes(), 0, "a refresh token alone is not saved");
+    assert!(c.try_token().is_none());
+    assert_eq!(c.token().await.unwrap().secret(), "access-1");
+    assert_eq!(stored_rt(&store).as_deref(), Some("refresh-1"));
+
+    // A newer login given to the builder wins over the stored set, and says so.
+    clock.advance(Duration::from_secs(1));
+    let newer = tokens(&clock, "newer", Some("refresh-1"), 0, 3600);
+    let b = Credential::builder(provider.clone())
+        .runtime(runtime(&clock))
+        .policy(policy())
+        .store(store.clone())
+        .tokens(newer);
+    let c2 = b.build().await.unwrap();
+    assert_eq!(c2.try_token().unwrap().secret(), "newer");
+    assert_eq!(stored_at(&store).as_deref(), Some("newer"));
+    // An older one loses to the store unless told otherwise.
+    let older = tokens(&clock, "older", Some("refresh-1"), 100, 3600);
+    let c3 = Credential::builder(provider.clone())
+        .runtime(runtime(&clock))
+        .policy(policy())
+        .store(store.clone())
+        .tokens(older.clone())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(c3.try_token().unwrap().secret(), "newer");
+    let c4 = Credential::builder(provider)
+        .runtime(runtime(&clock))
+        .policy(policy())
+        .store(store.clone())
+        .tokens(older)
+        .precedence(Precedence::Given)
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(c4.try_token().unwrap().secret(), "older");
+}
+
+/// Defect 8: `invalidate` ignores a token of another credential (generations collide).
+#[tokio::test]
+async fn invalidate_ignores_tokens_of_other_credentials() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let a = build(&clock, &provider, None, policy(), Some(fresh(&clock))).await;
+    let b = build(&clock, &provider, None, policy(), Some(fresh(&clock))).await;
+    let t = a.token().await.unwrap();
+    assert_eq!(t.generation(), b.token().await.unwrap().generation());
+    assert!(!b.invalidate(&t));
+    assert_eq!(provider.calls(), 0);
+}
+
+/// Defect 8: absurd lifetimes and timeout relations are rejected when the policy is built.
+#[test]
+fn absurd_policies_are_rejected() {
+    assert!(RefreshPolicy::builder()
+        .max_lifetime(Duration::MAX)
+        .build()
+        .is_err());
+    let e = RefreshPolicy::builder()
+        .refresh_timeout(Duration::from_secs(120))
+        .build()
+        .unwrap_err();
+    assert!(e.to_string().contains("lease_ttl"), "{e}");
+}
+
+/// The renewal answer is checked: a store that forgot `renew_lease` is reported.
+#[tokio::test]
+async fn a_store_without_renew_lease_is_reported() {
+    struct Forgetful(MemoryStore);
+    #[async_trait::async_trait]
+    impl TokenStore for Forgetful {
+        async fn load(
+            &self,
+        ) -> Result<Option<keepfresh::store::Stored>, keepfresh::store::StoreError> {
+            self.0.load().await
+        }
+        async fn save(
+            &self,
+            expected: Option<keepfresh::store::Version>,
+            tokens: &TokenSet,
+        ) -> Result<keepfresh::store::SaveOutcome, keepfresh::store::StoreError> {
+            self.0.save(expected, tokens).await
+        }
+        async fn clear(
+            &self,
+            expected: keepfresh::store::Version,
+        ) -> Result<bool, keepfresh::store::StoreError> {
+            self.0.clear(expected).await
+        }
+        async fn try_lease(
+            &self,
+            ttl: Duration,
+        ) -> Result<LeaseOutcome, keepfresh::store::StoreError> {
+            self.0.try_lease(ttl).await
+        }
+    }
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(Forgetful(memory(&clock)))),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    let log = Log::attach(&c);
+    assert_eq!(c.token().await.unwrap().secret(), "access-1");
+    assert_eq!(log.count(|e| matches!(e, Event::LeaseLost { .. })), 1);
+}
