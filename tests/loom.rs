@@ -81,6 +81,10 @@ impl Refresher for Rotating {
 struct Recording {
     inner: MemoryStore,
     saved: Arc<std::sync::Mutex<Vec<String>>>,
+    /// Offer the memory store's leases (off: a store without leases).
+    leases: Arc<std::sync::atomic::AtomicBool>,
+    /// Saves that fail before the next one succeeds.
+    failing_saves: Arc<AtomicUsize>,
 }
 
 #[async_trait]
@@ -94,6 +98,14 @@ impl TokenStore for Recording {
         tokens: &TokenSet,
     ) -> Result<SaveOutcome, StoreError> {
         loom::thread::yield_now();
+        let failing = self.failing_saves.load(Ordering::SeqCst);
+        if failing > 0 {
+            self.failing_saves.store(failing - 1, Ordering::SeqCst);
+            return Err(StoreError::new(
+                keepfresh::store::StoreErrorKind::Io,
+                "disk full",
+            ));
+        }
         let out = self.inner.save(expected, tokens).await?;
         if let SaveOutcome::Saved(_) = out {
             self.saved
@@ -105,6 +117,22 @@ impl TokenStore for Recording {
     }
     async fn clear(&self, expected: Version) -> Result<bool, StoreError> {
         self.inner.clear(expected).await
+    }
+    async fn try_lease(&self, ttl: Duration) -> Result<keepfresh::store::LeaseOutcome, StoreError> {
+        if !self.leases.load(Ordering::SeqCst) {
+            return Ok(keepfresh::store::LeaseOutcome::Unsupported);
+        }
+        self.inner.try_lease(ttl).await
+    }
+    async fn renew_lease(
+        &self,
+        lease: &keepfresh::store::Lease,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.renew_lease(lease, ttl).await
+    }
+    async fn release(&self, lease: keepfresh::store::Lease) -> Result<(), StoreError> {
+        self.inner.release(lease).await
     }
 }
 
@@ -120,6 +148,11 @@ struct World {
 /// loom runtime with a shared recording store. With `expired`, the token is an hour older, so
 /// the first caller must wait for a refresh.
 fn world(expired: bool) -> World {
+    world_with(expired, false, 0)
+}
+
+/// Like [`world`], with the store's leases on or off and a number of saves that fail first.
+fn world_with(expired: bool, leases: bool, failing_saves: usize) -> World {
     let clock = ManualClock::new();
     let spawner = LoomSpawner::default();
     let rt = Runtime::new(
@@ -131,6 +164,8 @@ fn world(expired: bool) -> World {
     let store = Recording {
         inner: MemoryStore::with_clock(Arc::new(clock.clone())),
         saved: Default::default(),
+        leases: Arc::new(std::sync::atomic::AtomicBool::new(leases)),
+        failing_saves: Arc::new(AtomicUsize::new(0)),
     };
     let wall = clock.wall_now();
     let issued = if expired {
@@ -150,6 +185,8 @@ fn world(expired: bool) -> World {
             .policy(
                 keepfresh::RefreshPolicy::builder()
                     .jitter_seed(7)
+                    // No timer task: time never advances in these models.
+                    .keep_alive(None)
                     .build()
                     .unwrap(),
             )
@@ -159,6 +196,7 @@ fn world(expired: bool) -> World {
     )
     .expect("build");
     store.saved.lock().unwrap().clear();
+    store.failing_saves.store(failing_saves, Ordering::SeqCst);
     World {
         clock,
         spawner,
@@ -388,5 +426,128 @@ fn persist_before_publish() {
         }
         w.spawner.join_all();
         assert_eq!(*w.store.saved.lock().unwrap(), ["access-1"]);
+    });
+}
+
+/// Two callers with a store that hands out leases: one refresher call, and the lease is free
+/// again once the rotated set is durable.
+#[test]
+fn leasing_store_single_flight_and_release() {
+    model_bounded(2, || {
+        let w = world_with(true, true, 0);
+        let callers: Vec<_> = (0..2)
+            .map(|_| {
+                let c = w.credential.clone();
+                loom::thread::spawn(move || {
+                    loom::future::block_on(c.token())
+                        .expect("a token")
+                        .secret()
+                        .to_owned()
+                })
+            })
+            .collect();
+        for h in callers {
+            assert_eq!(h.join().unwrap(), "access-1");
+        }
+        w.spawner.join_all();
+        assert_eq!(w.refresher.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(stored_refresh(&w.store), "refresh-1");
+        let lease = loom::future::block_on(w.store.inner.try_lease(Duration::from_secs(60)));
+        assert!(
+            matches!(lease, Ok(keepfresh::store::LeaseOutcome::Acquired(_))),
+            "the lease was not released: {lease:?}"
+        );
+    });
+}
+
+/// The first save fails: the caller is served from memory, the save is retried on the timer,
+/// and the rotated refresh token ends up in the store; the lease is kept until then.
+#[test]
+fn failing_save_is_retried_until_durable() {
+    model_bounded(2, || {
+        let w = world_with(true, true, 1);
+        let c = w.credential.clone();
+        let caller = loom::thread::spawn(move || {
+            loom::future::block_on(c.token())
+                .expect("served from memory")
+                .secret()
+                .to_owned()
+        });
+        assert_eq!(caller.join().unwrap(), "access-1");
+        // Wait for the refresh task to reach its retry timer, then let the timer fire.
+        while w.clock.pending_timers() == 0 {
+            loom::thread::yield_now();
+        }
+        let held = loom::future::block_on(w.store.inner.try_lease(Duration::from_secs(60)));
+        assert_eq!(
+            held,
+            Ok(keepfresh::store::LeaseOutcome::Held),
+            "the lease was released before the set was durable"
+        );
+        w.clock.advance(Duration::from_secs(30));
+        w.spawner.join_all();
+        assert_eq!(stored_refresh(&w.store), "refresh-1");
+        assert!(!w.credential.status().persist_pending);
+        assert_eq!(w.refresher.calls.load(Ordering::SeqCst), 1);
+    });
+}
+
+/// A login races a refresh: whatever the interleaving, the login is what is served and stored
+/// at the end; the refresh never overwrites it.
+#[test]
+fn set_tokens_during_a_flight() {
+    model_bounded(2, || {
+        let w = world(true);
+        let c = w.credential.clone();
+        let caller = loom::thread::spawn(move || {
+            let t = loom::future::block_on(c.token()).expect("a token");
+            t.secret().to_owned()
+        });
+        let c = w.credential.clone();
+        let wall = w.clock.wall_now();
+        let login = loom::thread::spawn(move || {
+            let set = TokenSet::new(
+                AccessToken::new("login"),
+                Some(RefreshToken::new("login-refresh")),
+                wall,
+                wall + time::Duration::hours(1),
+            );
+            loom::future::block_on(c.set_tokens(set)).expect("saved");
+        });
+        let served = caller.join().unwrap();
+        login.join().unwrap();
+        w.spawner.join_all();
+        assert!(served == "access-1" || served == "login", "{served}");
+        let t = loom::future::block_on(w.credential.token()).expect("a token");
+        assert_eq!(t.secret(), "login");
+        assert_eq!(stored_access(&w.store), "login");
+        assert_eq!(stored_refresh(&w.store), "login-refresh");
+    });
+}
+
+/// Shutdown races a caller on an expired token: the caller gets the refreshed token or a
+/// `closed` error, never hangs; a refresh that ran is durable.
+#[test]
+fn shutdown_racing_a_caller() {
+    model_bounded(2, || {
+        let w = world(true);
+        let c = w.credential.clone();
+        let caller = loom::thread::spawn(move || {
+            loom::future::block_on(c.token()).map(|t| t.secret().to_owned())
+        });
+        let c = w.credential.clone();
+        let closer = loom::thread::spawn(move || loom::future::block_on(c.shutdown()));
+        let served = caller.join().unwrap();
+        closer.join().unwrap().expect("nothing left unsaved");
+        w.spawner.join_all();
+        match served {
+            Ok(s) => {
+                assert_eq!(s, "access-1");
+                assert_eq!(stored_refresh(&w.store), "refresh-1");
+            }
+            Err(e) => assert!(e.is_closed(), "{e}"),
+        }
+        assert!(w.refresher.calls.load(Ordering::SeqCst) <= 1);
+        assert!(w.credential.status().closed);
     });
 }

@@ -3,8 +3,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use futures::channel::mpsc;
-
 use super::engine::{self, After, Core, Inner};
 use super::handle::Snapshot;
 use super::{store_io, Credential};
@@ -235,12 +233,11 @@ impl CredentialBuilder {
             }
         }
         inner.run_after(after);
-        let (tx, rx) = mpsc::unbounded();
-        *inner.timer.lock() = Some(tx);
-        let weak = Arc::downgrade(&inner);
-        inner
-            .rt
-            .spawn(Box::pin(engine::timer_loop(weak, inner.rt.clone(), rx)));
+        // The timer runs when time alone can start a refresh: eager mode and keep-alive. The
+        // retry after an ambiguous answer starts it on demand.
+        if inner.policy.eager() || inner.policy.keep_alive().is_some() {
+            inner.start_timer();
+        }
         Ok(Credential { inner })
     }
 }

@@ -199,6 +199,23 @@ impl Inner {
         self.run_after(after);
     }
 
+    /// Starts the timer task unless it runs (or the credential is shut down).
+    pub(crate) fn start_timer(self: &Arc<Self>) {
+        if self.core.lock().closed {
+            return;
+        }
+        let mut timer = self.timer.lock();
+        if timer.is_some() {
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded();
+        *timer = Some(tx);
+        drop(timer);
+        let weak = Arc::downgrade(self);
+        self.rt
+            .spawn(Box::pin(timer_loop(weak, self.rt.clone(), rx)));
+    }
+
     pub(crate) fn nudge(&self) {
         if let Some(tx) = self.timer.lock().as_ref() {
             let _ = tx.unbounded_send(());
@@ -290,6 +307,7 @@ impl Inner {
     /// Applies one report of the plan carrying out `job`.
     pub(crate) fn apply(self: &Arc<Self>, job: &Job, report: Report) {
         let mut after = After::default();
+        let ambiguous = matches!(&report, Report::Failed { error, .. } if error.class() == crate::refresher::ErrorClass::Ambiguous);
         {
             let mut core = self.core.lock();
             let now = self.rt.now();
@@ -439,6 +457,10 @@ impl Inner {
             self.publish_locked(&mut core, &mut after.events);
         }
         self.run_after(after);
+        if ambiguous {
+            // The retry after an ambiguous answer runs on the timer, caller or not.
+            self.start_timer();
+        }
         self.nudge();
     }
 
