@@ -31,8 +31,9 @@ pub fn token_response(data: &[u8]) {
     };
     match parse_token_response(answer) {
         Ok(r) => {
+            // An empty access token only ever carries a rotated refresh token to the engine.
             assert!(
-                !r.access_token().is_empty(),
+                !r.access_token().is_empty() || r.refresh_token().is_some(),
                 "an empty access token was accepted"
             );
             // The lifetime the engine would use is always within policy bounds.
@@ -154,4 +155,170 @@ pub fn www_authenticate(data: &[u8]) {
             let _ = classify_resource_answer(status, Some(s));
         }
     }
+}
+
+/// One refresh flight's pure plan fed with store and provider answers chosen by the bytes.
+/// Checks, whatever the answers: the plan never panics and ends within a bounded number of
+/// steps once the store heals; no provider call without a lease (or a store without leases)
+/// and a successful re-read; no save after a conflict with a set of another lineage; one
+/// release at most, and never while a save is owed.
+pub fn flight(data: &[u8]) {
+    use keepfresh::flight::{Effect, Feedback, Plan, Report, Start};
+    use keepfresh::store::{
+        Lease, LeaseOutcome, SaveOutcome, StoreError, StoreErrorKind, Stored, Version,
+    };
+    use keepfresh::{AccessToken, RefreshError, RefreshToken, TokenResponse, TokenSet};
+    use std::sync::Arc;
+
+    let mut bytes = data.iter().copied();
+    let mut next = move || bytes.next();
+    let wall = time::OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+    let set = |a: &str, r: &str| {
+        TokenSet::new(
+            AccessToken::new(a),
+            Some(RefreshToken::new(r)),
+            wall,
+            wall + time::Duration::hours(1),
+        )
+    };
+    let base = Arc::new(set("a0", "r0"));
+    let foreign = set("x", "xr");
+    let has_store = next().map_or(true, |b| b % 8 != 0);
+    let policy = RefreshPolicy::builder()
+        .jitter_seed(1)
+        .fail_open(next().is_some_and(|b| b % 16 == 0))
+        .build()
+        .unwrap();
+    let fail_open = policy.fail_open();
+    let mut plan = Plan::new(
+        Arc::new(policy),
+        has_store,
+        Start::new(
+            FlightId(1),
+            MonoTime::ZERO,
+            Some(base.clone()),
+            Some(Version(1)),
+        ),
+    );
+    let err = || StoreError::new(StoreErrorKind::Io, "fuzz");
+    let mut now = MonoTime::ZERO;
+    let mut feedback = Feedback::Start;
+    let (mut cleared_lease, mut read_ok, mut foreign_conflict) = (false, false, false);
+    let mut lease_id = 0u64;
+    let mut releases = 0;
+    for step in 0..10_000u32 {
+        // After 300 steps every answer succeeds: the plan must then finish.
+        let heal = step > 300;
+        let mut pick = |n: u8| if heal { 0 } else { next().map_or(0, |b| b % n) };
+        let effect = plan.step(now, feedback);
+        now = now.saturating_add(Duration::from_millis(u64::from(pick(200))));
+        feedback = match effect {
+            Effect::Done => {
+                assert!(!plan.owes_save() && plan.lease().is_none());
+                return;
+            }
+            Effect::Report(Report::Refreshed { .. }) | Effect::Report(_) => Feedback::Ack,
+            Effect::TryLease { .. } => Feedback::Lease(match pick(4) {
+                0 => {
+                    lease_id += 1;
+                    cleared_lease = true;
+                    Ok(LeaseOutcome::Acquired(Lease { id: lease_id }))
+                }
+                1 => {
+                    cleared_lease = true;
+                    Ok(LeaseOutcome::Unsupported)
+                }
+                2 => Ok(LeaseOutcome::Held),
+                _ => Err(err()),
+            }),
+            Effect::Load => Feedback::Loaded(match pick(4) {
+                0 => {
+                    read_ok = true;
+                    Ok(Some(Stored {
+                        version: Version(1),
+                        tokens: (*base).clone(),
+                    }))
+                }
+                1 => {
+                    read_ok = true;
+                    Ok(None)
+                }
+                2 => {
+                    read_ok = true;
+                    Ok(Some(Stored {
+                        version: Version(9),
+                        tokens: foreign.clone(),
+                    }))
+                }
+                _ => {
+                    read_ok = false;
+                    Err(err())
+                }
+            }),
+            Effect::Sleep { until } => {
+                now = now.max(until);
+                Feedback::Slept
+            }
+            Effect::Call(_) => {
+                if has_store && !fail_open {
+                    assert!(
+                        cleared_lease && read_ok,
+                        "provider called without lease and re-read"
+                    );
+                }
+                let result = match pick(5) {
+                    0 => Ok(TokenResponse::new(AccessToken::new("a1"))
+                        .with_refresh_token(RefreshToken::new("r1"))
+                        .with_expires_in(3600)),
+                    1 => Ok(TokenResponse::new(AccessToken::new(""))
+                        .with_refresh_token(RefreshToken::new("r1"))),
+                    2 => Err(RefreshError::invalid_grant("fuzz")),
+                    3 => Err(RefreshError::ambiguous("fuzz")),
+                    _ => Err(RefreshError::transient("fuzz")),
+                };
+                Feedback::Called {
+                    result,
+                    issued: now,
+                    issued_wall: wall,
+                }
+            }
+            Effect::Renew { .. } => Feedback::Renewed(match pick(3) {
+                0 => Ok(true),
+                1 => Ok(false),
+                _ => Err(err()),
+            }),
+            Effect::Save { set: saved, .. } => {
+                assert!(
+                    !foreign_conflict,
+                    "saved after a conflict with another lineage's set"
+                );
+                Feedback::Saved(match pick(4) {
+                    0 => Ok(SaveOutcome::Saved(Version(2))),
+                    1 => Ok(SaveOutcome::Conflict(Some(Stored {
+                        version: Version(2),
+                        tokens: (*saved).clone(),
+                    }))),
+                    2 => {
+                        foreign_conflict = true;
+                        Ok(SaveOutcome::Conflict(Some(Stored {
+                            version: Version(9),
+                            tokens: foreign.clone(),
+                        })))
+                    }
+                    _ => Err(err()),
+                })
+            }
+            Effect::Clear { .. } => {
+                Feedback::Cleared(if pick(2) == 0 { Ok(true) } else { Err(err()) })
+            }
+            Effect::Release { .. } => {
+                releases += 1;
+                assert!(releases <= 1, "released twice");
+                assert!(!plan.owes_save(), "released while a save is owed");
+                Feedback::Released
+            }
+            _ => Feedback::Ack,
+        };
+    }
+    panic!("the plan did not finish after the store healed");
 }

@@ -43,3 +43,8 @@ fn machine_corpus() {
 fn www_authenticate_corpus() {
     assert!(replay("www_authenticate", drivers::www_authenticate) >= 3);
 }
+
+#[test]
+fn flight_corpus() {
+    assert!(replay("flight", drivers::flight) >= 3);
+}
