@@ -786,11 +786,8 @@ impl Driver {
             if self.script.cancel_at == Some(self.steps) && !obs.cancelled {
                 plan.cancel();
                 obs.cancelled = true;
-                // A cancelled plan ignores the answer in hand: if that answer said the lease is
-                // lost, the plan still gives it back (the store ignores a stale lease id).
-                if let Feedback::Renewed(Ok(false)) = feedback {
-                    obs.lease = plan.lease().cloned();
-                }
+                // A cancelled plan still reads the answer in hand for its lease: a lease just
+                // acquired is released, one the store says is lost is not.
             }
         }
     }

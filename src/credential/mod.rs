@@ -6,6 +6,7 @@
 //! - `future`: [`TokenFuture`], the hot path and the slow path;
 //! - `builder`: [`CredentialBuilder`];
 //! - `engine`: feeds the machine, publishes, applies what flights report;
+//! - `report`: applies what a flight reports;
 //! - `driver`: the worker that interprets a [`flight::Plan`](crate::flight::Plan)'s effects;
 //! - `store_io`: every store and refresher call, with its timeout and panic shield;
 //! - `cell`: the rendezvous between a flight and its waiters.
@@ -16,6 +17,7 @@ mod driver;
 mod engine;
 mod future;
 mod handle;
+mod report;
 mod store_io;
 
 use std::fmt;
