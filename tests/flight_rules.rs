@@ -541,3 +541,53 @@ async fn a_store_without_renew_lease_is_reported() {
     assert_eq!(c.token().await.unwrap().secret(), "access-1");
     assert_eq!(log.count(|e| matches!(e, Event::LeaseLost { .. })), 1);
 }
+
+/// Defect 3, the later flight: a flight that starts while a rotated set is unsaved and then
+/// fails transiently does not give the lease back; the owed save goes on and lands.
+#[tokio::test]
+async fn a_later_failing_flight_keeps_the_lease_of_an_unsaved_set() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = FlakyStore::new(memory(&clock));
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    let mut events = c.subscribe();
+    store.set_failing(true);
+    let t = c.token().await.unwrap();
+    assert_eq!(t.secret(), "access-1");
+    wait_for(&mut events, "persist failed", |e| {
+        matches!(e, Event::PersistFailed { .. })
+    })
+    .await;
+    // A 401 forces a refresh, which the provider answers with a 503.
+    provider.script([Answer::Fail(RefreshError::transient("HTTP 503"))]);
+    assert!(c.invalidate(&t));
+    wait_for(&mut events, "the later flight failed", |e| {
+        matches!(e, Event::RefreshFailed { .. })
+    })
+    .await;
+    settle().await;
+    let other = store.inner.try_lease(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(other, LeaseOutcome::Held, "the lease was given back early");
+    assert!(c.status().persist_pending);
+    store.set_failing(false);
+    for _ in 0..20 {
+        if !c.status().persist_pending {
+            break;
+        }
+        clock.advance(Duration::from_secs(20));
+        settle().await;
+    }
+    assert!(!c.status().persist_pending);
+    assert_eq!(stored_rt(&store.inner).as_deref(), Some("refresh-1"));
+    assert_eq!(
+        provider.presented(),
+        [Some("refresh-0".into()), Some("refresh-1".into())]
+    );
+}
