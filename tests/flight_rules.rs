@@ -573,7 +573,11 @@ async fn a_later_failing_flight_keeps_the_lease_of_an_unsaved_set() {
     })
     .await;
     settle().await;
-    let other = store.inner.try_lease(Duration::from_secs(60)).await.unwrap();
+    let other = store
+        .inner
+        .try_lease(Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(other, LeaseOutcome::Held, "the lease was given back early");
     assert!(c.status().persist_pending);
     store.set_failing(false);

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::engine::{self, After, Core, Inner};
 use super::handle::Snapshot;
-use super::{store_io, Credential};
+use super::{driver, store_io, Credential};
 use crate::error::Error;
 use crate::event::{Event, Listeners};
 use crate::machine::{Grant, Input};
@@ -190,6 +190,7 @@ impl CredentialBuilder {
             listeners: Listeners::default(),
             timer: Mutex::new(None),
             name: self.name.into(),
+            spawn_job: driver::spawn,
         });
         let limit = inner.policy.store_timeout();
         let stored = match &inner.store {

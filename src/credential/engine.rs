@@ -41,6 +41,9 @@ pub(crate) struct Inner {
     pub(crate) listeners: Listeners,
     pub(crate) timer: Mutex<Option<mpsc::UnboundedSender<()>>>,
     pub(crate) name: Arc<str>,
+    /// Starts the worker for a flight (the driver's entry point, given by the builder so that
+    /// this module does not depend on the driver, which depends on it).
+    pub(crate) spawn_job: fn(&Arc<Inner>, Job),
 }
 
 /// The one refresh worker of a credential: idle, or running plans one after another.
@@ -143,7 +146,7 @@ impl Inner {
     /// wakes waiters, then emits.
     pub(crate) fn run_after(self: &Arc<Self>, after: After) {
         if let Some(job) = after.spawn {
-            super::driver::spawn(self, job);
+            (self.spawn_job)(self, job);
         }
         for cell in after.complete {
             cell.complete();

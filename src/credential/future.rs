@@ -10,7 +10,6 @@ use futures::future::{select, Either};
 
 use super::engine::{Inner, Step};
 use super::handle::Token;
-use super::Credential;
 use crate::error::Error;
 use crate::event::Event;
 use crate::refresher::RefreshError;
@@ -18,14 +17,14 @@ use crate::refresher::RefreshError;
 /// How many times one caller follows a finished refresh with another before giving up.
 const MAX_ROUNDS: u32 = 4;
 
-/// The future returned by [`Credential::token`].
+/// The future returned by [`Credential::token`](crate::Credential::token).
 ///
 /// Its first poll serves a fresh token without locks or allocation; only when that is not
 /// possible does it box the engine's slow path (joining or starting a refresh), so the future
 /// itself stays two words and is cheap to create, move and drop.
 #[must_use = "futures do nothing unless polled"]
 pub struct TokenFuture<'a> {
-    pub(super) credential: &'a Credential,
+    pub(super) inner: &'a Arc<Inner>,
     pub(super) slow: Option<SlowPath<'a>>,
 }
 
@@ -39,10 +38,10 @@ impl Future for TokenFuture<'_> {
         if let Some(slow) = self.slow.as_mut() {
             return slow.as_mut().poll(cx);
         }
-        if let Some(token) = self.credential.try_token() {
+        if let Some(token) = self.inner.try_fast() {
             return Poll::Ready(Ok(token));
         }
-        let mut slow: SlowPath<'_> = Box::pin(self.credential.inner.token_slow());
+        let mut slow: SlowPath<'_> = Box::pin(self.inner.token_slow());
         let poll = slow.as_mut().poll(cx);
         if poll.is_pending() {
             self.slow = Some(slow);

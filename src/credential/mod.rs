@@ -119,7 +119,7 @@ impl Credential {
     /// See the [type-level example](Credential#examples).
     pub fn token(&self) -> TokenFuture<'_> {
         TokenFuture {
-            credential: self,
+            inner: &self.inner,
             slow: None,
         }
     }
@@ -147,8 +147,7 @@ impl Credential {
     /// ```
     #[inline]
     pub fn try_token(&self) -> Option<Token> {
-        let snap = self.inner.published.load();
-        (self.inner.rt.now() < snap.fast_until).then_some(Token { snap })
+        self.inner.try_fast()
     }
 
     /// Reports that a resource server rejected `token` (HTTP 401). If it is still the current
@@ -388,5 +387,52 @@ impl Inner {
             crate::store::StoreErrorKind::Io,
             "the store kept changing under the login's write",
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::refresher::RefreshError;
+    use crate::runtime::{ManualClock, Runtime};
+
+    fn is_send_sync<T: Send + Sync>(_: &T) {}
+    fn is_send<T: Send>(_: &T) {}
+
+    fn credential(clock: &ManualClock) -> Credential {
+        futures::executor::block_on(
+            Credential::builder(crate::refresher_fn(|_| async {
+                Err(RefreshError::transient("unused"))
+            }))
+            .runtime(Runtime::manual(clock))
+            .build(),
+        )
+        .expect("builds")
+    }
+
+    /// Tokens and `token()` futures cross threads: hosts hold a token across their own I/O and
+    /// spawn callers on multi-threaded executors.
+    #[test]
+    fn tokens_and_futures_are_send() {
+        let clock = ManualClock::new();
+        let c = credential(&clock);
+        is_send_sync(&c);
+        let fut = c.token();
+        is_send(&fut);
+        drop(fut);
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<Token>();
+    }
+
+    /// A caller waiting for a refresh holds the two-word `TokenFuture` plus the boxed slow
+    /// path; together they stay within the 256-byte budget.
+    #[test]
+    fn a_waiting_token_future_is_small() {
+        let clock = ManualClock::new();
+        let c = credential(&clock);
+        let inline = std::mem::size_of::<TokenFuture<'_>>();
+        let boxed = std::mem::size_of_val(&c.inner.token_slow());
+        println!("waiting token(): {inline} B inline + {boxed} B boxed");
+        assert!(inline + boxed <= 256, "{inline} + {boxed} bytes");
     }
 }
