@@ -531,6 +531,56 @@ impl Machine {
         next
     }
 
+    /// The next instant at which a [`Input::Tick`] could start a refresh without a caller: the
+    /// refresh point in eager mode, the end of a backoff after an ambiguous answer, the
+    /// keep-alive point. `None` when time alone will start nothing. The shell's timer sleeps
+    /// until then (phase changes such as `Fresh` → `RefreshDue` need no tick: they are observed
+    /// with the next input).
+    ///
+    /// ```
+    /// # use keepfresh::machine::{Grant, Input, Machine};
+    /// # use keepfresh::runtime::MonoTime;
+    /// # use keepfresh::RefreshPolicy;
+    /// # use std::time::Duration;
+    /// let lazy = RefreshPolicy::builder().keep_alive(None).build().unwrap();
+    /// let mut m = Machine::new(lazy);
+    /// m.handle(Input::Authorize { now: MonoTime::ZERO, grant: Grant::new(MonoTime::ZERO, Duration::from_secs(100), true) });
+    /// assert_eq!(m.next_tick(MonoTime::ZERO), None);
+    /// let mut m = Machine::new(RefreshPolicy::builder().eager(true).build().unwrap());
+    /// m.handle(Input::Authorize { now: MonoTime::ZERO, grant: Grant::new(MonoTime::ZERO, Duration::from_secs(100), true) });
+    /// assert_eq!(m.next_tick(MonoTime::ZERO), Some(m.timing().unwrap().refresh_at));
+    /// ```
+    pub fn next_tick(&self, now: MonoTime) -> Option<MonoTime> {
+        if self.closed || self.reauth.is_some() {
+            return None;
+        }
+        let c = self.current.as_ref().filter(|c| c.has_refresh_token)?;
+        let mut next: Option<MonoTime> = None;
+        let mut consider = |t: MonoTime| {
+            let t = t.max(now);
+            next = Some(next.map_or(t, |n| n.min(t)));
+        };
+        let backoff_end = self.backoff.map(|b| b.until);
+        if self.policy.eager() {
+            consider(
+                c.timing
+                    .refresh_at
+                    .max(backoff_end.unwrap_or(MonoTime::ZERO)),
+            );
+        }
+        if let (true, Some(end)) = (self.after_ambiguous, backoff_end) {
+            consider(end);
+        }
+        if let Some(k) = self.policy.keep_alive() {
+            consider(
+                c.installed
+                    .saturating_add(k)
+                    .max(backoff_end.unwrap_or(MonoTime::ZERO)),
+            );
+        }
+        next.filter(|t| *t > now || self.flight.is_none())
+    }
+
     /// Takes the phase changes recorded since the last call.
     ///
     /// ```

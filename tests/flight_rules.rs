@@ -308,6 +308,7 @@ async fn a_refresh_task_that_never_runs_fails_the_flight() {
 
 /// `invalidate()` from a thread outside tokio, with the default runtime, neither panics nor
 /// loses the refresh.
+#[cfg(feature = "tokio")]
 #[test]
 fn invalidate_from_a_plain_thread() {
     let tokio_rt = tokio::runtime::Builder::new_multi_thread()

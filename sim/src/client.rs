@@ -6,11 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keepfresh::oauth::{parse_retry_after, parse_token_response, HttpAnswer};
-use keepfresh::runtime::Clock;
 use keepfresh::{RefreshError, RefreshRequest, Refresher, TokenResponse};
 use parking_lot::Mutex;
 
-use crate::exec::{ExecHandle, SimClock};
+use crate::exec::ExecHandle;
 use crate::provider::{Answer, CallOutcome};
 use crate::world::State;
 
@@ -18,7 +17,6 @@ use crate::world::State;
 pub struct ProviderClient {
     pub(crate) state: Arc<Mutex<State>>,
     pub(crate) exec: ExecHandle,
-    pub(crate) clock: SimClock,
     pub(crate) cred: usize,
     pub(crate) proc: usize,
 }
@@ -232,10 +230,17 @@ impl Refresher for ProviderClient {
         };
         self.exec.sleep(latency / 2).await;
         guard.committed = None;
+        // An HTTP-date `Retry-After` is read against the provider's `Date` header, as
+        // `keepfresh::oauth::HttpRefresher` does: the client's own wall clock may be skewed or
+        // stepped, and a date read against it can look hours away.
+        let server_date = {
+            let s = self.state.lock();
+            s.provider.wall(self.exec.now())
+        };
         let parsed_retry = answer
             .retry_after
             .as_deref()
-            .and_then(|v| parse_retry_after(v, self.clock.wall()));
+            .and_then(|v| parse_retry_after(v, server_date));
         let result = parse_token_response(HttpAnswer {
             status: answer.status,
             content_type: Some(answer.content_type),

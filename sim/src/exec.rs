@@ -1123,6 +1123,12 @@ impl Clock for SimClock {
     fn counts_suspend(&self) -> bool {
         self.trusted
     }
+    #[inline]
+    fn wall_unix_nanos(&self) -> i128 {
+        i128::from(WALL_EPOCH_UNIX) * 1_000_000_000
+            + i128::from(self.shared.now())
+            + i128::from(self.wall_offset.load(Ordering::Relaxed))
+    }
 }
 
 struct SimTimer {

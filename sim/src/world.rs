@@ -1496,7 +1496,6 @@ fn start_process(w: &Arc<Shared>, i: usize) {
             w2.exec
                 .monotonic_only_runtime(group, p.offset.clone(), p.host.clone())
         };
-        let clock = w2.exec.clock(p.offset.clone());
         let store: Arc<dyn TokenStore> = Arc::new(FaultyStore {
             inner: w2.stores[p.cred].clone(),
             state: w2.state.clone(),
@@ -1508,7 +1507,6 @@ fn start_process(w: &Arc<Shared>, i: usize) {
         let refresher = Arc::new(ProviderClient {
             state: w2.state.clone(),
             exec: w2.exec.clone(),
-            clock,
             cred: p.cred,
             proc: i,
         });

@@ -190,3 +190,14 @@ fn sharded_fleet_checks_every_shard() {
         .expect("a refresh in any shard breaks a zero-call budget");
     assert!(f.message.starts_with("shard 0 "), "{}", f.message);
 }
+
+/// Found by the fresh-seed sweep from 9,100,000: a process whose wall clock had been stepped
+/// back 34 minutes read the provider's HTTP-date `Retry-After` against its own clock, so a
+/// 5-minute delay looked like 34 and the credential was still backing off when the liveness
+/// probe came. The simulated HTTP client now reads the date against the provider's `Date`, as
+/// `oauth::HttpRefresher` does.
+#[test]
+fn swarm_regression_http_date_retry_after_read_against_the_server_date() {
+    check("swarm", 9_100_109);
+    check("swarm", 9_100_631);
+}

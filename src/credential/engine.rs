@@ -388,6 +388,10 @@ pub(crate) async fn timer_loop(
     rt: Runtime,
     mut nudges: mpsc::UnboundedReceiver<()>,
 ) {
+    // The sleep in progress and its deadline. A nudge (the machine changed) keeps it when it
+    // fires no later than the new deadline: waking early is harmless (the tick re-checks), and
+    // keeping it spares the timer one entry per refresh.
+    let mut current: Option<(MonoTime, futures::future::BoxFuture<'static, ()>)> = None;
     loop {
         let deadline = {
             let Some(inner) = weak.upgrade() else { return };
@@ -396,21 +400,28 @@ pub(crate) async fn timer_loop(
             if core.closed {
                 return;
             }
-            core.machine.next_deadline(now)
+            core.machine.next_tick(now)
         };
-        match deadline {
-            Some(at) => {
-                if let Either::Right((None, _)) = select(rt.sleep_until(at), nudges.next()).await {
-                    return;
+        match (deadline, &current) {
+            (Some(d), Some((at, _))) if *at <= d => {}
+            (Some(d), _) => current = Some((d, rt.sleep_until(d))),
+            (None, _) => {}
+        }
+        match current.as_mut() {
+            Some((_, sleep)) => match select(sleep, nudges.next()).await {
+                Either::Left(_) => {
+                    current = None;
+                    let Some(inner) = weak.upgrade() else { return };
+                    inner.tick();
                 }
-            }
+                Either::Right((None, _)) => return,
+                Either::Right((Some(()), _)) => {}
+            },
             None => {
                 if nudges.next().await.is_none() {
                     return;
                 }
             }
         }
-        let Some(inner) = weak.upgrade() else { return };
-        inner.tick();
     }
 }

@@ -9,7 +9,7 @@
 //!
 //! - **fail closed**: with a store that offers leases, the provider is called only after the
 //!   lease was taken and the store re-read successfully; a lease or load error is a transient
-//!   failure ([`RefreshPolicy::fail_open`] switches this off);
+//!   failure ([`RefreshPolicy::fail_open`](crate::RefreshPolicy::fail_open) switches this off);
 //! - **adopt**: a set in the store that is not the one this flight started from was written by
 //!   another process (or a login) and is adopted instead of refreshing;
 //! - **persist, then publish**: a new set is reported only after its first save attempt;

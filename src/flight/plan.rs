@@ -52,7 +52,7 @@ pub(super) enum Saving {
     Owed,
 }
 
-/// One refresh flight as a pure state machine. See the [module docs](self).
+/// One refresh flight as a pure state machine. See the [module docs](crate::flight).
 #[derive(Clone)]
 pub struct Plan {
     pub(super) policy: Arc<RefreshPolicy>,
@@ -94,7 +94,7 @@ impl fmt::Debug for Plan {
 impl Plan {
     /// A plan for `start` under `policy`; `has_store` says whether a store is configured.
     ///
-    /// See the [module example](self).
+    /// See the [module example](crate::flight).
     pub fn new(policy: Arc<RefreshPolicy>, has_store: bool, start: Start) -> Self {
         let lease = start.carried.as_ref().and_then(|c| c.lease.clone());
         let owed = start.carried.as_ref().and_then(|c| c.owed.clone());
@@ -251,7 +251,7 @@ impl Plan {
     /// effect. Feedback that does not fit the stage is treated as a failure of that stage;
     /// the plan never panics.
     ///
-    /// See the [module example](self).
+    /// See the [module example](crate::flight).
     pub fn step(&mut self, now: MonoTime, feedback: Feedback) -> Effect {
         self.now = self.now.max(now);
         if let Feedback::Ack = feedback {

@@ -163,6 +163,13 @@ pub trait Clock: Send + Sync + 'static {
     fn counts_suspend(&self) -> bool {
         false
     }
+
+    /// The wall clock as nanoseconds since the Unix epoch; what the [`Runtime`] reads to correct
+    /// a clock that does not count suspend. The default converts [`wall`](Clock::wall); a clock
+    /// that has the number at hand can answer more cheaply.
+    fn wall_unix_nanos(&self) -> i128 {
+        self.wall().unix_timestamp_nanos()
+    }
 }
 
 /// A timer: a future that completes at a monotonic deadline of the same runtime's [`Clock`].
@@ -209,14 +216,14 @@ pub struct Runtime {
 /// Time the wall clock ran ahead of a monotonic clock that stops during suspend.
 struct SuspendGap {
     mono0: MonoTime,
-    wall0: OffsetDateTime,
+    wall0: i128,
     /// The largest excess of wall-clock progress over monotonic progress seen, in nanoseconds.
     gap: AtomicU64,
 }
 
 impl SuspendGap {
-    fn correct(&self, mono: MonoTime, wall: OffsetDateTime) -> MonoTime {
-        let wall_ns = (wall - self.wall0).whole_nanoseconds();
+    fn correct(&self, mono: MonoTime, wall_unix_nanos: i128) -> MonoTime {
+        let wall_ns = wall_unix_nanos - self.wall0;
         let mono_ns = i128::from(mono.as_nanos()) - i128::from(self.mono0.as_nanos());
         let excess = u64::try_from((wall_ns - mono_ns).max(0)).unwrap_or(u64::MAX);
         let seen = self.gap.load(Ordering::Relaxed);
@@ -241,7 +248,7 @@ impl Runtime {
         let gap = (!clock.counts_suspend()).then(|| {
             Arc::new(SuspendGap {
                 mono0: clock.monotonic(),
-                wall0: clock.wall(),
+                wall0: clock.wall_unix_nanos(),
                 gap: AtomicU64::new(0),
             })
         });
@@ -272,7 +279,7 @@ impl Runtime {
         let mono = self.clock.monotonic();
         match &self.gap {
             None => mono,
-            Some(gap) => gap.correct(mono, self.clock.wall()),
+            Some(gap) => gap.correct(mono, self.clock.wall_unix_nanos()),
         }
     }
 

@@ -67,6 +67,7 @@ pub(crate) fn now() -> MonoTime {
 /// The `Instant` at which a timer for `deadline` should fire: now plus what remains. A timer
 /// that spans a suspend fires late (timers follow `Instant`); deadlines are re-checked against
 /// [`now`] when it fires.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
 pub(crate) fn instant_for(deadline: MonoTime) -> Instant {
     Instant::now() + deadline.saturating_duration_since(now())
 }
