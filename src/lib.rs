@@ -10,7 +10,8 @@
 //! although the token in hand is still valid. keepfresh's [`Credential`] does none of that:
 //!
 //! - **single-flight**: one refresh per token generation however many callers, sharing its
-//!   outcome, error included; across processes through the store's lease;
+//!   outcome, error included; across processes through the store's lease, failing closed when
+//!   the store cannot grant it;
 //! - **refresh-ahead** at a jittered point of the lifetime while callers keep the valid token;
 //! - **persist, then publish**: a rotated token set is saved before anyone sees it, and a
 //!   failed save is retried without ever replaying the old refresh token;
@@ -46,7 +47,10 @@
 //! ## Contents
 //! - [`machine`]: the pure, sans-IO state machine ([`Phase`], [`machine::Input`],
 //!   [`machine::Decision`]);
-//! - [`policy`]: refresh window, jitter, backoff, lifetime validation ([`RefreshPolicy`]);
+//! - [`flight`]: one refresh flight as a pure plan: lease, re-read, call, save along the
+//!   lineage, keep the lease until durable ([`flight::Plan`]);
+//! - [`policy`]: refresh window, jitter, backoff, lifetime validation, timeouts and their
+//!   relations ([`RefreshPolicy`]);
 //! - [`Credential`]: the concurrent shell;
 //! - [`Refresher`], [`RefreshError`], [`ErrorClass`]: how tokens are obtained;
 //! - [`store`]: [`TokenStore`](store::TokenStore) with versions, compare-and-swap and leases;

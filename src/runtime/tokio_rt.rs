@@ -15,13 +15,18 @@ use futures::future::BoxFuture;
 #[derive(Clone, Debug)]
 pub struct TokioExecutor {
     handle: Option<tokio::runtime::Handle>,
+    /// The runtime current at each call wins over `handle` (which was only captured at build).
+    prefer_current: bool,
 }
 
 impl TokioExecutor {
     fn handle(&self) -> Option<tokio::runtime::Handle> {
-        self.handle
-            .clone()
-            .or_else(|| tokio::runtime::Handle::try_current().ok())
+        let current = || tokio::runtime::Handle::try_current().ok();
+        if self.prefer_current {
+            current().or_else(|| self.handle.clone())
+        } else {
+            self.handle.clone().or_else(current)
+        }
     }
 }
 
@@ -51,9 +56,9 @@ impl Spawn for TokioExecutor {
 }
 
 impl Runtime {
-    /// The system clocks with tokio timers and tokio spawning: on the tokio runtime current
-    /// when this is called (usually while building a credential inside async code), else on
-    /// the one current at each timer or spawn. Requires the `tokio` feature; the tokio runtime
+    /// The system clocks with tokio timers and tokio spawning: on the tokio runtime current at
+    /// each timer or spawn, else (from a thread outside any runtime) on the one that was current
+    /// when this was called — usually while building the credential inside async code. Requires the `tokio` feature; the tokio runtime
     /// needs its time driver enabled (`enable_time()` or `#[tokio::main]`).
     ///
     /// ```
@@ -67,13 +72,20 @@ impl Runtime {
     /// ```
     pub fn tokio() -> Runtime {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            return Runtime::tokio_with_handle(handle);
+            let exec = Arc::new(TokioExecutor {
+                handle: Some(handle),
+                prefer_current: true,
+            });
+            return Runtime::new(Arc::new(SystemClock), exec.clone(), exec);
         }
         // One shared instance for use outside a runtime.
         static SHARED: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
         SHARED
             .get_or_init(|| {
-                let exec = Arc::new(TokioExecutor { handle: None });
+                let exec = Arc::new(TokioExecutor {
+                    handle: None,
+                    prefer_current: true,
+                });
                 Runtime::new(Arc::new(SystemClock), exec.clone(), exec)
             })
             .clone()
@@ -94,6 +106,7 @@ impl Runtime {
     pub fn tokio_with_handle(handle: tokio::runtime::Handle) -> Runtime {
         let exec = Arc::new(TokioExecutor {
             handle: Some(handle),
+            prefer_current: false,
         });
         Runtime::new(Arc::new(SystemClock), exec.clone(), exec)
     }
