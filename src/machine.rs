@@ -562,11 +562,9 @@ impl Machine {
         };
         let backoff_end = self.backoff.map(|b| b.until);
         if self.policy.eager() {
-            consider(
-                c.timing
-                    .refresh_at
-                    .max(backoff_end.unwrap_or(MonoTime::ZERO)),
-            );
+            // A rejected token is due at once (after any backoff).
+            let due = if c.rejected { now } else { c.timing.refresh_at };
+            consider(due.max(backoff_end.unwrap_or(MonoTime::ZERO)));
         }
         if let (true, Some(end)) = (self.after_ambiguous, backoff_end) {
             consider(end);

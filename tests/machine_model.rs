@@ -816,6 +816,7 @@ impl Harness {
         }
         self.compare(op);
         self.check_fast_path();
+        self.check_next_tick();
     }
 
     /// Every observable of the machine against the model.
@@ -870,6 +871,43 @@ impl Harness {
             let d = probe.handle(Input::Demand { now: at });
             assert_eq!(d.action, Action::Serve, "fast path disagrees at {at:?}");
             assert!(d.start_refresh.is_none(), "fast path skips a due refresh");
+        }
+    }
+}
+
+impl Harness {
+    /// The shell's timer sleeps until `next_tick`: no tick before it may start a refresh (the
+    /// timer would miss it), probed at every landmark between now and ten days on.
+    fn check_next_tick(&self) {
+        let now = self.now;
+        let next = self.machine.next_tick(now);
+        let mut probes = vec![now, now.saturating_add(Duration::from_secs(10 * 86_400))];
+        if let Some(t) = &self.model.tok {
+            probes.extend([
+                t.timing.refresh_at,
+                t.timing.usable_until,
+                t.timing.expires_at,
+            ]);
+        }
+        if let Some(b) = self.model.backoff {
+            probes.push(b.until);
+        }
+        if let Some(d) = self.machine.next_deadline(now) {
+            probes.push(d);
+        }
+        if let Some(n) = next {
+            probes.push(MonoTime::from_nanos(n.as_nanos().saturating_sub(1)));
+        }
+        for at in probes.into_iter().filter(|t| *t >= now) {
+            if next.is_some_and(|n| at >= n) {
+                continue;
+            }
+            let mut probe = self.machine.clone();
+            let d = probe.handle(Input::Tick { now: at });
+            assert!(
+                d.start_refresh.is_none(),
+                "a tick at {at:?} starts a refresh but the timer sleeps until {next:?} (now {now:?})"
+            );
         }
     }
 }
