@@ -389,6 +389,19 @@ impl Machine {
         self.generation
     }
 
+    /// Whether [`Input::Close`] was received: no refresh starts any more.
+    ///
+    /// ```
+    /// # use keepfresh::machine::{Input, Machine};
+    /// # use keepfresh::runtime::MonoTime;
+    /// let mut m = Machine::new(Default::default());
+    /// m.handle(Input::Close { now: MonoTime::ZERO });
+    /// assert!(m.is_closed());
+    /// ```
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
     /// The refresh in flight, if any.
     ///
     /// ```

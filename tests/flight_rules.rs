@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +12,22 @@ use keepfresh::event::Event;
 use keepfresh::runtime::{ManualClock, Runtime, Spawn};
 use keepfresh::store::{LeaseOutcome, MemoryStore, TokenStore};
 use keepfresh::{
-    refresher_fn, AccessToken, Credential, ErrorClass, Precedence, RefreshError, RefreshPolicy,
-    RefreshToken, TokenResponse, TokenSet,
+    Credential, ErrorClass, Precedence, RefreshError, RefreshPolicy, RefreshToken, TokenSet,
 };
 
 fn memory(clock: &ManualClock) -> MemoryStore {
     MemoryStore::with_clock(Arc::new(clock.clone()))
+}
+
+/// Lets the owed save's retry timer fire until the set is durable (at most 20 retries).
+async fn until_durable(c: &Credential, clock: &ManualClock) {
+    for _ in 0..20 {
+        if !c.status().persist_pending {
+            return;
+        }
+        clock.advance(Duration::from_secs(20));
+        settle().await;
+    }
 }
 
 async fn settle() {
@@ -56,11 +65,9 @@ async fn a_login_during_a_refresh_wins() {
     c.set_tokens(login).await.unwrap();
     assert_eq!(waiter.await.unwrap().unwrap(), "login-access");
     provider.release(1);
-    // Let the superseded flight finish whatever it still does.
-    for _ in 0..5 {
-        settle().await;
-        clock.advance(Duration::from_millis(10));
-    }
+    // Shutdown returns once the refresh worker is idle: the superseded flight has done
+    // whatever it still does.
+    c.shutdown().await.unwrap();
     assert_eq!(c.token().await.unwrap().secret(), "login-access");
     assert_eq!(stored_at(&store).as_deref(), Some("login-access"));
     assert_eq!(stored_rt(&store).as_deref(), Some("login-refresh"));
@@ -94,13 +101,7 @@ async fn a_save_retry_never_overwrites_a_newer_set() {
     let other = tokens(&clock, "other-access", Some("other-refresh"), 0, 3600);
     store.inner.overwrite(Some(other));
     store.set_failing(false);
-    for _ in 0..20 {
-        if !c.status().persist_pending {
-            break;
-        }
-        clock.advance(Duration::from_secs(20));
-        settle().await;
-    }
+    until_durable(&c, &clock).await;
     assert!(!c.status().persist_pending);
     assert_eq!(stored_rt(&store.inner).as_deref(), Some("other-refresh"));
     assert_eq!(c.token().await.unwrap().secret(), "other-access");
@@ -144,13 +145,7 @@ async fn the_lease_is_kept_until_the_rotated_set_is_durable() {
         .unwrap();
     assert_eq!(other, LeaseOutcome::Held, "another process got the lease");
     store.set_failing(false);
-    for _ in 0..20 {
-        if !c.status().persist_pending {
-            break;
-        }
-        clock.advance(Duration::from_secs(20));
-        settle().await;
-    }
+    until_durable(&c, &clock).await;
     assert!(!c.status().persist_pending);
     settle().await;
     let after = store
@@ -264,13 +259,7 @@ async fn panics_and_unspawnable_tasks_do_not_wedge() {
     })
     .await;
     store.set_saves_panicking(false);
-    for _ in 0..20 {
-        if !c.status().persist_pending {
-            break;
-        }
-        clock.advance(Duration::from_secs(20));
-        settle().await;
-    }
+    until_durable(&c, &clock).await;
     assert_eq!(stored_rt(&store.inner).as_deref(), Some("refresh-1"));
 }
 
@@ -311,6 +300,8 @@ async fn a_refresh_task_that_never_runs_fails_the_flight() {
 #[cfg(feature = "tokio")]
 #[test]
 fn invalidate_from_a_plain_thread() {
+    use keepfresh::{refresher_fn, AccessToken, TokenResponse};
+    use std::sync::atomic::{AtomicU32, Ordering};
     let tokio_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_time()
@@ -582,13 +573,7 @@ async fn a_later_failing_flight_keeps_the_lease_of_an_unsaved_set() {
     assert_eq!(other, LeaseOutcome::Held, "the lease was given back early");
     assert!(c.status().persist_pending);
     store.set_failing(false);
-    for _ in 0..20 {
-        if !c.status().persist_pending {
-            break;
-        }
-        clock.advance(Duration::from_secs(20));
-        settle().await;
-    }
+    until_durable(&c, &clock).await;
     assert!(!c.status().persist_pending);
     assert_eq!(stored_rt(&store.inner).as_deref(), Some("refresh-1"));
     assert_eq!(

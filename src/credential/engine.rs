@@ -86,7 +86,6 @@ pub(crate) struct Core {
     pub(crate) persist_pending: Option<u64>,
     pub(crate) rng: JitterRng,
     pub(crate) published_key: (u64, MonoTime),
-    pub(crate) closed: bool,
 }
 
 impl Core {
@@ -103,7 +102,6 @@ impl Core {
             persist_pending: None,
             rng: policy.rng(),
             published_key: (u64::MAX, MonoTime::ZERO),
-            closed: false,
         }
     }
 }
@@ -203,7 +201,7 @@ impl Inner {
 
     /// Starts the timer task unless it runs (or the credential is shut down).
     pub(crate) fn start_timer(self: &Arc<Self>) {
-        if self.core.lock().closed {
+        if self.core.lock().machine.is_closed() {
             return;
         }
         let mut timer = self.timer.lock();
@@ -357,7 +355,7 @@ pub(crate) fn refusal_error(core: &Core, refusal: Refusal) -> Error {
                 .unwrap_or_else(|| RefreshError::new(last_error, "refresh failed"));
             Error::refresh(error, Some(until))
         }
-        _ => Error::closed(),
+        Refusal::Closed => Error::closed(),
     }
 }
 
@@ -397,7 +395,7 @@ pub(crate) async fn timer_loop(
             let Some(inner) = weak.upgrade() else { return };
             let now = rt.now();
             let core = inner.core.lock();
-            if core.closed {
+            if core.machine.is_closed() {
                 return;
             }
             core.machine.next_tick(now)

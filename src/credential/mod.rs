@@ -220,7 +220,7 @@ impl Credential {
             refresh_token: engine::current_refresh_token(&core).map(|r| r.fingerprint()),
             persist_pending: core.persist_pending.is_some(),
             store_version: core.version,
-            closed: core.closed,
+            closed: core.machine.is_closed(),
         }
     }
 
@@ -314,7 +314,6 @@ impl Credential {
         let mut after = After::default();
         let idle = {
             let mut core = self.inner.core.lock();
-            core.closed = true;
             let now = self.inner.rt.now();
             self.inner.feed(&mut core, Input::Close { now }, &mut after);
             match &core.driver {
@@ -327,7 +326,7 @@ impl Credential {
         self.inner.timer.lock().take();
         if let Some(idle) = idle {
             let limit = self.inner.policy.lease_ttl();
-            let _ = store_io_timeout(&self.inner, limit, idle.wait()).await;
+            let _ = store_io::timeout(&self.inner.rt, limit, idle.wait()).await;
         }
         let core = self.inner.core.lock();
         if core.persist_pending.is_some() {
@@ -338,14 +337,6 @@ impl Credential {
         }
         Ok(())
     }
-}
-
-async fn store_io_timeout<F: std::future::Future>(
-    inner: &Inner,
-    limit: std::time::Duration,
-    fut: F,
-) -> Option<F::Output> {
-    store_io::timeout(&inner.rt, limit, fut).await
 }
 
 impl fmt::Debug for Credential {

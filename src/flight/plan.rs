@@ -4,7 +4,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::rules::failed;
 use super::{Carry, Effect, Feedback, Report, Start};
 use crate::machine::FlightId;
 use crate::policy::{JitterRng, RefreshPolicy};
@@ -317,16 +316,16 @@ impl Plan {
                     } else {
                         // Our own older set (its successor's save is owed) or a set without a
                         // refresh token: dead too, and neither adopted nor cleared.
-                        self.finish_with(failed(error, None, false))
+                        self.fail(error)
                     }
                 }
-                _ => self.finish_with(failed(error, None, false)),
+                _ => self.fail(error),
             },
             Stage::Clearing { error } => {
                 if let Feedback::Cleared(Ok(true)) = feedback {
                     self.outbox.push_back(Report::Cleared);
                 }
-                self.finish_with(failed(error, None, false))
+                self.fail(error)
             }
             Stage::RetryWait => {
                 if self.lease.is_some() {

@@ -64,31 +64,23 @@ impl Plan {
                 self.stage = Stage::PollLoad;
                 Effect::Load
             }
-            Feedback::Lease(Err(e)) if !self.policy.fail_open() => self.finish_with(failed(
+            Feedback::Lease(Err(e)) if !self.policy.fail_open() => self.fail(
                 RefreshError::transient(format!("the store's refresh lease failed: {e}")),
-                None,
-                false,
-            )),
+            ),
             Feedback::Lease(Err(_)) => {
                 self.stage = Stage::Reread;
                 Effect::Load
             }
-            _ => self.finish_with(failed(
-                RefreshError::transient("unexpected answer to a lease request"),
-                None,
-                false,
+            _ => self.fail(RefreshError::transient(
+                "unexpected answer to a lease request",
             )),
         }
     }
 
     pub(super) fn poll_sleep(&mut self, now: MonoTime) -> Effect {
         if now >= self.give_up {
-            return self.finish_with(failed(
-                RefreshError::transient(
-                    "another process holds the refresh lease and produced no tokens in time",
-                ),
-                None,
-                false,
+            return self.fail(RefreshError::transient(
+                "another process holds the refresh lease and produced no tokens in time",
             ));
         }
         // The holder usually finishes within one provider round trip: poll soon, then less and
@@ -119,22 +111,12 @@ impl Plan {
             }
             Feedback::Loaded(Err(e)) => {
                 if !self.policy.fail_open() {
-                    return self.finish_with(failed(
-                        RefreshError::transient(format!(
-                            "the store could not be re-read before refreshing: {e}"
-                        )),
-                        None,
-                        false,
-                    ));
+                    return self.fail(RefreshError::transient(format!(
+                        "the store could not be re-read before refreshing: {e}"
+                    )));
                 }
             }
-            _ => {
-                return self.finish_with(failed(
-                    RefreshError::transient("unexpected answer to a store read"),
-                    None,
-                    false,
-                ))
-            }
+            _ => return self.fail(RefreshError::transient("unexpected answer to a store read")),
         }
         self.stage = Stage::Calling;
         Effect::Call(self.request())
@@ -147,10 +129,8 @@ impl Plan {
             issued_wall,
         } = feedback
         else {
-            return self.finish_with(failed(
-                RefreshError::ambiguous("the provider call produced no answer"),
-                None,
-                false,
+            return self.fail(RefreshError::ambiguous(
+                "the provider call produced no answer",
             ));
         };
         match result {
@@ -161,7 +141,7 @@ impl Plan {
                 self.stage = Stage::InvalidGrantLoad { error };
                 Effect::Load
             }
-            Err(error) => self.finish_with(failed(error, None, false)),
+            Err(error) => self.fail(error),
         }
     }
 
@@ -222,10 +202,8 @@ impl Plan {
             .ok()
             .and_then(|l| issued_wall.checked_add(l));
         let Some(expires_at) = expires_at else {
-            return self.finish_with(failed(
-                RefreshError::transient("the token's expiry is out of the calendar's range"),
-                None,
-                false,
+            return self.fail(RefreshError::transient(
+                "the token's expiry is out of the calendar's range",
             ));
         };
         let mut set = TokenSet::new(access, refresh_token, issued_wall, expires_at);
@@ -427,6 +405,11 @@ impl Plan {
             }
         }
         self.finish()
+    }
+
+    /// Ends the flight with a failure (no kept set).
+    pub(super) fn fail(&mut self, error: RefreshError) -> Effect {
+        self.finish_with(failed(error, None, false))
     }
 
     pub(super) fn finish_with(&mut self, report: Report) -> Effect {
