@@ -160,11 +160,16 @@ async fn run_plan(inner: &Arc<Inner>, job: &Job, mut plan: Plan) -> Option<(Job,
                     Driver::Busy { wake, .. } if plan.can_hand_over() => Some(wake.clone()),
                     _ => None,
                 };
-                match wake {
-                    Some(wake) => {
-                        let _ = select(rt.sleep_until(until), wake.wait()).await;
+                let sleep = rt.sleep_until(until);
+                match (wake, inner.store.as_ref()) {
+                    (Some(wake), _) => {
+                        let _ = select(sleep, wake.wait()).await;
                     }
-                    None => rt.sleep_until(until).await,
+                    (None, Some(store)) if plan.is_polling_lease() => {
+                        let changed = std::pin::pin!(store_io::watch(store.as_ref()));
+                        let _ = select(sleep, changed).await;
+                    }
+                    (None, _) => sleep.await,
                 }
                 if let Some(next) = take_over(inner, &mut plan) {
                     return Some(next);

@@ -43,6 +43,15 @@ pub(crate) async fn store_op<T>(
     }
 }
 
+/// Resolves when the store reports a change; never when it fails or panics (the caller's poll
+/// sleep then runs its full length).
+pub(crate) async fn watch(store: &dyn crate::store::TokenStore) {
+    match AssertUnwindSafe(store.changed()).catch_unwind().await {
+        Ok(Ok(())) => {}
+        Ok(Err(_)) | Err(_) => futures::future::pending::<()>().await,
+    }
+}
+
 /// What a provider call produced.
 pub(crate) enum Called {
     Answer(Result<TokenResponse, RefreshError>),

@@ -197,6 +197,21 @@ impl Plan {
         self.stage == Stage::RetryWait && self.outbox.is_empty() && self.held.is_none()
     }
 
+    /// Whether the plan is sleeping between polls of a lease another holder has: a store that
+    /// can tell when it changes ([`TokenStore::changed`](crate::store::TokenStore::changed))
+    /// may cut that sleep short. Other sleeps (backoff before a save is retried) run their
+    /// full length.
+    ///
+    /// ```
+    /// # use keepfresh::flight::{Plan, Start};
+    /// # use keepfresh::{machine::FlightId, runtime::MonoTime};
+    /// let p = Plan::new(Default::default(), false, Start::new(FlightId(4), MonoTime::ZERO, None, None));
+    /// assert!(!p.is_polling_lease());
+    /// ```
+    pub fn is_polling_lease(&self) -> bool {
+        self.stage == Stage::PollSleep
+    }
+
     /// Ends this plan without writing anything more and gives its lease to the next flight.
     /// `None` unless [`Plan::can_hand_over`].
     ///

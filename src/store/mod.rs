@@ -210,6 +210,21 @@ pub trait TokenStore: Send + Sync + 'static {
             "this store hands out leases but does not implement renew_lease",
         ))
     }
+
+    /// Resolves when the store's content or its lease may have changed since the call began
+    /// (another process saved, cleared or released). While another holder has the lease, the
+    /// engine races this with its poll sleep, so a waiting process is told of the new tokens
+    /// instead of finding them at its next poll. Waking without a change is allowed (the
+    /// engine re-checks); the future may be dropped at any time.
+    ///
+    /// The default never resolves: the engine then polls (10 ms doubling to 250 ms, jittered).
+    ///
+    /// # Errors
+    /// A failure to watch; the engine then sleeps its full poll interval.
+    async fn changed(&self) -> Result<(), StoreError> {
+        futures::future::pending::<()>().await;
+        Ok(())
+    }
 }
 
 #[async_trait]
@@ -235,5 +250,8 @@ impl<S: TokenStore + ?Sized> TokenStore for Arc<S> {
     }
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
         (**self).renew_lease(lease, ttl).await
+    }
+    async fn changed(&self) -> Result<(), StoreError> {
+        (**self).changed().await
     }
 }
