@@ -183,7 +183,7 @@ pub fn flight(data: &[u8]) {
     };
     let base = Arc::new(set("a0", "r0"));
     let foreign = set("x", "xr");
-    let has_store = next().map_or(true, |b| b % 8 != 0);
+    let has_store = next().is_none_or(|b| b % 8 != 0);
     let policy = RefreshPolicy::builder()
         .jitter_seed(1)
         .fail_open(next().is_some_and(|b| b % 16 == 0))

@@ -520,7 +520,7 @@ impl LoadReport {
             && self
                 .server
                 .as_ref()
-                .map_or(true, |s| s.revoked_families.is_empty() && s.replays == 0)
+                .is_none_or(|s| s.revoked_families.is_empty() && s.replays == 0)
     }
 }
 

@@ -361,12 +361,12 @@ fn sweep(a: SweepArgs) -> i32 {
     let live = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let progress = |done: u64, total: u64| {
         if !live {
-            if done == total || done % (total / 10).max(1) == 0 {
+            if done == total || done.is_multiple_of((total / 10).max(1)) {
                 eprintln!("{done}/{total} runs");
             }
             return;
         }
-        if done % 10 == 0 || done == total {
+        if done.is_multiple_of(10) || done == total {
             let width = 40;
             let filled = (done * width / total.max(1)) as usize;
             eprint!(

@@ -1,6 +1,12 @@
 //! Where token sets live between refreshes and across processes: versioned load,
 //! compare-and-swap save, and an optional lease so that only one process refreshes at a time.
 
+#[cfg(feature = "contract")]
+pub mod contract;
+#[cfg(feature = "file")]
+mod file;
+#[cfg(feature = "file")]
+mod local;
 mod memory;
 
 use std::fmt;
@@ -11,6 +17,8 @@ use async_trait::async_trait;
 
 use crate::token::TokenSet;
 
+#[cfg(feature = "file")]
+pub use file::FileStore;
 pub use memory::MemoryStore;
 
 /// A store's version stamp of its content; changes on every write.
