@@ -8,6 +8,7 @@ mod file;
 #[cfg(feature = "file")]
 mod local;
 mod memory;
+pub mod spec;
 
 use std::fmt;
 use std::sync::Arc;
