@@ -107,6 +107,7 @@ impl FileStore {
         let blob = FileBlob { path: path.clone() };
         let name = path.display().to_string();
         let local = Local::new(Box::new(blob), codec, &path, name);
+        remove_stale_temporaries(&local, &dir, &path)?;
         Ok(FileStore {
             local: Arc::new(local),
             path: path.into(),
@@ -162,6 +163,31 @@ impl TokenStore for FileStore {
         self.local.locks().changed().await;
         Ok(())
     }
+}
+
+/// Removes the temporary files of writers that died between creating and renaming theirs
+/// (`atomic-write-file` names them `.<file>.XXXXXX`). Under the write lock no writer is
+/// between those steps, so every such file is a leftover.
+fn remove_stale_temporaries(local: &Local, dir: &Path, path: &Path) -> Result<(), StoreError> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(());
+    };
+    let prefix = format!(".{name}.");
+    let _write = local.write_lock()?;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(suffix) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let is_temporary = suffix.len() == 6 && suffix.bytes().all(|b| b.is_ascii_alphanumeric());
+        if is_temporary && entry.file_type().is_ok_and(|t| t.is_file()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
 }
 
 /// The data file: read through the permission checks, replaced atomically.

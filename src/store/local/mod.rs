@@ -215,6 +215,10 @@ impl Local {
         self.locks.release(lease);
     }
 
+    pub(crate) fn write_lock(&self) -> Result<locks::WriteGuard, StoreError> {
+        self.locks.write_lock()
+    }
+
     pub(crate) fn locks(&self) -> &Locks {
         &self.locks
     }
