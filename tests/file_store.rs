@@ -1,6 +1,8 @@
 //! The file store: the store contract, permissions, bad content, and credentials of one process
 //! sharing a file. Cross-process behaviour is in `tests/processes.rs`.
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -298,4 +300,87 @@ async fn refuses_a_file_owned_by_another_user() {
     let e = FileStore::open(&path).unwrap_err();
     assert_eq!(e.kind(), StoreErrorKind::Config);
     assert!(e.to_string().contains("belongs to user 65534"), "{e}");
+}
+
+/// Several credentials of one process on one token file (as several MCP sessions of one server
+/// would be) against a provider that revokes the family on any reuse: one refresh per burst,
+/// the others adopt, and everyone ends on the newest tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_of_one_process_share_a_file_and_refresh_once() {
+    use keepfresh::Credential;
+    let dir = private_dir();
+    let path = dir.path().join("t.json");
+    let provider = common::Provider::rotating("refresh-0");
+    let now = time::OffsetDateTime::now_utc();
+    let first = TokenSet::new(
+        AccessToken::new("access-0"),
+        Some(RefreshToken::new("refresh-0")),
+        now,
+        now + time::Duration::hours(1),
+    );
+    FileStore::open(&path)
+        .unwrap()
+        .save(None, &first)
+        .await
+        .unwrap();
+    let mut credentials = Vec::new();
+    for i in 0..3 {
+        let c = Credential::builder(provider.clone())
+            .policy(
+                keepfresh::RefreshPolicy::builder()
+                    .jitter_seed(i)
+                    .build()
+                    .unwrap(),
+            )
+            .store(FileStore::open(&path).unwrap())
+            .build()
+            .await
+            .unwrap();
+        credentials.push(c);
+    }
+    let bursts = 6;
+    for burst in 0..bursts {
+        for c in &credentials {
+            let t = c.token().await.unwrap();
+            c.invalidate(&t);
+        }
+        let mut callers = tokio::task::JoinSet::new();
+        for k in 0..60 {
+            let c = credentials[k % 3].clone();
+            callers.spawn(async move { c.token().await.map(|t| t.secret().to_owned()) });
+        }
+        while let Some(r) = callers.join_next().await {
+            r.unwrap().unwrap_or_else(|e| panic!("burst {burst}: {e}"));
+        }
+    }
+    assert!(
+        !provider.revoked(),
+        "the family was revoked: {:?}",
+        provider.presented()
+    );
+    assert_eq!(
+        provider.calls(),
+        bursts,
+        "one refresh per burst: {:?}",
+        provider.presented()
+    );
+    let stored = FileStore::open(&path)
+        .unwrap()
+        .load()
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored
+            .tokens
+            .refresh_token()
+            .map(|r| r.expose_secret().to_owned()),
+        provider.live()
+    );
+    for c in &credentials {
+        assert_eq!(
+            c.token().await.unwrap().secret(),
+            stored.tokens.access_token().expose_secret()
+        );
+    }
 }
