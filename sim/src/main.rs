@@ -55,6 +55,10 @@ enum Command {
     /// Serve the mock provider alone over HTTP on a loopback port until Ctrl-C.
     #[cfg(feature = "load")]
     Serve(keepfresh_sim::http::ServeArgs),
+    /// One worker process of `load --os-processes` (started by it; not for direct use).
+    #[cfg(feature = "load")]
+    #[command(hide = true)]
+    LoadWorker(keepfresh_sim::load::processes::WorkerArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -140,6 +144,8 @@ fn main() -> ExitCode {
         Command::Load(a) => return keepfresh_sim::load::run_load(a),
         #[cfg(feature = "load")]
         Command::Serve(a) => return keepfresh_sim::http::run_serve(a),
+        #[cfg(feature = "load")]
+        Command::LoadWorker(a) => return keepfresh_sim::load::run_worker(a),
     };
     ExitCode::from(code as u8)
 }

@@ -27,6 +27,8 @@ use serde::Serialize;
 
 use crate::http::{HttpProvider, ServeConfig, ServerSummary};
 
+pub mod processes;
+
 /// Where the load goes.
 ///
 /// ```
@@ -919,6 +921,13 @@ pub struct LoadArgs {
     /// Longest wait of one caller in seconds.
     #[arg(long, default_value_t = 30)]
     pub caller_timeout: u64,
+    /// A store shared by the processes, as a spec: file:PATH, redis://HOST:PORT/KEY, … (see
+    /// keepfresh's store specs). Needed with --os-processes.
+    #[arg(long)]
+    pub store: Option<String>,
+    /// Start this many real OS processes sharing --store instead of engines in this process.
+    #[arg(long, requires = "store", conflicts_with_all = ["processes", "separate_stores", "check_resource"])]
+    pub os_processes: Option<usize>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -1021,6 +1030,13 @@ impl LoadArgs {
 /// ```
 pub fn run_load(args: LoadArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
+    if let Some(n) = args.os_processes {
+        return run_processes(&args, n);
+    }
+    if args.store.is_some() {
+        eprintln!("keepfresh-sim load: --store is for --os-processes runs");
+        return ExitCode::from(2);
+    }
     let config = match args.config() {
         Ok(c) => c,
         Err(e) => {
@@ -1058,5 +1074,72 @@ pub fn run_load(args: LoadArgs) -> std::process::ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    }
+}
+
+fn run_processes(args: &LoadArgs, n: usize) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let spec: keepfresh::store::spec::StoreSpec =
+        match args.store.as_deref().unwrap_or_default().parse() {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("keepfresh-sim load: --store: {e}");
+                return ExitCode::from(2);
+            }
+        };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keepfresh-sim load: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let report = match runtime.block_on(processes::run(args, spec, n)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keepfresh-sim load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_else(|_| "{}".into())
+        );
+    } else {
+        println!("{report}");
+    }
+    if report.healthy() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Runs one worker process of a multi-process load (the hidden `load-worker` command).
+///
+/// Exit code 0 when it ran its bursts, 2 when it could not start or lost its parent.
+pub fn run_worker(args: processes::WorkerArgs) -> std::process::ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("keepfresh-sim load-worker: cannot start the runtime: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(processes::worker(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keepfresh-sim load-worker: {e}");
+            std::process::ExitCode::from(2)
+        }
     }
 }
