@@ -39,6 +39,7 @@ enum Kind {
     Store(StoreError),
     Closed,
     Config(String),
+    UnsendableToken,
 }
 
 impl Error {
@@ -73,6 +74,10 @@ impl Error {
 
     pub(crate) fn store(error: StoreError) -> Self {
         Self::new(Kind::Store(error))
+    }
+
+    pub(crate) fn unsendable_token() -> Self {
+        Self::new(Kind::UnsendableToken)
     }
 
     #[cfg_attr(feature = "tokio", allow(dead_code))]
@@ -166,6 +171,19 @@ impl Error {
         matches!(*self.inner, Kind::Config(_))
     }
 
+    /// The access token holds a character that cannot be sent in an HTTP header (a control
+    /// character such as CR or LF, or whitespace at either end), so
+    /// [`AuthSource::auth_header`](crate::AuthSource::auth_header) refused to build a header
+    /// from it: the token endpoint misbehaved.
+    ///
+    /// ```
+    /// # let e = keepfresh::Error::not_authorized();
+    /// assert!(!e.is_unsendable_token());
+    /// ```
+    pub fn is_unsendable_token(&self) -> bool {
+        matches!(*self.inner, Kind::UnsendableToken)
+    }
+
     /// The credential was shut down and no valid token is left.
     ///
     /// ```
@@ -193,6 +211,10 @@ impl fmt::Display for Error {
             Kind::Closed => f.write_str("the credential was shut down and has no valid token"),
             Kind::Store(e) => write!(f, "{e}"),
             Kind::Config(m) => write!(f, "configuration error: {m}"),
+            Kind::UnsendableToken => f.write_str(
+                "the access token holds characters that cannot be sent in an HTTP header \
+                 (control characters or surrounding whitespace)",
+            ),
         }
     }
 }

@@ -53,6 +53,10 @@
 //!   relations ([`RefreshPolicy`]);
 //! - [`Credential`]: the concurrent shell;
 //! - [`Refresher`], [`RefreshError`], [`ErrorClass`]: how tokens are obtained;
+//! - [`ApiKey`]: a key that never expires, from an environment variable or a private `.env`
+//!   file ([`KeyHeader`]: how it is presented, [`ApiKeyError`]: why it could not be loaded);
+//! - [`AuthSource`]: the header to attach and what to do on a 401, whether the source is a
+//!   [`Credential`] or an [`ApiKey`] ([`AuthHeader`], [`Rejection`]);
 //! - [`store`]: [`TokenStore`](store::TokenStore) with versions, compare-and-swap and leases;
 //! - [`runtime`]: the clock, timer and spawner seams ([`Runtime::tokio`](runtime::Runtime::tokio),
 //!   [`ManualClock`](runtime::ManualClock));
@@ -77,6 +81,8 @@
     unreachable_pub
 )]
 
+mod apikey;
+mod auth_header;
 mod credential;
 mod error;
 pub mod event;
@@ -97,6 +103,8 @@ mod token;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+pub use apikey::{ApiKey, ApiKeyError, ApiKeyErrorKind, KeyHeader};
+pub use auth_header::{AuthHeader, AuthSource, Rejection};
 pub use credential::{Credential, CredentialBuilder, Precedence, Status, Token, TokenFuture};
 pub use error::Error;
 pub use event::Event;

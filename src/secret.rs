@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 pub struct Fingerprint([u8; 4]);
 
 impl Fingerprint {
-    fn of(bytes: &[u8]) -> Self {
+    pub(crate) fn of(bytes: &[u8]) -> Self {
         let digest = Sha256::digest(bytes);
         Fingerprint([digest[0], digest[1], digest[2], digest[3]])
     }
