@@ -6,7 +6,7 @@
 //! `cargo bench -p keepfresh-benches` runs everything; a filter argument selects benchmarks
 //! and scenarios whose name contains it (`cargo bench -p keepfresh-benches -- burst`;
 //! `-- hot_path_held` for the held-token benchmarks alone, `-- hot_path` for every hot-path
-//! benchmark).
+//! benchmark; `-- store` for store latency, `-- handoff` for the cross-process hand-off).
 //! Without `--bench` (`cargo test --benches`, or `-- --test`) every part runs once, scaled down.
 
 mod alloc;
@@ -17,6 +17,7 @@ mod hot_path;
 mod report;
 mod sizes;
 mod steady;
+mod stores;
 
 use std::time::Duration;
 
@@ -85,9 +86,13 @@ impl Args {
 }
 
 fn main() {
+    if stores::holder_main() {
+        return;
+    }
     let args = Args::parse();
     let mut criterion = Criterion::default().configure_from_args();
     hot_path::bench_all(&mut criterion);
+    stores::bench_all(&mut criterion);
     criterion.final_summary();
     if args.list {
         return;
@@ -124,6 +129,9 @@ fn main() {
     }
     if args.selects("sizes") {
         sizes::run(&mut report);
+    }
+    if args.selects("handoff") {
+        stores::run(&mut report, if args.test { 20 } else { 500 });
     }
     report.finish();
 }
