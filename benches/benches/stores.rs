@@ -140,6 +140,12 @@ pub(crate) fn holder_main() -> bool {
                         .and_then(|()| out.flush())
                         .expect("stdout");
                 }
+                "ping" => {
+                    let t = mono_ns();
+                    writeln!(out, "pong {t}")
+                        .and_then(|()| out.flush())
+                        .expect("stdout");
+                }
                 _ => return,
             }
         }
@@ -157,7 +163,7 @@ pub(crate) fn run(report: &mut Report, rounds: usize) {
         .enable_all()
         .build()
         .expect("runtime");
-    let (handoffs, round_trip, refreshes) = rt.block_on(handoff(&path, rounds));
+    let (handoffs, round_trip, wake, refreshes) = rt.block_on(handoff(&path, rounds));
     let mut sorted = handoffs.clone();
     sorted.sort();
     let p50 = percentile(&sorted, 50.0);
@@ -184,6 +190,12 @@ pub(crate) fn run(report: &mut Report, rounds: usize) {
         Target::AtMost(3.0),
     );
     report.figure(
+        "hand-off p50 in cross-process wake-ups",
+        ms(p50) / ms(wake),
+        "wakes",
+        Target::Info,
+    );
+    report.figure(
         "refreshes by the waiting process (it must adopt)",
         refreshes as f64,
         "calls",
@@ -191,7 +203,7 @@ pub(crate) fn run(report: &mut Report, rounds: usize) {
     );
 }
 
-async fn handoff(path: &Path, rounds: usize) -> (Vec<Duration>, Duration, u64) {
+async fn handoff(path: &Path, rounds: usize) -> (Vec<Duration>, Duration, Duration, u64) {
     let store = FileStore::open(path).expect("file store");
     store.save(None, &set(1)).await.expect("seed");
     // One store round trip: the median of plain loads.
@@ -234,6 +246,21 @@ async fn handoff(path: &Path, rounds: usize) -> (Vec<Duration>, Duration, u64) {
             .expect("to holder");
     };
 
+    // The floor: one message from the other process, sent and woken up for.
+    let mut wakes = Vec::with_capacity(200);
+    for _ in 0..200 {
+        say("ping");
+        let line = from_holder.next().expect("holder").expect("line");
+        let now = mono_ns();
+        let sent: u64 = line
+            .strip_prefix("pong ")
+            .and_then(|t| t.parse().ok())
+            .expect("pong <ns>");
+        wakes.push(Duration::from_nanos(now.saturating_sub(sent)));
+    }
+    wakes.sort();
+    let wake = percentile(&wakes, 50.0);
+
     let mut samples = Vec::with_capacity(rounds);
     for _ in 0..rounds {
         say("hold");
@@ -266,5 +293,5 @@ async fn handoff(path: &Path, rounds: usize) -> (Vec<Duration>, Duration, u64) {
     drop(to_holder);
     let _ = holder.wait();
     let _ = credential.shutdown().await;
-    (samples, round_trip, refreshes.load(Ordering::Relaxed))
+    (samples, round_trip, wake, refreshes.load(Ordering::Relaxed))
 }
