@@ -69,6 +69,8 @@
 //! |---|---|---|
 //! | `tokio` | yes | [`Runtime::tokio`](runtime::Runtime::tokio), the default runtime |
 //! | `tracing` | no | `tracing` spans around refreshes and events for every [`Event`], with fingerprints only |
+//! | `file` | no | `store::FileStore`: a private token file shared by the user's processes (atomic replace, versioned compare-and-swap, `flock` lease) |
+//! | `contract` | no | `store::contract`: the checks every `TokenStore` must pass, to run on your own store |
 //! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous |
 //!
 //! Without `tokio` the crate builds on `futures`, `parking_lot`, `arc-swap`, `time` and `serde`
