@@ -3,11 +3,11 @@
 //! token, as a multiple of one store round trip measured in the same run.
 //!
 //! The hand-off's other process is this benchmark binary re-executed as a lease holder
-//! (`KEEPFRESH_BENCH_HOLDER=<token file>`), steered over its standard input and output.
+//! (`KEEPFRESH_BENCH_HOLDER=<store spec>`), steered over its standard input and output.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use criterion::Criterion;
 use keepfresh::event::Event;
+use keepfresh::store::spec::StoreSpec;
 use keepfresh::store::{FileStore, LeaseOutcome, MemoryStore, SaveOutcome, TokenStore};
 use keepfresh::{refresher_fn, AccessToken, Credential, RefreshError, RefreshToken, TokenSet};
 
@@ -99,14 +100,19 @@ pub(crate) fn bench_all(c: &mut Criterion) {
 /// The holder process: takes the lease when told, saves the next set and releases when told,
 /// and says when it released.
 pub(crate) fn holder_main() -> bool {
-    let Some(path) = std::env::var_os(HOLDER_ENV) else {
+    let Ok(spec) = std::env::var(HOLDER_ENV) else {
         return false;
     };
-    let store = FileStore::open(PathBuf::from(path)).expect("holder store");
+    let spec: StoreSpec = spec.parse().expect("holder store spec");
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     let mut lease = None;
-    futures::executor::block_on(async {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let store = spec.open().await.expect("holder store");
         for line in stdin.lock().lines() {
             match line.expect("stdin").as_str() {
                 "hold" => {
@@ -153,17 +159,22 @@ pub(crate) fn holder_main() -> bool {
     true
 }
 
-/// The hand-off scenario.
+/// The hand-off scenario, for every store this machine can run.
 pub(crate) fn run(report: &mut Report, rounds: usize) {
-    report.section("Cross-process hand-off (file store)");
     let dir = Dir::new("handoff");
-    let path = dir.0.join("t.json");
+    let file = format!("file:{}", dir.0.join("t.json").display());
+    handoff_of(report, "file store", &file, rounds);
+}
+
+fn handoff_of(report: &mut Report, name: &str, spec: &str, rounds: usize) {
+    report.section(&format!("Cross-process hand-off ({name})"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let (handoffs, round_trip, wake, refreshes) = rt.block_on(handoff(&path, rounds));
+    let spec: StoreSpec = spec.parse().expect("spec");
+    let (handoffs, round_trip, wake, refreshes) = rt.block_on(handoff(&spec, rounds));
     let mut sorted = handoffs.clone();
     sorted.sort();
     let p50 = percentile(&sorted, 50.0);
@@ -203,8 +214,8 @@ pub(crate) fn run(report: &mut Report, rounds: usize) {
     );
 }
 
-async fn handoff(path: &Path, rounds: usize) -> (Vec<Duration>, Duration, Duration, u64) {
-    let store = FileStore::open(path).expect("file store");
+async fn handoff(spec: &StoreSpec, rounds: usize) -> (Vec<Duration>, Duration, Duration, u64) {
+    let store = spec.open().await.expect("store");
     store.save(None, &set(1)).await.expect("seed");
     // One store round trip: the median of plain loads.
     let mut loads = Vec::with_capacity(200);
@@ -226,14 +237,14 @@ async fn handoff(path: &Path, rounds: usize) -> (Vec<Duration>, Duration, Durati
             ))
         }
     }))
-    .store(FileStore::open(path).expect("file store"))
+    .store(spec.open().await.expect("store"))
     .build()
     .await
     .expect("credential");
     let mut events = credential.subscribe();
 
     let mut holder = Command::new(std::env::current_exe().expect("exe"))
-        .env(HOLDER_ENV, path)
+        .env(HOLDER_ENV, spec_arg(spec))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -294,4 +305,12 @@ async fn handoff(path: &Path, rounds: usize) -> (Vec<Duration>, Duration, Durati
     let _ = holder.wait();
     let _ = credential.shutdown().await;
     (samples, round_trip, wake, refreshes.load(Ordering::Relaxed))
+}
+
+/// The spec with its password, for the holder process (`Display` hides it).
+fn spec_arg(spec: &StoreSpec) -> String {
+    match spec {
+        StoreSpec::Redis { url, key } => format!("{url}/{key}"),
+        other => other.to_string(),
+    }
 }
