@@ -66,6 +66,8 @@
 //! | `tokio` | yes | [`Runtime::tokio`](runtime::Runtime::tokio), the default runtime |
 //! | `tracing` | no | `tracing` spans around refreshes and events for every [`Event`], with fingerprints only |
 //! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous |
+//! | `encrypted` | no | `store::EncryptedFileStore`: the file store's document sealed with XChaCha20-Poly1305, bound to the credential's identity; `store::Key` from the environment, a key file or the keyring; key rotation |
+//! | `keyring` | no | `store::KeyringStore`: tokens in the OS keyring (Secret Service, Keychain, Credential Manager), too-big sets in an encrypted file; `Key::from_keyring` |
 //!
 //! Without `tokio` the crate builds on `futures`, `parking_lot`, `arc-swap`, `time` and `serde`
 //! alone and runs on any executor through [`runtime::Runtime::new`].

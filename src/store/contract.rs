@@ -293,10 +293,12 @@ impl Contract {
         ensure!(load(&s).await?.is_none(), "a clear left tokens behind");
         match s.save(Some(v2), &set(3)).await.map_err(err)? {
             SaveOutcome::Conflict(None) => {}
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "a save expecting the cleared version gave {} (must conflict: the store is empty)",
                 outcome(&other)
-            )),
+            ))
+            }
         }
         let v3 = saved(s.save(None, &set(3)).await.map_err(err)?)?;
         ensure!(
