@@ -72,6 +72,8 @@
 //! | `file` | no | `store::FileStore`: a private token file shared by the user's processes (atomic replace, versioned compare-and-swap, `flock` lease) |
 //! | `contract` | no | `store::contract`: the checks every `TokenStore` must pass, to run on your own store |
 //! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous |
+//! | `encrypted` | no | `store::EncryptedFileStore`: the file store's document sealed with XChaCha20-Poly1305, bound to the credential's identity; `store::Key` from the environment, a key file or the keyring; key rotation |
+//! | `keyring` | no | `store::KeyringStore`: tokens in the OS keyring (Secret Service, Keychain, Credential Manager), too-big sets in an encrypted file; `Key::from_keyring` |
 //!
 //! Without `tokio` the crate builds on `futures`, `parking_lot`, `arc-swap`, `time` and `serde`
 //! alone and runs on any executor through [`runtime::Runtime::new`].

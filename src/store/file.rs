@@ -104,7 +104,7 @@ impl FileStore {
         fsx::ensure_private_dir(&dir)?;
         // Check an existing file now, so a misconfiguration shows at startup.
         drop(fsx::open_private(&path)?);
-        let blob = FileBlob { path: path.clone() };
+        let blob = FileBlob::new(path.clone());
         let name = path.display().to_string();
         let local = Local::new(Box::new(blob), codec, &path, name);
         remove_stale_temporaries(&local, &dir, &path)?;
@@ -124,6 +124,12 @@ impl FileStore {
     /// ```
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The shared store machinery, for the stores built on a file store.
+    #[cfg(feature = "encrypted")]
+    pub(crate) fn local(&self) -> &Arc<Local> {
+        &self.local
     }
 }
 
@@ -191,8 +197,15 @@ fn remove_stale_temporaries(local: &Local, dir: &Path, path: &Path) -> Result<()
 }
 
 /// The data file: read through the permission checks, replaced atomically.
-struct FileBlob {
+pub(crate) struct FileBlob {
     path: PathBuf,
+}
+
+impl FileBlob {
+    /// The blob in the file at `path`; its directory must exist.
+    pub(crate) fn new(path: PathBuf) -> FileBlob {
+        FileBlob { path }
+    }
 }
 
 impl Blob for FileBlob {

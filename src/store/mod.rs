@@ -3,8 +3,12 @@
 
 #[cfg(feature = "contract")]
 pub mod contract;
+#[cfg(feature = "encrypted")]
+mod encrypted;
 #[cfg(feature = "file")]
 mod file;
+#[cfg(feature = "keyring")]
+mod keyring;
 #[cfg(feature = "file")]
 mod local;
 mod memory;
@@ -18,8 +22,17 @@ use async_trait::async_trait;
 
 use crate::token::TokenSet;
 
+#[cfg(feature = "encrypted")]
+pub use encrypted::{EncryptedFileStore, Key, KeyId};
 #[cfg(feature = "file")]
 pub use file::FileStore;
+#[cfg(feature = "keyring")]
+pub use keyring::{KeyringStore, KeyringStoreBuilder};
+/// The keyring API that [`KeyringStore`] is built on, re-exported so that a program names the
+/// same version: its stores ([`keyring_core::mock`] for tests), `CredentialStore`,
+/// `set_default_store`.
+#[cfg(feature = "keyring")]
+pub use keyring_core;
 pub use memory::MemoryStore;
 
 /// A store's version stamp of its content; changes on every write.

@@ -203,6 +203,21 @@ impl Local {
         }
     }
 
+    /// Writes the document again under the write lock, unchanged (same version, same tokens),
+    /// after `between` switched how it is sealed: the encrypted store's key rotation. An empty
+    /// store has nothing to rewrite; bad content is refused before `between` runs.
+    #[cfg(feature = "encrypted")]
+    pub(crate) fn reseal(&self, between: impl FnOnce()) -> Result<(), StoreError> {
+        let _write = self.locks.write_lock()?;
+        let doc = self.read()?;
+        between();
+        if let Some(doc) = doc {
+            self.write(doc.version, doc.tokens.as_ref())?;
+            self.locks.notify();
+        }
+        Ok(())
+    }
+
     pub(crate) fn try_lease(&self, ttl: Duration) -> Result<LeaseOutcome, StoreError> {
         self.locks.try_lease(ttl)
     }
