@@ -986,3 +986,50 @@ async fn real_secret_service_round_trip() {
 
     // Nothing is removed afterwards: .ci/with-keyring runs a throwaway keyring.
 }
+
+/// Store specs open sealed stores: a key from an environment variable or a key file; the same
+/// spec opened twice (two processes) reads what the other wrote, and the bytes on disk are sealed.
+#[tokio::test]
+async fn specs_open_encrypted_file_stores() {
+    use keepfresh::store::spec::StoreSpec;
+    let dir = private_dir();
+    let key = Key::generate().unwrap();
+    std::env::set_var("KEEPFRESH_TEST_SPEC_KEY", key.to_base64().as_str());
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, key.to_base64().as_bytes()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    for (n, source) in [
+        "env:KEEPFRESH_TEST_SPEC_KEY".to_owned(),
+        format!("file:{}", key_file.display()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let path = dir.path().join(format!("t{n}.sealed"));
+        let spec: StoreSpec = format!("encrypted-file:{}?key={source}", path.display())
+            .parse()
+            .unwrap();
+        let writer = spec.open().await.unwrap();
+        writer.save(None, &set(n as u32)).await.unwrap();
+        let reader = spec.open().await.unwrap();
+        assert_eq!(
+            reader.load().await.unwrap().unwrap().tokens,
+            set(n as u32),
+            "{source}"
+        );
+        let raw = std::fs::read(&path).unwrap();
+        assert!(
+            !contains(&raw, format!("secret-rt-{n}").as_bytes()),
+            "{source}: not sealed"
+        );
+    }
+    // A key variable that is not set is a clear error naming it.
+    let spec: StoreSpec = format!(
+        "encrypted-file:{}?key=env:KEEPFRESH_TEST_UNSET_KEY",
+        dir.path().join("x").display()
+    )
+    .parse()
+    .unwrap();
+    let e = spec.open().await.err().expect("an error");
+    assert!(e.to_string().contains("KEEPFRESH_TEST_UNSET_KEY"), "{e}");
+}

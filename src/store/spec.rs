@@ -21,7 +21,9 @@ use super::{MemoryStore, StoreError, StoreErrorKind, TokenStore};
 /// | `redis://[USER:PASSWORD@]HOST[:PORT][/DB]/KEY` | `RedisStore` (also `rediss://`) | `redis` |
 ///
 /// A leading `~/` in a path is the home directory. `Display` and `Debug` never show a
-/// password from a Redis URL.
+/// password from a Redis URL. An encrypted file opened by spec is sealed for the identity
+/// `keepfresh` (its file name is bound too); `key=keyring` keeps one key per token file in the
+/// keyring (service `keepfresh`, account `file-key:PATH`), created on first use.
 ///
 /// ```
 /// use keepfresh::store::spec::{KeySource, StoreSpec};
@@ -96,6 +98,11 @@ impl fmt::Display for SpecError {
 }
 
 impl std::error::Error for SpecError {}
+
+/// The keyring service of keys that `encrypted-file:…?key=keyring` specs create, and the
+/// identity their files are sealed for.
+#[cfg(feature = "encrypted")]
+const SPEC_SERVICE: &str = "keepfresh";
 
 fn bad(msg: impl Into<String>) -> SpecError {
     SpecError(msg.into())
@@ -258,6 +265,40 @@ impl StoreSpec {
             StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
             #[cfg(feature = "file")]
             StoreSpec::File { path } => Ok(Arc::new(super::FileStore::open(path.clone())?)),
+            #[cfg(feature = "encrypted")]
+            StoreSpec::EncryptedFile { path, key } => {
+                let key = match key {
+                    KeySource::Env(var) => super::Key::from_env(var)?,
+                    KeySource::File(p) => super::Key::from_file(p)?,
+                    #[cfg(feature = "keyring")]
+                    KeySource::Keyring => {
+                        // One key per token file; the keyring API blocks.
+                        let account = format!("file-key:{}", path.display());
+                        blocking::unblock(move || super::Key::from_keyring(SPEC_SERVICE, &account))
+                            .await?
+                    }
+                    #[cfg(not(feature = "keyring"))]
+                    KeySource::Keyring => {
+                        return Err(StoreError::new(
+                            StoreErrorKind::Config,
+                            format!("{self}: this build of keepfresh lacks the keyring feature"),
+                        ))
+                    }
+                };
+                Ok(Arc::new(super::EncryptedFileStore::open(
+                    path.clone(),
+                    SPEC_SERVICE,
+                    key,
+                )?))
+            }
+            #[cfg(feature = "keyring")]
+            StoreSpec::Keyring { service, account } => {
+                let (service, account) = (service.clone(), account.clone());
+                let store =
+                    blocking::unblock(move || super::KeyringStore::open(&service, &account))
+                        .await?;
+                Ok(Arc::new(store))
+            }
             other => Err(StoreError::new(
                 StoreErrorKind::Config,
                 format!(
