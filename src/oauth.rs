@@ -300,4 +300,4 @@ pub use challenge::{
 #[cfg(feature = "http")]
 mod http;
 #[cfg(feature = "http")]
-pub use http::{ClientAuth, HttpBuildError, HttpRefresher, HttpRefresherBuilder};
+pub use http::{logout, ClientAuth, HttpBuildError, HttpRefresher, HttpRefresherBuilder, Logout};

@@ -605,3 +605,172 @@ async fn a_thousand_concurrent_callers_make_exactly_one_post() {
     assert!(!s.revoked, "the family was revoked");
     assert_eq!(s.generation, 1);
 }
+
+#[tokio::test]
+async fn scope_is_not_sent_when_the_host_says_so() {
+    let server = server_answering(
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({"access_token": "at"})),
+    )
+    .await;
+    let refresher = HttpRefresher::builder(format!("{}/token", server.uri()), "client-1")
+        .send_scope(false)
+        .build()
+        .unwrap();
+    let mut req = request();
+    req.scope = Some("read write".into());
+    refresher.refresh(req).await.unwrap();
+    let reqs = server.received_requests().await.unwrap();
+    assert!(field(&form(&reqs[0]), "scope").is_empty());
+}
+
+/// A caller's client adjustments cannot turn redirects (or retries) back on.
+#[tokio::test]
+async fn a_configured_client_still_follows_no_redirect() {
+    let target = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200))
+        .expect(0)
+        .mount(&target)
+        .await;
+    let server = server_answering(
+        ResponseTemplate::new(308).insert_header("location", format!("{}/token", target.uri())),
+    )
+    .await;
+    let refresher = HttpRefresher::builder(format!("{}/token", server.uri()), "client-1")
+        .configure_client(|b| b.redirect(reqwest::redirect::Policy::limited(10)))
+        .build()
+        .unwrap();
+    let err = refresher.refresh(request()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Configuration, "{err}");
+    server.verify().await;
+    target.verify().await;
+}
+
+/// With a configured client a lost answer is still not retried: exactly one POST.
+#[tokio::test]
+async fn a_configured_client_still_retries_nothing() {
+    let (url, seen) = raw_server(|sock| async move { drop(sock) }).await;
+    let refresher = HttpRefresher::builder(url, "c")
+        .configure_client(|b| {
+            // A policy that retries every failure, as a careless shared client might have.
+            b.retry(
+                reqwest::retry::for_host("127.0.0.1")
+                    .no_budget()
+                    .max_retries_per_request(3)
+                    .classify_fn(|rr| {
+                        if rr.error().is_some() {
+                            rr.retryable()
+                        } else {
+                            rr.success()
+                        }
+                    }),
+            )
+        })
+        .build()
+        .unwrap();
+    let err = refresher.refresh(request()).await.unwrap_err();
+    assert_eq!(err.class(), ErrorClass::Ambiguous, "{err}");
+    assert_eq!(seen.load(Ordering::SeqCst), 1, "the POST was replayed");
+}
+
+async fn revocation_server(template: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/revoke"))
+        .respond_with(template)
+        .expect(1)
+        .mount(&server)
+        .await;
+    server
+}
+
+fn revoker(server: &MockServer) -> HttpRefresher {
+    HttpRefresher::builder(format!("{}/token", server.uri()), "client-1")
+        .client_secret(ClientSecret::new(SECRET))
+        .revocation_url(format!("{}/revoke", server.uri()))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn revocation_posts_the_refresh_token_with_its_hint_and_client_auth() {
+    let server = revocation_server(ResponseTemplate::new(200)).await;
+    revoker(&server)
+        .revoke(&RefreshToken::new(RT))
+        .await
+        .unwrap();
+    let reqs = server.received_requests().await.unwrap();
+    let f = form(&reqs[0]);
+    assert_eq!(field(&f, "token"), [RT]);
+    assert_eq!(field(&f, "token_type_hint"), ["refresh_token"]);
+    assert!(
+        reqs[0].headers.get("authorization").is_some(),
+        "client_secret_basic"
+    );
+    server.verify().await;
+}
+
+#[tokio::test]
+async fn revocation_errors_are_classified_and_never_show_the_token() {
+    for (template, class) in [
+        (
+            ResponseTemplate::new(503).insert_header("retry-after", "7"),
+            ErrorClass::Transient,
+        ),
+        (
+            ResponseTemplate::new(400).set_body_json(serde_json::json!({
+                "error": "unsupported_token_type",
+                "error_description": format!("cannot revoke {RT}")
+            })),
+            ErrorClass::Configuration,
+        ),
+        (
+            ResponseTemplate::new(401)
+                .set_body_json(serde_json::json!({"error": "invalid_client"})),
+            ErrorClass::InvalidClient,
+        ),
+    ] {
+        let server = revocation_server(template).await;
+        let err = revoker(&server)
+            .revoke(&RefreshToken::new(RT))
+            .await
+            .unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("SEKRET"), "{text}");
+        assert_eq!(err.class(), class, "{text}");
+        server.verify().await;
+    }
+}
+
+/// Logout deletes the local tokens whatever the revocation endpoint answers.
+#[tokio::test]
+async fn logout_revokes_the_newest_refresh_token_and_always_deletes() {
+    use keepfresh::oauth::logout;
+    use keepfresh::store::{MemoryStore, TokenStore};
+    use keepfresh::{AccessToken, TokenSet};
+    for status in [200, 500] {
+        let server = revocation_server(ResponseTemplate::new(status)).await;
+        let store = MemoryStore::new();
+        let now = time::OffsetDateTime::now_utc();
+        let set = TokenSet::new(
+            AccessToken::new("at"),
+            Some(RefreshToken::new(RT)),
+            now,
+            now + time::Duration::hours(1),
+        );
+        store.save(None, &set).await.unwrap();
+        let out = logout(&store, &revoker(&server)).await;
+        assert_eq!(
+            out.revoked.as_ref().unwrap().is_ok(),
+            status == 200,
+            "{status}"
+        );
+        assert!(out.cleared.unwrap(), "{status}");
+        assert!(
+            store.load().await.unwrap().is_none(),
+            "{status}: tokens left behind"
+        );
+        let reqs = server.received_requests().await.unwrap();
+        assert_eq!(field(&form(&reqs[0]), "token"), [RT]);
+    }
+}

@@ -2,17 +2,18 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use reqwest::header::{HeaderMap, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, DATE, RETRY_AFTER};
-use reqwest::{redirect, Client, Url};
+use reqwest::{redirect, Client, ClientBuilder, Url};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
 use super::{parse_retry_after, parse_token_response, HttpAnswer};
 use crate::refresher::{ErrorClass, RefreshError, RefreshRequest, Refresher};
-use crate::secret::ClientSecret;
+use crate::secret::{ClientSecret, RefreshToken};
 use crate::token::TokenResponse;
 
 /// How the client authenticates to the token endpoint (RFC 6749 §2.3.1).
@@ -139,7 +140,12 @@ pub struct HttpRefresher {
     resources: Vec<String>,
     max_body_bytes: usize,
     timeout: Duration,
+    send_scope: bool,
+    revocation_url: Option<Url>,
 }
+
+/// A caller's adjustments to the HTTP client (a custom root certificate, a proxy).
+type Configure = Arc<dyn Fn(ClientBuilder) -> ClientBuilder + Send + Sync>;
 
 /// Builds a [`HttpRefresher`]; see [`HttpRefresher#default`] for the defaults.
 ///
@@ -164,6 +170,9 @@ pub struct HttpRefresherBuilder {
     max_body_bytes: usize,
     allow_insecure_http: bool,
     user_agent: String,
+    send_scope: bool,
+    revocation_url: Option<String>,
+    configure: Option<Configure>,
 }
 
 impl HttpRefresher {
@@ -185,6 +194,9 @@ impl HttpRefresher {
             max_body_bytes: 64 * 1024,
             allow_insecure_http: false,
             user_agent: concat!("keepfresh/", env!("CARGO_PKG_VERSION")).to_owned(),
+            send_scope: true,
+            revocation_url: None,
+            configure: None,
         }
     }
 
@@ -235,12 +247,22 @@ impl HttpRefresher {
         let mut form = form_urlencoded::Serializer::new(String::new());
         form.append_pair("grant_type", "refresh_token");
         form.append_pair("refresh_token", refresh_token);
-        if let Some(scope) = request.scope.as_deref().filter(|s| !s.is_empty()) {
+        if let Some(scope) = request
+            .scope
+            .as_deref()
+            .filter(|s| self.send_scope && !s.is_empty())
+        {
             form.append_pair("scope", scope);
         }
         for resource in &self.resources {
             form.append_pair("resource", resource);
         }
+        self.append_client(&mut form);
+        Zeroizing::new(form.finish())
+    }
+
+    /// The client's identification in a form body (all but `client_secret_basic`).
+    fn append_client(&self, form: &mut form_urlencoded::Serializer<'_, String>) {
         match (&self.client_secret, self.client_auth) {
             (None, _) => {
                 form.append_pair("client_id", &self.client_id);
@@ -251,7 +273,119 @@ impl HttpRefresher {
             }
             (Some(_), ClientAuth::Basic) => {}
         }
-        Zeroizing::new(form.finish())
+    }
+
+    /// Adds `client_secret_basic` authentication when that is how the client authenticates.
+    fn authenticate(&self, http: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        let (Some(secret), ClientAuth::Basic) = (&self.client_secret, self.client_auth) else {
+            return http;
+        };
+        let id = Zeroizing::new(
+            form_urlencoded::byte_serialize(self.client_id.as_bytes()).collect::<String>(),
+        );
+        let secret = Zeroizing::new(
+            form_urlencoded::byte_serialize(secret.expose_secret().as_bytes()).collect::<String>(),
+        );
+        // reqwest marks the header sensitive.
+        http.basic_auth(id.as_str(), Some(secret.as_str()))
+    }
+
+    /// The revocation endpoint, if one was configured.
+    ///
+    /// See [`HttpRefresherBuilder::revocation_url`].
+    pub fn revocation_url(&self) -> Option<&Url> {
+        self.revocation_url.as_ref()
+    }
+
+    /// Revokes `token` at the revocation endpoint (RFC 7009, `token_type_hint=refresh_token`,
+    /// authenticated like a refresh). Revoking a refresh token also ends the access tokens of
+    /// its grant at most providers. The server answers 200 for a token it does not know, so
+    /// `Ok` means "no longer usable", not "was valid". On logout, delete the local tokens
+    /// whatever this answers (see [`logout`](crate::oauth::logout)).
+    ///
+    /// # Errors
+    /// No revocation endpoint configured ([`ErrorClass::Configuration`]); a transport failure
+    /// or a 5xx ([`ErrorClass::Transient`], with `Retry-After` when given); the server's error
+    /// answer classified as for a refresh (`unsupported_token_type`, `invalid_client`…).
+    /// Errors never contain the token.
+    ///
+    /// ```
+    /// # use keepfresh::oauth::HttpRefresher;
+    /// # use keepfresh::RefreshToken;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let r = HttpRefresher::builder("https://a.example/token", "c").build().unwrap();
+    /// let e = r.revoke(&RefreshToken::new("rt")).await.unwrap_err();
+    /// assert_eq!(e.class(), keepfresh::ErrorClass::Configuration);
+    /// # }
+    /// ```
+    pub async fn revoke(&self, token: &RefreshToken) -> Result<(), RefreshError> {
+        let Some(url) = &self.revocation_url else {
+            return Err(RefreshError::configuration(
+                "no revocation endpoint configured (revocation_url)",
+            ));
+        };
+        let mut form = form_urlencoded::Serializer::new(String::new());
+        form.append_pair("token", token.expose_secret());
+        form.append_pair("token_type_hint", "refresh_token");
+        self.append_client(&mut form);
+        let body = Zeroizing::new(form.finish());
+        let http = self
+            .client
+            .post(url.clone())
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(body.as_bytes().to_vec());
+        let http = self.authenticate(http);
+        drop(body);
+        let result = async {
+            let mut response = http
+                .send()
+                .await
+                .map_err(|e| RefreshError::transient(format!("revocation request failed: {}", root_cause(&e))))?;
+            let status = response.status().as_u16();
+            if (200..300).contains(&status) {
+                return Ok(());
+            }
+            let headers = response.headers().clone();
+            let mut body = Zeroizing::new(Vec::new());
+            while let Ok(Some(chunk)) = response.chunk().await {
+                if body.len() + chunk.len() > self.max_body_bytes {
+                    body.clear();
+                    break;
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let content_type = headers
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            // RFC 7009 §2.2.1: the server does not revoke this kind of token; retrying cannot help.
+            let code = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned));
+            if code.as_deref() == Some("unsupported_token_type") {
+                return Err(RefreshError::configuration(
+                    "the revocation endpoint does not revoke refresh tokens (unsupported_token_type)",
+                ));
+            }
+            Err(parse_token_response(HttpAnswer {
+                status,
+                content_type: content_type.as_deref(),
+                retry_after: retry_after(&headers),
+                body: &body,
+            })
+            .err()
+            .unwrap_or_else(|| RefreshError::transient(format!("revocation answered HTTP {status}"))))
+        }
+        .await;
+        result.map_err(|e| {
+            let secrets = [
+                Some(token.expose_secret()),
+                self.client_secret.as_ref().map(|s| s.expose_secret()),
+            ];
+            scrub(e, &secrets)
+        })
     }
 
     async fn exchange(&self, request: RefreshRequest) -> Result<TokenResponse, RefreshError> {
@@ -261,23 +395,13 @@ impl HttpRefresher {
             ));
         };
         let body = self.form(&request, refresh_token.expose_secret());
-        let mut http = self
+        let http = self
             .client
             .post(self.token_url.clone())
             .header(ACCEPT, "application/json")
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .body(body.as_bytes().to_vec());
-        if let (Some(secret), ClientAuth::Basic) = (&self.client_secret, self.client_auth) {
-            let id = Zeroizing::new(
-                form_urlencoded::byte_serialize(self.client_id.as_bytes()).collect::<String>(),
-            );
-            let secret = Zeroizing::new(
-                form_urlencoded::byte_serialize(secret.expose_secret().as_bytes())
-                    .collect::<String>(),
-            );
-            // reqwest marks the header sensitive.
-            http = http.basic_auth(id.as_str(), Some(secret.as_str()));
-        }
+        let http = self.authenticate(http);
         drop(body);
 
         let mut response = match http.send().await {
@@ -471,6 +595,8 @@ impl fmt::Debug for HttpRefresherBuilder {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_body_bytes", &self.max_body_bytes)
             .field("allow_insecure_http", &self.allow_insecure_http)
+            .field("send_scope", &self.send_scope)
+            .field("configured_client", &self.configure.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -559,6 +685,59 @@ impl HttpRefresherBuilder {
         self
     }
 
+    /// Whether the `scope` a token set carries is sent on refresh. Default: `true` (ask for
+    /// the same scopes again; a provider must not widen them). Some providers refuse a
+    /// refresh that names scopes, or narrow the grant to exactly the named ones: turn it off
+    /// for those.
+    ///
+    /// ```
+    /// # use keepfresh::oauth::HttpRefresher;
+    /// assert!(HttpRefresher::builder("https://a.example/token", "c").send_scope(false).build().is_ok());
+    /// ```
+    pub fn send_scope(mut self, send: bool) -> Self {
+        self.send_scope = send;
+        self
+    }
+
+    /// The RFC 7009 revocation endpoint, for [`HttpRefresher::revoke`]. Same URL rules as the
+    /// token endpoint.
+    ///
+    /// ```
+    /// # use keepfresh::oauth::HttpRefresher;
+    /// let r = HttpRefresher::builder("https://a.example/token", "c")
+    ///     .revocation_url("https://a.example/revoke")
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(r.revocation_url().unwrap().path(), "/revoke");
+    /// assert!(HttpRefresher::builder("https://a.example/token", "c").revocation_url("ftp://x").build().is_err());
+    /// ```
+    pub fn revocation_url(mut self, url: impl Into<String>) -> Self {
+        self.revocation_url = Some(url.into());
+        self
+    }
+
+    /// Adjusts the HTTP client before it is built: a custom root certificate, a proxy, a
+    /// local address. keepfresh applies its own settings afterwards, which the adjustment
+    /// cannot undo: redirects are never followed (a followed 307 or 308 would send the refresh
+    /// token to another URL), nothing is retried (a retried refresh is a replay), and the
+    /// timeouts and user agent above. A ready-made `reqwest::Client` is not taken because
+    /// those settings could not be enforced on it.
+    ///
+    /// ```
+    /// # use keepfresh::oauth::HttpRefresher;
+    /// let r = HttpRefresher::builder("https://a.example/token", "c")
+    ///     .configure_client(|b| b.no_proxy().tcp_nodelay(true))
+    ///     .build();
+    /// assert!(r.is_ok());
+    /// ```
+    pub fn configure_client(
+        mut self,
+        configure: impl Fn(ClientBuilder) -> ClientBuilder + Send + Sync + 'static,
+    ) -> Self {
+        self.configure = Some(Arc::new(configure));
+        self
+    }
+
     /// The `User-Agent` header. Default: `keepfresh/<version>`.
     ///
     /// ```
@@ -579,29 +758,11 @@ impl HttpRefresherBuilder {
     ///
     /// See the [type-level example](HttpRefresher#examples).
     pub fn build(self) -> Result<HttpRefresher, HttpBuildError> {
-        let url = Url::parse(self.token_url.trim())
-            .map_err(|e| HttpBuildError(format!("token endpoint URL: {e}")))?;
-        match url.scheme() {
-            "https" => {}
-            "http" if self.allow_insecure_http || is_loopback(&url) => {}
-            "http" => {
-                return Err(HttpBuildError(
-                    "token endpoint URL: plain http is only allowed for loopback hosts \
-                     (see allow_insecure_http)"
-                        .into(),
-                ))
-            }
-            other => {
-                return Err(HttpBuildError(format!(
-                    "token endpoint URL: unsupported scheme {other:?}"
-                )))
-            }
-        }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(HttpBuildError(
-                "token endpoint URL must not carry credentials; use client_secret".into(),
-            ));
-        }
+        let url = checked_url(
+            &self.token_url,
+            "token endpoint URL",
+            self.allow_insecure_http,
+        )?;
         if self.client_id.is_empty() {
             return Err(HttpBuildError("client_id is empty".into()));
         }
@@ -611,8 +772,23 @@ impl HttpRefresherBuilder {
         if self.timeout.is_zero() || self.connect_timeout.is_zero() {
             return Err(HttpBuildError("timeouts must be positive".into()));
         }
-        let client = Client::builder()
+        let revocation_url = match &self.revocation_url {
+            None => None,
+            Some(raw) => Some(checked_url(
+                raw,
+                "revocation endpoint URL",
+                self.allow_insecure_http,
+            )?),
+        };
+        let base = match &self.configure {
+            Some(configure) => configure(Client::builder()),
+            None => Client::builder(),
+        };
+        // Applied after the caller's adjustments, so that they cannot be undone: a followed
+        // 307/308 would send the refresh token to another URL, and a retried POST is a replay.
+        let client = base
             .redirect(redirect::Policy::none())
+            .retry(reqwest::retry::never())
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
             .user_agent(self.user_agent)
@@ -627,8 +803,36 @@ impl HttpRefresherBuilder {
             resources: self.resources,
             max_body_bytes: self.max_body_bytes,
             timeout: self.timeout,
+            send_scope: self.send_scope,
+            revocation_url,
         })
     }
+}
+
+/// Parses an endpoint URL: https, or http to a loopback host (or with `insecure`), no
+/// credentials.
+fn checked_url(raw: &str, what: &str, insecure: bool) -> Result<Url, HttpBuildError> {
+    let url = Url::parse(raw.trim()).map_err(|e| HttpBuildError(format!("{what}: {e}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if insecure || is_loopback(&url) => {}
+        "http" => {
+            return Err(HttpBuildError(format!(
+                "{what}: plain http is only allowed for loopback hosts (see allow_insecure_http)"
+            )))
+        }
+        other => {
+            return Err(HttpBuildError(format!(
+                "{what}: unsupported scheme {other:?}"
+            )))
+        }
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(HttpBuildError(format!(
+            "{what} must not carry credentials; use client_secret"
+        )));
+    }
+    Ok(url)
 }
 
 fn is_loopback(url: &Url) -> bool {
@@ -642,4 +846,70 @@ fn is_loopback(url: &Url) -> bool {
         .trim_end_matches(']')
         .parse::<IpAddr>()
         .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// What [`logout`] did.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Logout {
+    /// The revocation's answer; `None` when the store held no refresh token to revoke.
+    pub revoked: Option<Result<(), RefreshError>>,
+    /// Whether the store was emptied (`Ok(false)`: it was already empty).
+    pub cleared: Result<bool, crate::store::StoreError>,
+}
+
+/// Logs a grant out: revokes the newest refresh token the store holds (RFC 7009) and empties
+/// the store whatever the revocation answers, so that a failed or unreachable revocation
+/// endpoint never leaves usable tokens on disk. Stop the credentials that use the store first
+/// ([`Credential::shutdown`](crate::Credential::shutdown)), or one of them may save a refreshed
+/// set after the store was emptied.
+///
+/// ```
+/// use keepfresh::oauth::{logout, HttpRefresher};
+/// use keepfresh::store::{MemoryStore, TokenStore};
+/// use keepfresh::{AccessToken, RefreshToken, TokenSet};
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let store = MemoryStore::new();
+/// let now = time::OffsetDateTime::now_utc();
+/// let set = TokenSet::new(AccessToken::new("at"), Some(RefreshToken::new("rt")), now, now + time::Duration::hours(1));
+/// store.save(None, &set).await.unwrap();
+/// // No revocation endpoint: the revocation fails, the tokens are deleted anyway.
+/// let r = HttpRefresher::builder("https://a.example/token", "c").build().unwrap();
+/// let out = logout(&store, &r).await;
+/// assert!(matches!(out.revoked, Some(Err(_))));
+/// assert!(out.cleared.unwrap());
+/// assert!(store.load().await.unwrap().is_none());
+/// # }
+/// ```
+pub async fn logout(store: &dyn crate::store::TokenStore, refresher: &HttpRefresher) -> Logout {
+    let mut revoked = None;
+    let mut cleared = Ok(false);
+    // Another process may save between our load and our clear: read again and retry a few
+    // times, revoking each refresh token seen.
+    for _ in 0..5 {
+        let stored = match store.load().await {
+            Ok(Some(s)) => s,
+            Ok(None) => break,
+            Err(e) => {
+                cleared = Err(e);
+                break;
+            }
+        };
+        if let Some(rt) = stored.tokens.refresh_token() {
+            revoked = Some(refresher.revoke(rt).await);
+        }
+        match store.clear(stored.version).await {
+            Ok(true) => {
+                cleared = Ok(true);
+                break;
+            }
+            Ok(false) => continue,
+            Err(e) => {
+                cleared = Err(e);
+                break;
+            }
+        }
+    }
+    Logout { revoked, cleared }
 }
