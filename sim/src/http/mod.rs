@@ -8,7 +8,10 @@
 //! | `POST /token` | RFC 6749 §6 refresh grant (form-encoded, `grant_type=refresh_token`), answered by the model of the chosen profile: rotation, reuse detection, grace windows, vendor error styles |
 //! | `POST /login` | a new grant (token family), answered like a token response: how a client gets its first refresh token |
 //! | `GET /resource` | a protected resource: 200 for a live access token, 401 `invalid_token` for an unknown, expired or revoked one |
-//! | `GET /.well-known/oauth-authorization-server` | RFC 8414 metadata naming the token endpoint |
+//! | `GET /authorize` | authorization code + PKCE (S256) with auto-consent: redirects to `redirect_uri` with `code`, `state` and `iss` (RFC 9207); [`AuthorizeMode`] makes it deny, send a wrong `iss` or not support PKCE |
+//! | `POST /token` with `grant_type=authorization_code` | redeems a code once, checking `redirect_uri`, `client_id` and the PKCE verifier: a new grant |
+//! | `POST /revoke` | RFC 7009: revokes the family of a refresh token (200 whatever the token) |
+//! | `GET /.well-known/oauth-authorization-server` | RFC 8414 metadata: issuer, endpoints, PKCE S256, `iss` parameter support |
 //!
 //! On top of the model, the server adds seeded transport behaviour: a latency drawn per call
 //! (through wiremock's `set_delay`, after the model has committed, like a slow real server)
@@ -43,6 +46,28 @@ pub struct ServeConfig {
     access_lifetime: Duration,
     latency: (Duration, Duration),
     unavailable_rate: f64,
+    authorize: AuthorizeMode,
+}
+
+/// How the authorization endpoint answers, to test a client's login flow.
+///
+/// ```
+/// use keepfresh_sim::http::{AuthorizeMode, ServeConfig};
+/// let c = ServeConfig::new("strict").authorize(AuthorizeMode::Deny);
+/// assert!(c.validate().is_ok());
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthorizeMode {
+    /// The user consents at once.
+    #[default]
+    Consent,
+    /// The user denies: `error=access_denied`.
+    Deny,
+    /// The redirect carries an `iss` that is not this server (a mix-up attack, RFC 9207).
+    WrongIssuer,
+    /// The server neither advertises nor checks PKCE (a client must refuse it).
+    NoPkce,
 }
 
 impl ServeConfig {
@@ -57,7 +82,16 @@ impl ServeConfig {
             access_lifetime: Duration::from_secs(3600),
             latency: (Duration::ZERO, Duration::ZERO),
             unavailable_rate: 0.0,
+            authorize: AuthorizeMode::Consent,
         }
+    }
+
+    /// How the authorization endpoint answers (default: consent).
+    ///
+    /// See [`AuthorizeMode`].
+    pub fn authorize(mut self, mode: AuthorizeMode) -> Self {
+        self.authorize = mode;
+        self
     }
 
     /// The seed of the model (token values) and of the injected latency and failures.
@@ -222,6 +256,17 @@ struct Shared {
     model: Mutex<Model>,
     started: Instant,
     profile: String,
+    authorize: AuthorizeMode,
+    issuer: Mutex<String>,
+    codes: Mutex<std::collections::HashMap<String, PendingCode>>,
+}
+
+/// An authorization code waiting to be redeemed.
+struct PendingCode {
+    client_id: String,
+    redirect_uri: String,
+    challenge: Option<String>,
+    scope: Option<String>,
 }
 
 struct Model {
@@ -305,6 +350,9 @@ impl HttpProvider {
             }),
             started: Instant::now(),
             profile: config.profile.clone(),
+            authorize: config.authorize,
+            issuer: Mutex::new(String::new()),
+            codes: Mutex::new(std::collections::HashMap::new()),
         });
         let server = MockServer::builder()
             .listener(listener)
@@ -328,15 +376,35 @@ impl HttpProvider {
             .mount(&server)
             .await;
         let issuer = server.uri();
+        *shared.issuer.lock() = issuer.clone();
+        Mock::given(method("GET"))
+            .and(path("/authorize"))
+            .respond_with(AuthorizeEndpoint(shared.clone()))
+            .mount(&server)
+            .await;
+        Mock::given(method("POST"))
+            .and(path("/revoke"))
+            .respond_with(RevokeEndpoint(shared.clone()))
+            .mount(&server)
+            .await;
+        let mut metadata = serde_json::json!({
+            "issuer": issuer,
+            "authorization_endpoint": format!("{issuer}/authorize"),
+            "token_endpoint": format!("{issuer}/token"),
+            "revocation_endpoint": format!("{issuer}/revoke"),
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token"],
+            "token_endpoint_auth_methods_supported":
+                ["none", "client_secret_basic", "client_secret_post"],
+            "scopes_supported": ["read", "write", "admin"],
+            "authorization_response_iss_parameter_supported": true,
+        });
+        if config.authorize != AuthorizeMode::NoPkce {
+            metadata["code_challenge_methods_supported"] = serde_json::json!(["S256"]);
+        }
         Mock::given(method("GET"))
             .and(path("/.well-known/oauth-authorization-server"))
-            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
-                "issuer": issuer,
-                "token_endpoint": format!("{issuer}/token"),
-                "grant_types_supported": ["refresh_token"],
-                "token_endpoint_auth_methods_supported":
-                    ["none", "client_secret_basic", "client_secret_post"],
-            })))
+            .respond_with(ResponseTemplate::new(200).set_body_json(metadata))
             .mount(&server)
             .await;
         Ok(HttpProvider { server, shared })
@@ -477,6 +545,9 @@ impl Respond for TokenEndpoint {
                 _ => {}
             }
         }
+        if grant_type.as_deref() == Some("authorization_code") {
+            return self.0.redeem(request);
+        }
         let now = self.0.now();
         let mut m = self.0.model.lock();
         if grant_type.as_deref() != Some("refresh_token") {
@@ -504,6 +575,149 @@ impl Respond for TokenEndpoint {
             answer_template(m.provider.refresh(now, refresh_token.as_deref()))
         };
         template.set_delay(delay)
+    }
+}
+
+impl Shared {
+    /// `grant_type=authorization_code`: one redemption per code, checked like a real server.
+    fn redeem(&self, request: &Request) -> ResponseTemplate {
+        let form: BTreeMap<String, String> = form_urlencoded::parse(&request.body)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let Some(pending) = form.get("code").and_then(|c| self.codes.lock().remove(c)) else {
+            return oauth_error(400, "invalid_grant", "unknown or already redeemed code");
+        };
+        if form.get("redirect_uri") != Some(&pending.redirect_uri) {
+            return oauth_error(
+                400,
+                "invalid_grant",
+                "redirect_uri differs from the authorization request",
+            );
+        }
+        if form
+            .get("client_id")
+            .is_some_and(|c| c != &pending.client_id)
+        {
+            return oauth_error(400, "invalid_grant", "code issued to another client");
+        }
+        if let Some(challenge) = &pending.challenge {
+            let Some(verifier) = form.get("code_verifier") else {
+                return oauth_error(400, "invalid_grant", "code_verifier missing");
+            };
+            if pkce_s256(verifier) != *challenge {
+                return oauth_error(400, "invalid_grant", "code_verifier does not match");
+            }
+        }
+        let now = self.now();
+        let mut m = self.model.lock();
+        m.logins += 1;
+        let lifetime = m.provider.profile().at_lifetime.as_secs();
+        let (_, at, rt, _) = m.provider.login(now);
+        let mut body = serde_json::json!({
+            "access_token": at,
+            "token_type": "Bearer",
+            "expires_in": lifetime,
+        });
+        if let Some(rt) = rt {
+            body["refresh_token"] = rt.into();
+        }
+        if let Some(scope) = pending.scope {
+            body["scope"] = scope.into();
+        }
+        ResponseTemplate::new(200)
+            .insert_header("cache-control", "no-store")
+            .set_body_json(body)
+    }
+}
+
+/// `BASE64URL(SHA256(verifier))`, RFC 7636 §4.2.
+fn pkce_s256(verifier: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(verifier.as_bytes()))
+}
+
+struct AuthorizeEndpoint(Arc<Shared>);
+
+impl Respond for AuthorizeEndpoint {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let q: BTreeMap<String, String> = request
+            .url
+            .query_pairs()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        let (Some(client_id), Some(redirect_uri)) = (q.get("client_id"), q.get("redirect_uri"))
+        else {
+            // Without a valid redirect URI the error is shown to the user, never redirected.
+            return ResponseTemplate::new(400)
+                .set_body_string("client_id and redirect_uri are required");
+        };
+        let Ok(mut target) = url::Url::parse(redirect_uri) else {
+            return ResponseTemplate::new(400).set_body_string("redirect_uri is not a URL");
+        };
+        if !matches!(target.host_str(), Some("127.0.0.1" | "localhost" | "[::1]")) {
+            return ResponseTemplate::new(400)
+                .set_body_string("only loopback redirect URIs are registered");
+        }
+        let issuer = self.0.issuer.lock().clone();
+        let mode = self.0.authorize;
+        {
+            let mut pairs = target.query_pairs_mut();
+            let challenge = q.get("code_challenge");
+            if mode == AuthorizeMode::Deny {
+                pairs.append_pair("error", "access_denied");
+            } else if q.get("response_type").map(String::as_str) != Some("code") {
+                pairs.append_pair("error", "unsupported_response_type");
+            } else if mode != AuthorizeMode::NoPkce
+                && (challenge.is_none()
+                    || q.get("code_challenge_method").map(String::as_str) != Some("S256"))
+            {
+                pairs.append_pair("error", "invalid_request");
+                pairs.append_pair("error_description", "PKCE with S256 is required");
+            } else {
+                let code = format!("code-{:016x}", self.0.model.lock().rng.next_u64());
+                self.0.codes.lock().insert(
+                    code.clone(),
+                    PendingCode {
+                        client_id: client_id.clone(),
+                        redirect_uri: redirect_uri.clone(),
+                        challenge: (mode != AuthorizeMode::NoPkce)
+                            .then(|| challenge.cloned())
+                            .flatten(),
+                        scope: q.get("scope").cloned(),
+                    },
+                );
+                pairs.append_pair("code", &code);
+            }
+            if let Some(state) = q.get("state") {
+                pairs.append_pair("state", state);
+            }
+            let iss = if mode == AuthorizeMode::WrongIssuer {
+                "https://evil.example".to_owned()
+            } else {
+                issuer
+            };
+            pairs.append_pair("iss", &iss);
+        }
+        ResponseTemplate::new(302).insert_header("location", target.as_str())
+    }
+}
+
+struct RevokeEndpoint(Arc<Shared>);
+
+impl Respond for RevokeEndpoint {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let token = form_urlencoded::parse(&request.body)
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned());
+        let mut m = self.0.model.lock();
+        if let Some(family) = token.and_then(|t| m.provider.family_of(&t)) {
+            m.provider
+                .revoke_family(family, "revoked by the client (RFC 7009)");
+        }
+        // RFC 7009 §2.2: 200 also for an unknown token.
+        ResponseTemplate::new(200)
     }
 }
 

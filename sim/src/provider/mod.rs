@@ -291,6 +291,11 @@ impl Provider {
         }
     }
 
+    /// The family a refresh token belongs to (spent ones included), for revocation.
+    pub fn family_of(&self, rt: &str) -> Option<FamilyId> {
+        self.rts.get(rt).map(|r| r.family)
+    }
+
     /// Why a family was revoked, if it was.
     pub fn family_revoked(&self, family: FamilyId) -> Option<&'static str> {
         self.families.get(family).and_then(|f| f.revoked)
