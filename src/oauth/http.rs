@@ -406,7 +406,7 @@ fn transport_error(e: &reqwest::Error, after_headers: bool) -> RefreshError {
 }
 
 /// The innermost error message, which names the failure without the URL.
-fn root_cause(e: &reqwest::Error) -> String {
+pub(super) fn root_cause(e: &reqwest::Error) -> String {
     let mut cause: Option<&dyn std::error::Error> = None;
     let mut next = std::error::Error::source(e);
     while let Some(source) = next {
@@ -631,7 +631,7 @@ impl HttpRefresherBuilder {
     }
 }
 
-fn is_loopback(url: &Url) -> bool {
+pub(super) fn is_loopback(url: &Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };
