@@ -60,7 +60,8 @@
 //! - [`store`]: [`TokenStore`](store::TokenStore) with versions, compare-and-swap and leases;
 //! - [`runtime`]: the clock, timer and spawner seams ([`Runtime::tokio`](runtime::Runtime::tokio),
 //!   [`ManualClock`](runtime::ManualClock));
-//! - [`oauth`]: parsing token-endpoint answers and `Retry-After`;
+//! - [`oauth`]: parsing token-endpoint answers and `Retry-After`; with `http`, the refresh
+//!   grant over HTTP and `oauth::discovery` (RFC 9728 / RFC 8414 metadata in MCP's order);
 //! - [`pool`]: many credentials keyed by issuer, client, resource, scopes and subject;
 //! - [`event`]: what a credential reports.
 //!
@@ -71,7 +72,7 @@
 //! | `tracing` | no | `tracing` spans around refreshes and events for every [`Event`], with fingerprints only |
 //! | `file` | no | `store::FileStore`: a private token file shared by the user's processes (atomic replace, versioned compare-and-swap, `flock` lease) |
 //! | `contract` | no | `store::contract`: the checks every `TokenStore` must pass, to run on your own store |
-//! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous |
+//! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous; `oauth::discovery`: protected-resource and authorization-server metadata, issuer and resource checked, PKCE S256 required |
 //! | `encrypted` | no | `store::EncryptedFileStore`: the file store's document sealed with XChaCha20-Poly1305, bound to the credential's identity; `store::Key` from the environment, a key file or the keyring; key rotation |
 //! | `keyring` | no | `store::KeyringStore`: tokens in the OS keyring (Secret Service, Keychain, Credential Manager), too-big sets in an encrypted file; `Key::from_keyring` |
 //!

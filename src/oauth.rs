@@ -14,7 +14,9 @@
 //!
 //! With the `http` feature, [`HttpRefresher`] is a ready [`Refresher`](crate::Refresher) for the
 //! RFC 6749 refresh grant (client authentication, RFC 8707 `resource`, no automatic retries,
-//! transport failures classified as transient or ambiguous).
+//! transport failures classified as transient or ambiguous), and `discovery` finds the
+//! endpoints: RFC 9728 protected-resource metadata, then RFC 8414 authorization-server
+//! metadata, in MCP's order, with the issuer, the resource and PKCE `S256` checked.
 
 use std::time::Duration;
 
@@ -301,3 +303,6 @@ pub use challenge::{
 mod http;
 #[cfg(feature = "http")]
 pub use http::{logout, ClientAuth, HttpBuildError, HttpRefresher, HttpRefresherBuilder, Logout};
+
+#[cfg(feature = "http")]
+pub mod discovery;

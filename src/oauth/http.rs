@@ -530,7 +530,7 @@ fn transport_error(e: &reqwest::Error, after_headers: bool) -> RefreshError {
 }
 
 /// The innermost error message, which names the failure without the URL.
-fn root_cause(e: &reqwest::Error) -> String {
+pub(super) fn root_cause(e: &reqwest::Error) -> String {
     let mut cause: Option<&dyn std::error::Error> = None;
     let mut next = std::error::Error::source(e);
     while let Some(source) = next {
@@ -835,7 +835,7 @@ fn checked_url(raw: &str, what: &str, insecure: bool) -> Result<Url, HttpBuildEr
     Ok(url)
 }
 
-fn is_loopback(url: &Url) -> bool {
+pub(super) fn is_loopback(url: &Url) -> bool {
     let Some(host) = url.host_str() else {
         return false;
     };
