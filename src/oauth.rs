@@ -306,3 +306,5 @@ pub use http::{logout, ClientAuth, HttpBuildError, HttpRefresher, HttpRefresherB
 
 #[cfg(feature = "http")]
 pub mod discovery;
+#[cfg(feature = "login")]
+pub mod login;
