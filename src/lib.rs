@@ -70,6 +70,8 @@
 //! | `tokio` | yes | [`Runtime::tokio`](runtime::Runtime::tokio), the default runtime |
 //! | `tracing` | no | `tracing` spans around refreshes and events for every [`Event`], with fingerprints only |
 //! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous |
+//! | `redis` | no | `store::RedisStore`: a store shared by replicas through Redis (compare-and-swap scripts, fenced leases, pub/sub wake-ups); needs Rust 1.88 |
+//! | `redis-tls` | no | `rediss://` URLs for `RedisStore`, over rustls and ring (the same stack as `http`) |
 //!
 //! Without `tokio` the crate builds on `futures`, `parking_lot`, `arc-swap`, `time` and `serde`
 //! alone and runs on any executor through [`runtime::Runtime::new`].

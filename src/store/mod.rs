@@ -8,6 +8,8 @@ mod file;
 #[cfg(feature = "file")]
 mod local;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 pub mod spec;
 
 use std::fmt;
@@ -18,6 +20,8 @@ use async_trait::async_trait;
 
 use crate::token::TokenSet;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 #[cfg(feature = "file")]
 pub use file::FileStore;
 pub use memory::MemoryStore;

@@ -258,6 +258,8 @@ impl StoreSpec {
             StoreSpec::Memory => Ok(Arc::new(MemoryStore::new())),
             #[cfg(feature = "file")]
             StoreSpec::File { path } => Ok(Arc::new(super::FileStore::open(path.clone())?)),
+            #[cfg(feature = "redis")]
+            StoreSpec::Redis { url, key } => Ok(Arc::new(super::RedisStore::open(url, key).await?)),
             other => Err(StoreError::new(
                 StoreErrorKind::Config,
                 format!(
