@@ -75,6 +75,8 @@
 //! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous; `oauth::discovery`: protected-resource and authorization-server metadata, issuer and resource checked, PKCE S256 required |
 //! | `encrypted` | no | `store::EncryptedFileStore`: the file store's document sealed with XChaCha20-Poly1305, bound to the credential's identity; `store::Key` from the environment, a key file or the keyring; key rotation |
 //! | `keyring` | no | `store::KeyringStore`: tokens in the OS keyring (Secret Service, Keychain, Credential Manager), too-big sets in an encrypted file; `Key::from_keyring` |
+//! | `redis` | no | `store::RedisStore`: a store shared by replicas through Redis (compare-and-swap scripts, fenced leases, pub/sub wake-ups) |
+//! | `redis-tls` | no | `rediss://` URLs for `RedisStore`, over rustls and aws-lc-rs (the same stack as `http`) |
 //!
 //! Without `tokio` the crate builds on `futures`, `parking_lot`, `arc-swap`, `time` and `serde`
 //! alone and runs on any executor through [`runtime::Runtime::new`].

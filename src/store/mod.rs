@@ -12,6 +12,8 @@ mod keyring;
 #[cfg(feature = "file")]
 mod local;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 pub mod spec;
 
 use std::fmt;
@@ -22,6 +24,8 @@ use async_trait::async_trait;
 
 use crate::token::TokenSet;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisStore, RedisStoreBuilder};
 #[cfg(feature = "encrypted")]
 pub use encrypted::{EncryptedFileStore, Key, KeyId};
 #[cfg(feature = "file")]

@@ -299,6 +299,10 @@ impl StoreSpec {
                         .await?;
                 Ok(Arc::new(store))
             }
+            #[cfg(feature = "redis")]
+            StoreSpec::Redis { url, key } => Ok(Arc::new(super::RedisStore::open(url, key).await?)),
+            // Reachable when this build lacks a store's feature.
+            #[allow(unreachable_patterns)]
             other => Err(StoreError::new(
                 StoreErrorKind::Config,
                 format!(
