@@ -143,3 +143,94 @@ fn bad_multi_process_options_are_clear_errors() {
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
 }
+
+/// A `redis-server` on a free loopback port, without persistence; killed when dropped.
+struct Redis {
+    port: u16,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        if std::env::var("KEEPFRESH_SKIP_REDIS").as_deref() == Ok("1") {
+            eprintln!("KEEPFRESH_SKIP_REDIS=1: not run");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server is needed (apt-get install -y redis-server), or KEEPFRESH_SKIP_REDIS=1");
+            // Ready when it answers PING; bounded.
+            for _ in 0..1000 {
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                if pong(port) {
+                    return Some(Redis {
+                        port,
+                        child,
+                        _dir: dir,
+                    });
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let _ = child.kill();
+        }
+        panic!("redis-server did not start");
+    }
+}
+
+fn pong(port: u16) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let mut buf = [0u8; 7];
+    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The replica case: three processes on one Redis, one refresh per burst, no family revoked.
+#[test]
+fn three_processes_on_one_redis_refresh_once_per_burst() {
+    let Some(redis) = Redis::start() else { return };
+    let spec = format!("redis://127.0.0.1:{}/load-test", redis.port);
+    let (code, r) = load(&[
+        "--store",
+        &spec,
+        "--os-processes",
+        "3",
+        "--bursts",
+        "6",
+        "--burst",
+        "40",
+        "--latency-min-ms",
+        "5",
+        "--latency-max-ms",
+        "20",
+    ]);
+    assert_eq!(code, 0, "{r:#}");
+    assert_eq!(r["token_endpoint_calls"], 6, "{r:#}");
+    assert_eq!(r["adopted"], 12, "{r:#}");
+    assert_eq!(r["server"]["replays"], 0);
+    assert_eq!(r["server"]["revoked_families"].as_array().unwrap().len(), 0);
+    assert_eq!(r["consistent"], true);
+}

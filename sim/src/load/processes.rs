@@ -6,8 +6,10 @@
 //! tokens (one refresh from the given refresh token when it is empty, never when it already
 //! holds some: a run against a real provider continues from the newest refresh token and leaves
 //! the newest one behind), then starts N workers (this binary, `load-worker`). The workers hold
-//! to the bursts in lockstep through their standard input and output: each makes its current
-//! token stale, says `ready`, waits for `go`, fires its callers, says `done`. At the end each
+//! to the bursts in lockstep through their standard input and output: each takes its current
+//! token, says `ready`, waits for `go`, makes that token stale (as a 401 would), fires its
+//! callers and says `done`. Set `KEEPFRESH_LOAD_TRACE=1` to have each worker print its
+//! credential's events (fingerprints only) on standard error. At the end each
 //! reports its waits, errors, refreshes and final token fingerprint as one JSON line.
 
 use std::collections::BTreeMap;
@@ -488,6 +490,13 @@ pub async fn worker(args: WorkerArgs) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let counts = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
     let c = counts.clone();
+    let index = args.index;
+    let trace = std::env::var_os("KEEPFRESH_LOAD_TRACE").is_some();
+    credential.on_event(move |e| {
+        if trace {
+            eprintln!("worker {index}: {e:?}");
+        }
+    });
     credential.on_event(move |e| match e {
         Event::Refreshed { .. } => {
             c.0.fetch_add(1, Ordering::Relaxed);
@@ -500,14 +509,19 @@ pub async fn worker(args: WorkerArgs) -> Result<(), String> {
     let mut report = WorkerReport::default();
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     for _ in 0..args.bursts {
-        // Stale, as a resource server's 401 would make it.
-        if let Ok(Ok(t)) = tokio::time::timeout(timeout, credential.token()).await {
-            credential.invalidate(&t);
-        }
+        // The token every process holds now (no process refreshes between two bursts)...
+        let held = tokio::time::timeout(timeout, credential.token()).await;
         say("ready");
         match stdin.next_line().await {
             Ok(Some(line)) if line == "go" => {}
             _ => return Err("the parent went away".into()),
+        }
+        // ...made stale only after every process took it, as a resource server's 401 would.
+        // Invalidating before the barrier let a fast process refresh before a slow one had
+        // even read the store, so the slow one then invalidated the new set: a second,
+        // legitimate refresh in the same burst.
+        if let Ok(Ok(t)) = held {
+            credential.invalidate(&t);
         }
         let mut callers = tokio::task::JoinSet::new();
         for _ in 0..args.burst {
