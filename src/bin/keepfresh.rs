@@ -350,8 +350,8 @@ async fn login(config: &Config, args: LoginArgs) -> Result<(), Failure> {
         .client_id
         .clone()
         .ok_or("give --client-id (or client_id in the configuration)")?;
-    let meta = metadata(&section).await?;
     let (spec, store) = store_for(&args.target.name, &section).await?;
+    let meta = metadata(&section).await?;
 
     // Least privilege: say what is asked for, and warn about more than the tool needs.
     if section.scopes.is_empty() {
@@ -568,8 +568,9 @@ async fn status(config: &Config, args: StatusArgs) -> Result<(), Failure> {
 
 async fn refresh(config: &Config, target: Target) -> Result<(), Failure> {
     let section = resolve(config, &target);
-    let meta = metadata(&section).await?;
+    // The store first: a bad spec is found without touching the network.
     let (spec, store) = store_for(&target.name, &section).await?;
+    let meta = metadata(&section).await?;
     if store.load().await.map_err(|e| e.to_string())?.is_none() {
         return Err(format!(
             "{}: nothing stored in {spec}; log in first",
