@@ -71,6 +71,8 @@
 //! | `tokio` | yes | [`Runtime::tokio`](runtime::Runtime::tokio), the default runtime |
 //! | `tracing` | no | `tracing` spans around refreshes and events for every [`Event`], with fingerprints only |
 //! | `file` | no | `store::FileStore`: a private token file shared by the user's processes (atomic replace, versioned compare-and-swap, `flock` lease) |
+//! | `login` | no | `oauth::login`: the first tokens through the authorization code grant with PKCE and a loopback redirect |
+//! | `cli` | no | the `keepfresh` command-line tool (`login`, `status`, `refresh`, `logout`) |
 //! | `contract` | no | `store::contract`: the checks every `TokenStore` must pass, to run on your own store |
 //! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous; `oauth::discovery`: protected-resource and authorization-server metadata, issuer and resource checked, PKCE S256 required |
 //! | `encrypted` | no | `store::EncryptedFileStore`: the file store's document sealed with XChaCha20-Poly1305, bound to the credential's identity; `store::Key` from the environment, a key file or the keyring; key rotation |
