@@ -164,6 +164,61 @@ pub(crate) fn run(report: &mut Report, rounds: usize) {
     let dir = Dir::new("handoff");
     let file = format!("file:{}", dir.0.join("t.json").display());
     handoff_of(report, "file store", &file, rounds);
+    match RedisServer::start(&dir.0) {
+        Some(redis) => {
+            let spec = format!("redis://127.0.0.1:{}/bench", redis.port);
+            handoff_of(report, "Redis store", &spec, rounds);
+        }
+        None => report.note("(Redis hand-off not measured: no redis-server on the PATH)"),
+    }
+}
+
+/// A throwaway `redis-server` on a free loopback port, killed on drop.
+struct RedisServer {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl RedisServer {
+    fn start(dir: &std::path::Path) -> Option<RedisServer> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .ok()?
+            .local_addr()
+            .ok()?
+            .port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let server = RedisServer { port, child };
+        for _ in 0..500 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(server);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn handoff_of(report: &mut Report, name: &str, spec: &str, rounds: usize) {
@@ -181,7 +236,7 @@ fn handoff_of(report: &mut Report, name: &str, spec: &str, rounds: usize) {
     let p99 = percentile(&sorted, 99.0);
     let rt_ms = ms(round_trip);
     report.figure(
-        "file store round trip (load, p50)",
+        "store round trip (load, p50)",
         rt_ms,
         "ms",
         Target::Info,
