@@ -235,12 +235,7 @@ fn handoff_of(report: &mut Report, name: &str, spec: &str, rounds: usize) {
     let p50 = percentile(&sorted, 50.0);
     let p99 = percentile(&sorted, 99.0);
     let rt_ms = ms(round_trip);
-    report.figure(
-        "store round trip (load, p50)",
-        rt_ms,
-        "ms",
-        Target::Info,
-    );
+    report.figure("store round trip (load, p50)", rt_ms, "ms", Target::Info);
     report.figure("hand-off p50", ms(p50), "ms", Target::Info);
     report.figure("hand-off p99", ms(p99), "ms", Target::Info);
     report.figure(
