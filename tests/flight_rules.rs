@@ -581,3 +581,87 @@ async fn a_later_failing_flight_keeps_the_lease_of_an_unsaved_set() {
         [Some("refresh-0".into()), Some("refresh-1".into())]
     );
 }
+
+/// Found by the cross-process model check (`tests/cross_process_model.rs`): a lease handed to
+/// the next flight was used without checking that it was still this process's. It may have run
+/// out, been taken by another process and released again while the owed save was retried; the
+/// next flight then re-read and called the provider with a refresh token the other process had
+/// just spent (family revoked). The carried lease is renewed first, and taken anew when the
+/// store says it is no longer ours.
+mod a_carried_lease {
+    use keepfresh::flight::{Carry, Effect, Feedback, Plan, Start};
+    use keepfresh::machine::FlightId;
+    use keepfresh::runtime::MonoTime;
+    use keepfresh::store::{Lease, StoreError, StoreErrorKind, Version};
+    use keepfresh::{AccessToken, RefreshPolicy, RefreshToken, TokenSet};
+    use std::sync::Arc;
+
+    fn carried() -> Plan {
+        let at = time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_900_000_000);
+        let owed = Arc::new(TokenSet::new(
+            AccessToken::new("at-1"),
+            Some(RefreshToken::new("rt-1")),
+            at,
+            at + time::Duration::hours(1),
+        ));
+        let start = Start::new(
+            FlightId(2),
+            MonoTime::ZERO,
+            Some(owed.clone()),
+            Some(Version(1)),
+        )
+        .with_carry(Carry {
+            lease: Some(Lease { id: 7 }),
+            owed: Some(owed),
+            expected: Some(Version(1)),
+        });
+        Plan::new(Arc::new(RefreshPolicy::default()), true, start)
+    }
+
+    #[test]
+    fn is_renewed_before_anything_is_read_or_called() {
+        let mut plan = carried();
+        match plan.step(MonoTime::ZERO, Feedback::Start) {
+            Effect::Renew { lease, .. } => assert_eq!(lease, Lease { id: 7 }),
+            other => panic!("the carried lease was used unchecked: {other:?}"),
+        }
+        assert_eq!(
+            plan.step(MonoTime::ZERO, Feedback::Renewed(Ok(true))),
+            Effect::Load
+        );
+    }
+
+    #[test]
+    fn is_taken_anew_when_the_store_says_it_is_gone() {
+        let mut plan = carried();
+        assert!(matches!(
+            plan.step(MonoTime::ZERO, Feedback::Start),
+            Effect::Renew { .. }
+        ));
+        let next = plan.step(MonoTime::ZERO, Feedback::Renewed(Ok(false)));
+        // A report that the lease was lost may come first.
+        let next = match next {
+            Effect::Report(_) => plan.step(MonoTime::ZERO, Feedback::Ack),
+            other => other,
+        };
+        assert!(matches!(next, Effect::TryLease { .. }), "{next:?}");
+    }
+
+    /// A failed renewal says nothing: the lease may still be ours, and it guards a set that
+    /// is not durable. Giving it back let another process refresh from the durable parent
+    /// (whose refresh token this process had spent): the model check found that too.
+    #[test]
+    fn is_kept_when_renewing_fails() {
+        let mut plan = carried();
+        assert!(matches!(
+            plan.step(MonoTime::ZERO, Feedback::Start),
+            Effect::Renew { .. }
+        ));
+        let failed = Feedback::Renewed(Err(StoreError::new(StoreErrorKind::Io, "down")));
+        let next = match plan.step(MonoTime::ZERO, failed) {
+            Effect::Report(_) => plan.step(MonoTime::ZERO, Feedback::Ack),
+            other => other,
+        };
+        assert_eq!(next, Effect::Load);
+    }
+}

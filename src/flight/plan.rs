@@ -15,6 +15,8 @@ use crate::token::TokenSet;
 #[derive(Clone, Debug, PartialEq)]
 pub(super) enum Stage {
     Begin,
+    /// Renewing a lease carried from the previous flight before relying on it.
+    RenewCarried,
     Leasing,
     PollLoad,
     PollSleep,
@@ -298,6 +300,8 @@ impl Plan {
         }
         match std::mem::replace(&mut self.stage, Stage::Done) {
             Stage::Begin => self.begin(),
+            Stage::RenewCarried => self.on_carried_renewed(feedback),
+
             Stage::Leasing => self.on_lease(now, feedback),
             Stage::PollLoad => match feedback {
                 Feedback::Loaded(Ok(Some(stored))) if self.is_newer(&stored) => {

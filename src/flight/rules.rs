@@ -27,13 +27,38 @@ impl Plan {
             self.stage = Stage::Calling;
             return Effect::Call(self.request());
         }
-        if self.lease.is_some() {
-            // Carried from the plan whose set is not yet durable: the lease is this process's.
-            self.stage = Stage::Reread;
-            return Effect::Load;
+        if let Some(lease) = &self.lease {
+            // Carried from the plan whose set is not yet durable. It may have run out while
+            // that plan retried its save, and been taken (and even given back) by another
+            // process since: renew it before relying on it.
+            self.stage = Stage::RenewCarried;
+            return Effect::Renew {
+                lease: lease.clone(),
+                ttl: self.policy.lease_ttl(),
+            };
         }
         self.stage = Stage::Leasing;
         self.try_lease()
+    }
+
+    /// The carried lease renewed: still ours, read on; gone, take one anew (waiting like any
+    /// other process if someone holds it). Unknown (the store failed): it may still be ours and
+    /// it guards a set that is not durable yet, so it is kept (giving it back would let another
+    /// process refresh from the durable parent, whose refresh token this process already
+    /// spent) and the re-read goes on, as after a failed renewal before a save.
+    pub(super) fn on_carried_renewed(&mut self, feedback: Feedback) -> Effect {
+        match feedback {
+            Feedback::Renewed(Ok(true)) => {}
+            Feedback::Renewed(Ok(false)) => {
+                self.lease = None;
+                self.outbox.push_back(Report::LeaseLost);
+                self.stage = Stage::Leasing;
+                return self.try_lease();
+            }
+            _ => self.outbox.push_back(Report::LeaseLost),
+        }
+        self.stage = Stage::Reread;
+        Effect::Load
     }
 
     pub(super) fn try_lease(&mut self) -> Effect {

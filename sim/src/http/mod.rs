@@ -8,7 +8,7 @@
 //! | `POST /token` | RFC 6749 §6 refresh grant (form-encoded, `grant_type=refresh_token`), answered by the model of the chosen profile: rotation, reuse detection, grace windows, vendor error styles |
 //! | `POST /login` | a new grant (token family), answered like a token response: how a client gets its first refresh token |
 //! | `GET /resource` | a protected resource: 200 for a live access token, 401 `invalid_token` for an unknown, expired or revoked one |
-//! | `GET /authorize` | authorization code + PKCE (S256) with auto-consent: redirects to `redirect_uri` with `code`, `state` and `iss` (RFC 9207); [`AuthorizeMode`] makes it deny, send a wrong `iss` or not support PKCE |
+//! | `GET /authorize` | authorization code + PKCE (S256) with auto-consent: redirects to `redirect_uri` with `code`, `state` and `iss` (RFC 9207); [`AuthorizeMode`](crate::http::AuthorizeMode) makes it deny, send a wrong `iss` or not support PKCE |
 //! | `POST /token` with `grant_type=authorization_code` | redeems a code once, checking `redirect_uri`, `client_id` and the PKCE verifier: a new grant |
 //! | `POST /revoke` | RFC 7009: revokes the family of a refresh token (200 whatever the token) |
 //! | `GET /.well-known/oauth-authorization-server` | RFC 8414 metadata: issuer, endpoints, PKCE S256, `iss` parameter support |
