@@ -61,6 +61,9 @@
 //! - [`runtime`]: the clock, timer and spawner seams ([`Runtime::tokio`](runtime::Runtime::tokio),
 //!   [`ManualClock`](runtime::ManualClock));
 //! - [`oauth`]: parsing token-endpoint answers and `Retry-After`;
+//! - `middleware` (feature `middleware`): `reqwest-middleware` and `tower` middleware that
+//!   attach the header, refresh once and retry once on a 401, and report a 403
+//!   `insufficient_scope` as a step-up;
 //! - [`pool`]: many credentials keyed by issuer, client, resource, scopes and subject;
 //! - [`event`]: what a credential reports.
 //!
@@ -73,6 +76,7 @@
 //! | `contract` | no | `store::contract`: the checks every `TokenStore` must pass, to run on your own store |
 //! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous |
 //! | `encrypted` | no | `store::EncryptedFileStore`: the file store's document sealed with XChaCha20-Poly1305, bound to the credential's identity; `store::Key` from the environment, a key file or the keyring; key rotation |
+//! | `middleware` | no | `middleware::AuthMiddleware` (reqwest-middleware 0.5) and `middleware::AuthLayer` (tower 0.5): the header attached and marked sensitive, one refresh and one retry on a 401 `invalid_token`, `StepUpRequired` on a 403 `insufficient_scope` |
 //! | `keyring` | no | `store::KeyringStore`: tokens in the OS keyring (Secret Service, Keychain, Credential Manager), too-big sets in an encrypted file; `Key::from_keyring` |
 //!
 //! Without `tokio` the crate builds on `futures`, `parking_lot`, `arc-swap`, `time` and `serde`
@@ -92,6 +96,8 @@ mod error;
 pub mod event;
 pub mod flight;
 pub mod machine;
+#[cfg(feature = "middleware")]
+pub mod middleware;
 pub mod oauth;
 pub mod policy;
 pub mod pool;
