@@ -62,6 +62,9 @@
 //!   [`ManualClock`](runtime::ManualClock));
 //! - [`oauth`]: parsing token-endpoint answers and `Retry-After`; with `http`, the refresh
 //!   grant over HTTP and `oauth::discovery` (RFC 9728 / RFC 8414 metadata in MCP's order);
+//! - `middleware` (feature `middleware`): `reqwest-middleware` and `tower` middleware that
+//!   attach the header, refresh once and retry once on a 401, and report a 403
+//!   `insufficient_scope` as a step-up;
 //! - [`pool`]: many credentials keyed by issuer, client, resource, scopes and subject;
 //! - [`event`]: what a credential reports.
 //!
@@ -76,6 +79,7 @@
 //! | `contract` | no | `store::contract`: the checks every `TokenStore` must pass, to run on your own store |
 //! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous; `oauth::discovery`: protected-resource and authorization-server metadata, issuer and resource checked, PKCE S256 required |
 //! | `encrypted` | no | `store::EncryptedFileStore`: the file store's document sealed with XChaCha20-Poly1305, bound to the credential's identity; `store::Key` from the environment, a key file or the keyring; key rotation |
+//! | `middleware` | no | `middleware::AuthMiddleware` (reqwest-middleware 0.5) and `middleware::AuthLayer` (tower 0.5): the header attached and marked sensitive, one refresh and one retry on a 401 `invalid_token`, `StepUpRequired` on a 403 `insufficient_scope` |
 //! | `keyring` | no | `store::KeyringStore`: tokens in the OS keyring (Secret Service, Keychain, Credential Manager), too-big sets in an encrypted file; `Key::from_keyring` |
 //! | `redis` | no | `store::RedisStore`: a store shared by replicas through Redis (compare-and-swap scripts, fenced leases, pub/sub wake-ups) |
 //! | `redis-tls` | no | `rediss://` URLs for `RedisStore`, over rustls and aws-lc-rs (the same stack as `http`) |
@@ -97,6 +101,8 @@ mod error;
 pub mod event;
 pub mod flight;
 pub mod machine;
+#[cfg(feature = "middleware")]
+pub mod middleware;
 pub mod oauth;
 pub mod policy;
 pub mod pool;

@@ -6,7 +6,8 @@
 //! `cargo bench -p keepfresh-benches` runs everything; a filter argument selects benchmarks
 //! and scenarios whose name contains it (`cargo bench -p keepfresh-benches -- burst`;
 //! `-- hot_path_held` for the held-token benchmarks alone, `-- hot_path` for every hot-path
-//! benchmark; `-- store` for store latency, `-- handoff` for the cross-process hand-off).
+//! benchmark; `-- store` for store latency, `-- middleware` for the HTTP middleware's overhead,
+//! `-- handoff` for the cross-process hand-off).
 //! Without `--bench` (`cargo test --benches`, or `-- --test`) every part runs once, scaled down.
 
 mod alloc;
@@ -14,6 +15,7 @@ mod burst;
 mod contenders;
 mod failing;
 mod hot_path;
+mod middleware;
 mod report;
 mod sizes;
 mod steady;
@@ -93,6 +95,7 @@ fn main() {
     let mut criterion = Criterion::default().configure_from_args();
     hot_path::bench_all(&mut criterion);
     stores::bench_all(&mut criterion);
+    middleware::bench_all(&mut criterion);
     criterion.final_summary();
     if args.list {
         return;
@@ -111,6 +114,7 @@ fn main() {
     ));
     if !args.test {
         hot_path::report(&mut report, |group| args.selects(group));
+        middleware::report(&mut report, |group| args.selects(group));
     }
     if args.selects("burst") {
         let sizes: &[usize] = if args.test {
@@ -129,6 +133,9 @@ fn main() {
     }
     if args.selects("sizes") {
         sizes::run(&mut report);
+    }
+    if args.selects("middleware") {
+        middleware::run(&mut report, args.test);
     }
     if args.selects("handoff") {
         stores::run(&mut report, if args.test { 20 } else { 500 });
