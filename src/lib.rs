@@ -62,13 +62,16 @@
 //!   [`ManualClock`](runtime::ManualClock));
 //! - [`oauth`]: parsing token-endpoint answers and `Retry-After`;
 //! - [`pool`]: many credentials keyed by issuer, client, resource, scopes and subject;
-//! - [`event`]: what a credential reports.
+//! - [`event`]: what a credential reports;
+//! - `metrics` (feature `metrics`): counters, histograms and gauges through the `metrics`
+//!   facade, per credential and for every pooled credential.
 //!
 //! ## Features
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `tokio` | yes | [`Runtime::tokio`](runtime::Runtime::tokio), the default runtime |
 //! | `tracing` | no | `tracing` spans around refreshes and events for every [`Event`], with fingerprints only |
+//! | `metrics` | no | `metrics::install`: refreshes by outcome, refresh latency, caller waits, served-stale, time to expiry, phases and store errors through the `metrics` facade, labelled by credential key without secrets; installed on every pooled credential |
 //! | `file` | no | `store::FileStore`: a private token file shared by the user's processes (atomic replace, versioned compare-and-swap, `flock` lease) |
 //! | `contract` | no | `store::contract`: the checks every `TokenStore` must pass, to run on your own store |
 //! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous |
@@ -92,6 +95,8 @@ mod error;
 pub mod event;
 pub mod flight;
 pub mod machine;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod oauth;
 pub mod policy;
 pub mod pool;

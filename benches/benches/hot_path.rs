@@ -372,7 +372,7 @@ fn report_held(report: &mut Report, root: &Path, selected: impl Fn(&str) -> bool
     }
 }
 
-fn median_ns(path: &Path) -> Option<f64> {
+pub(crate) fn median_ns(path: &Path) -> Option<f64> {
     let text = std::fs::read_to_string(path).ok()?;
     let json: serde_json::Value = serde_json::from_str(&text).ok()?;
     json["median"]["point_estimate"].as_f64()

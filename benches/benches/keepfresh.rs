@@ -6,7 +6,8 @@
 //! `cargo bench -p keepfresh-benches` runs everything; a filter argument selects benchmarks
 //! and scenarios whose name contains it (`cargo bench -p keepfresh-benches -- burst`;
 //! `-- hot_path_held` for the held-token benchmarks alone, `-- hot_path` for every hot-path
-//! benchmark; `-- store` for store latency, `-- handoff` for the cross-process hand-off).
+//! benchmark; `-- store` for store latency, `-- handoff` for the cross-process hand-off;
+//! `-- pool` for the credential pool: token() pooled against single, reschedule cost, memory).
 //! Without `--bench` (`cargo test --benches`, or `-- --test`) every part runs once, scaled down.
 
 mod alloc;
@@ -14,6 +15,7 @@ mod burst;
 mod contenders;
 mod failing;
 mod hot_path;
+mod pool;
 mod report;
 mod sizes;
 mod steady;
@@ -92,6 +94,7 @@ fn main() {
     let args = Args::parse();
     let mut criterion = Criterion::default().configure_from_args();
     hot_path::bench_all(&mut criterion);
+    pool::bench_all(&mut criterion);
     stores::bench_all(&mut criterion);
     criterion.final_summary();
     if args.list {
@@ -129,6 +132,14 @@ fn main() {
     }
     if args.selects("sizes") {
         sizes::run(&mut report);
+    }
+    if args.selects("pool") {
+        let sizes: &[usize] = if args.test {
+            &[1_000]
+        } else {
+            &[10_000, 100_000]
+        };
+        pool::run(&mut report, sizes);
     }
     if args.selects("handoff") {
         stores::run(&mut report, if args.test { 20 } else { 500 });
