@@ -181,6 +181,17 @@ pub enum Event {
         /// When.
         at: MonoTime,
     },
+    /// A caller that had to wait for a refresh got its answer: a token, or an error (a wait
+    /// that timed out is also reported as [`Event::WaitTimedOut`]). Callers cancelled while
+    /// waiting are not reported.
+    CallerWaited {
+        /// When the wait ended.
+        at: MonoTime,
+        /// How long the caller waited.
+        waited: Duration,
+        /// Whether it got a token.
+        served: bool,
+    },
 }
 
 impl Event {
@@ -226,34 +237,53 @@ fn event_time(e: &Event) -> MonoTime {
         | Event::FlightAborted { at, .. }
         | Event::Invalidated { at, .. }
         | Event::ReauthRequired { at, .. }
-        | Event::WaitTimedOut { at } => *at,
+        | Event::WaitTimedOut { at }
+        | Event::CallerWaited { at, .. } => *at,
     }
 }
 
-/// The listeners of one credential.
+/// The listeners of one credential. Boxed on first use: most credentials have none, and a
+/// pool holds many credentials.
 #[derive(Default)]
 pub(crate) struct Listeners {
-    callbacks: Mutex<Vec<Listener>>,
-    streams: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
+    lists: Mutex<Option<Box<Lists>>>,
+}
+
+#[derive(Default)]
+struct Lists {
+    callbacks: Vec<Listener>,
+    streams: Vec<mpsc::UnboundedSender<Event>>,
 }
 
 impl fmt::Debug for Listeners {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lists = self.lists.lock();
+        let (callbacks, streams) = lists
+            .as_deref()
+            .map_or((0, 0), |l| (l.callbacks.len(), l.streams.len()));
         f.debug_struct("Listeners")
-            .field("callbacks", &self.callbacks.lock().len())
-            .field("streams", &self.streams.lock().len())
+            .field("callbacks", &callbacks)
+            .field("streams", &streams)
             .finish()
     }
 }
 
 impl Listeners {
     pub(crate) fn add(&self, f: Listener) {
-        self.callbacks.lock().push(f);
+        self.lists
+            .lock()
+            .get_or_insert_with(Default::default)
+            .callbacks
+            .push(f);
     }
 
     pub(crate) fn stream(&self) -> mpsc::UnboundedReceiver<Event> {
         let (tx, rx) = mpsc::unbounded();
-        self.streams.lock().push(tx);
+        self.lists
+            .lock()
+            .get_or_insert_with(Default::default)
+            .streams
+            .push(tx);
         rx
     }
 
@@ -262,7 +292,10 @@ impl Listeners {
         if events.is_empty() {
             return;
         }
-        let callbacks: Vec<Listener> = self.callbacks.lock().clone();
+        let callbacks: Vec<Listener> = match self.lists.lock().as_deref() {
+            Some(l) => l.callbacks.clone(),
+            None => Vec::new(),
+        };
         let mut panicked = None;
         for e in &events {
             #[cfg(feature = "tracing")]
@@ -284,9 +317,12 @@ impl Listeners {
             trace_event(&e);
             events.push(e);
         }
-        let mut streams = self.streams.lock();
-        if !streams.is_empty() {
-            streams.retain(|tx| events.iter().all(|e| tx.unbounded_send(e.clone()).is_ok()));
+        let mut lists = self.lists.lock();
+        if let Some(l) = lists.as_deref_mut() {
+            if !l.streams.is_empty() {
+                l.streams
+                    .retain(|tx| events.iter().all(|e| tx.unbounded_send(e.clone()).is_ok()));
+            }
         }
     }
 }

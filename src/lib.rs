@@ -66,13 +66,16 @@
 //!   attach the header, refresh once and retry once on a 401, and report a 403
 //!   `insufficient_scope` as a step-up;
 //! - [`pool`]: many credentials keyed by issuer, client, resource, scopes and subject;
-//! - [`event`]: what a credential reports.
+//! - [`event`]: what a credential reports;
+//! - `metrics` (feature `metrics`): counters, histograms and gauges through the `metrics`
+//!   facade, per credential and for every pooled credential.
 //!
 //! ## Features
 //! | feature | default | what it adds |
 //! |---|---|---|
 //! | `tokio` | yes | [`Runtime::tokio`](runtime::Runtime::tokio), the default runtime |
 //! | `tracing` | no | `tracing` spans around refreshes and events for every [`Event`], with fingerprints only |
+//! | `metrics` | no | `metrics::install`: refreshes by outcome, refresh latency, caller waits, served-stale, time to expiry, phases and store errors through the `metrics` facade, labelled by credential key without secrets; installed on every pooled credential |
 //! | `file` | no | `store::FileStore`: a private token file shared by the user's processes (atomic replace, versioned compare-and-swap, `flock` lease) |
 //! | `login` | no | `oauth::login`: the first tokens through the authorization code grant with PKCE and a loopback redirect |
 //! | `cli` | no | the `keepfresh` command-line tool (`login`, `status`, `refresh`, `logout`) |
@@ -101,6 +104,8 @@ mod error;
 pub mod event;
 pub mod flight;
 pub mod machine;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(feature = "middleware")]
 pub mod middleware;
 pub mod oauth;

@@ -7,7 +7,8 @@
 //! and scenarios whose name contains it (`cargo bench -p keepfresh-benches -- burst`;
 //! `-- hot_path_held` for the held-token benchmarks alone, `-- hot_path` for every hot-path
 //! benchmark; `-- store` for store latency, `-- middleware` for the HTTP middleware's overhead,
-//! `-- handoff` for the cross-process hand-off).
+//! `-- handoff` for the cross-process hand-off; `-- pool` for the credential pool: token()
+//! pooled against single, reschedule cost, memory).
 //! Without `--bench` (`cargo test --benches`, or `-- --test`) every part runs once, scaled down.
 
 mod alloc;
@@ -16,6 +17,7 @@ mod contenders;
 mod failing;
 mod hot_path;
 mod middleware;
+mod pool;
 mod report;
 mod sizes;
 mod steady;
@@ -94,6 +96,7 @@ fn main() {
     let args = Args::parse();
     let mut criterion = Criterion::default().configure_from_args();
     hot_path::bench_all(&mut criterion);
+    pool::bench_all(&mut criterion);
     stores::bench_all(&mut criterion);
     middleware::bench_all(&mut criterion);
     criterion.final_summary();
@@ -136,6 +139,14 @@ fn main() {
     }
     if args.selects("middleware") {
         middleware::run(&mut report, args.test);
+    }
+    if args.selects("pool") {
+        let sizes: &[usize] = if args.test {
+            &[1_000]
+        } else {
+            &[10_000, 100_000]
+        };
+        pool::run(&mut report, sizes);
     }
     if args.selects("handoff") {
         stores::run(&mut report, if args.test { 20 } else { 500 });

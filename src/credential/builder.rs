@@ -1,10 +1,11 @@
 //! [`CredentialBuilder`]: where the first tokens come from, and the credential's start.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Weak};
 
 use super::engine::{self, After, Core, Inner};
 use super::handle::Snapshot;
+use super::pooled::{Pooled, Scheduler, Timer};
 use super::{driver, store_io, Credential};
 use crate::error::Error;
 use crate::event::{Event, Listeners};
@@ -86,7 +87,7 @@ impl CredentialBuilder {
             store: None,
             given: None,
             precedence: Precedence::default(),
-            name: "credential".into(),
+            name: DEFAULT_NAME.into(),
         }
     }
 
@@ -169,11 +170,40 @@ impl CredentialBuilder {
     ///
     /// See the [`Credential` example](Credential#examples).
     pub async fn build(self) -> Result<Credential, Error> {
-        let rt = match self.runtime {
-            Some(rt) => rt,
-            None => default_runtime()?,
+        self.build_in(None).await
+    }
+
+    /// The policy set so far (a pool shares one copy of equal policies).
+    pub(crate) fn policy_ref(&self) -> &RefreshPolicy {
+        &self.policy
+    }
+
+    /// Builds a credential for a pool: on the pool's runtime (the builder's is ignored: the
+    /// pool's one scheduler reads one clock), sharing the pool's policy when the builder's is
+    /// equal to it, and timed by the pool's scheduler instead of a task of its own.
+    pub(crate) async fn build_pooled(self, pool: PoolParts) -> Result<Credential, Error> {
+        self.build_in(Some(pool)).await
+    }
+
+    async fn build_in(self, pool: Option<PoolParts>) -> Result<Credential, Error> {
+        let (rt, policy, timer) = match pool {
+            None => {
+                let rt = match self.runtime {
+                    Some(rt) => rt,
+                    None => default_runtime()?,
+                };
+                (rt, Arc::new(self.policy), Timer::own())
+            }
+            Some(pool) => {
+                let policy = if *pool.policy == self.policy {
+                    pool.policy
+                } else {
+                    Arc::new(self.policy)
+                };
+                let timer = Timer::Pooled(Pooled::new(pool.scheduler));
+                (pool.runtime, policy, timer)
+            }
         };
-        let policy = Arc::new(self.policy);
         let inner = Arc::new(Inner {
             id: engine::next_id(),
             published: Published::new(Snapshot {
@@ -181,6 +211,8 @@ impl CredentialBuilder {
                 set: None,
                 generation: 0,
                 fast_until: MonoTime::ZERO,
+                #[cfg(feature = "metrics")]
+                stale_from: MonoTime::MAX,
             }),
             core: Mutex::new(Core::new(&policy)),
             rt,
@@ -188,8 +220,10 @@ impl CredentialBuilder {
             store: self.store,
             policy,
             listeners: Listeners::default(),
-            timer: Mutex::new(None),
-            name: self.name.into(),
+            timer,
+            #[cfg(feature = "metrics")]
+            stale_served: Default::default(),
+            name: shared_name(self.name),
             spawn_job: driver::spawn,
         });
         let limit = inner.policy.store_timeout();
@@ -240,6 +274,25 @@ impl CredentialBuilder {
             inner.start_timer();
         }
         Ok(Credential { inner })
+    }
+}
+
+/// What a pool lends the credentials it builds.
+pub(crate) struct PoolParts {
+    pub(crate) runtime: Runtime,
+    pub(crate) policy: Arc<RefreshPolicy>,
+    pub(crate) scheduler: Weak<dyn Scheduler>,
+}
+
+const DEFAULT_NAME: &str = "credential";
+
+/// The name as the credential keeps it; credentials left with the default name share one copy.
+fn shared_name(name: String) -> Arc<str> {
+    static DEFAULT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(DEFAULT_NAME));
+    if name == DEFAULT_NAME {
+        DEFAULT.clone()
+    } else {
+        name.into()
     }
 }
 

@@ -51,13 +51,11 @@ impl Drop for Guard {
         {
             let mut core = self.inner.core.lock();
             self.inner.abort_flight(job.flight, &mut after, &mut core);
-            if let Driver::Busy { queued, idle, .. } =
-                std::mem::replace(&mut core.driver, Driver::Idle)
-            {
-                if let Some(q) = queued {
+            if let Driver::Busy(busy) = std::mem::replace(&mut core.driver, Driver::Idle) {
+                if let Some(q) = busy.queued {
                     self.inner.abort_flight(q.flight, &mut after, &mut core);
                 }
-                after.complete.push(idle);
+                after.complete.push(busy.idle);
             }
             let mut events = std::mem::take(&mut after.events);
             self.inner.publish_locked(&mut core, &mut events);
@@ -115,16 +113,16 @@ async fn work(guard: &mut Guard, first: Job) {
             {
                 let mut core = inner.core.lock();
                 let queued = match &mut core.driver {
-                    Driver::Busy { queued, .. } => queued.take(),
+                    Driver::Busy(busy) => busy.queued.take(),
                     Driver::Idle => None,
                 };
                 match queued {
                     Some(q) => next = Some((q, None)),
                     None => {
-                        if let Driver::Busy { idle, .. } =
+                        if let Driver::Busy(busy) =
                             std::mem::replace(&mut core.driver, Driver::Idle)
                         {
-                            after.complete.push(idle);
+                            after.complete.push(busy.idle);
                         }
                         // The flight in hand is over; nothing to fail on the way out.
                         guard.current = None;
@@ -157,7 +155,7 @@ async fn run_plan(inner: &Arc<Inner>, job: &Job, mut plan: Plan) -> Option<(Job,
                     return Some(next);
                 }
                 let wake = match &inner.core.lock().driver {
-                    Driver::Busy { wake, .. } if plan.can_hand_over() => Some(wake.clone()),
+                    Driver::Busy(busy) if plan.can_hand_over() => Some(busy.wake.clone()),
                     _ => None,
                 };
                 let sleep = rt.sleep_until(until);
@@ -235,10 +233,10 @@ fn take_over(inner: &Arc<Inner>, plan: &mut Plan) -> Option<(Job, Option<Carry>)
         return None;
     }
     let mut core = inner.core.lock();
-    let Driver::Busy { queued, .. } = &mut core.driver else {
+    let Driver::Busy(busy) = &mut core.driver else {
         return None;
     };
-    let job = queued.take()?;
+    let job = busy.queued.take()?;
     let carry = plan.hand_over();
     Some((job, carry))
 }

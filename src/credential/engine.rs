@@ -12,6 +12,7 @@ use time::OffsetDateTime;
 
 use super::cell::FlightCell;
 use super::handle::Snapshot;
+use super::pooled::Timer;
 use crate::error::Error;
 use crate::event::{Event, Listeners};
 use crate::machine::{Action, FlightId, Grant, Input, Machine, Phase, Refusal};
@@ -39,24 +40,31 @@ pub(crate) struct Inner {
     pub(crate) store: Option<Arc<dyn TokenStore>>,
     pub(crate) policy: Arc<RefreshPolicy>,
     pub(crate) listeners: Listeners,
-    pub(crate) timer: Mutex<Option<mpsc::UnboundedSender<()>>>,
+    /// Its own timer task, or the pool scheduler that ticks it.
+    pub(crate) timer: Timer,
+    /// Tokens handed out past their refresh point since the metrics listener last looked.
+    #[cfg(feature = "metrics")]
+    pub(crate) stale_served: AtomicU64,
     pub(crate) name: Arc<str>,
     /// Starts the worker for a flight (the driver's entry point, given by the builder so that
     /// this module does not depend on the driver, which depends on it).
     pub(crate) spawn_job: fn(&Arc<Inner>, Job),
 }
 
-/// The one refresh worker of a credential: idle, or running plans one after another.
+/// The one refresh worker of a credential: idle, or running plans one after another (boxed:
+/// an idle credential keeps one word for it).
 pub(crate) enum Driver {
     Idle,
-    Busy {
-        /// The next flight, started by the machine while a plan was still finishing.
-        queued: Option<Job>,
-        /// Completed (and replaced) when a job is queued: wakes a plan waiting to retry a save.
-        wake: Arc<FlightCell>,
-        /// Completed when the driver goes idle (shutdown waits for it).
-        idle: Arc<FlightCell>,
-    },
+    Busy(Box<Busy>),
+}
+
+pub(crate) struct Busy {
+    /// The next flight, started by the machine while a plan was still finishing.
+    pub(crate) queued: Option<Job>,
+    /// Completed (and replaced) when a job is queued: wakes a plan waiting to retry a save.
+    pub(crate) wake: Arc<FlightCell>,
+    /// Completed when the driver goes idle (shutdown waits for it).
+    pub(crate) idle: Arc<FlightCell>,
 }
 
 /// A flight the machine started, for the driver to carry out.
@@ -78,7 +86,8 @@ pub(crate) struct Core {
     pub(crate) version: Option<Version>,
     /// The machine's flight and the cell its waiters wait on.
     pub(crate) flight: Option<(FlightId, Arc<FlightCell>)>,
-    pub(crate) last_error: Option<RefreshError>,
+    /// Boxed: a credential that is not failing keeps one word for it.
+    pub(crate) last_error: Option<Box<RefreshError>>,
     /// Bumped by every login: flights started before it are cancelled.
     pub(crate) epoch: u64,
     pub(crate) driver: Driver,
@@ -199,12 +208,17 @@ impl Inner {
         self.run_after(after);
     }
 
-    /// Starts the timer task unless it runs (or the credential is shut down).
+    /// Starts the timer task unless it runs (or the credential is shut down). A pooled
+    /// credential starts none: it reports its next deadline to the pool's scheduler instead.
     pub(crate) fn start_timer(self: &Arc<Self>) {
+        let Timer::Own(timer) = &self.timer else {
+            self.report_tick();
+            return;
+        };
         if self.core.lock().machine.is_closed() {
             return;
         }
-        let mut timer = self.timer.lock();
+        let mut timer = timer.lock();
         if timer.is_some() {
             return;
         }
@@ -216,9 +230,25 @@ impl Inner {
             .spawn(Box::pin(timer_loop(weak, self.rt.clone(), rx)));
     }
 
-    pub(crate) fn nudge(&self) {
-        if let Some(tx) = self.timer.lock().as_ref() {
-            let _ = tx.unbounded_send(());
+    /// Tells the timer the machine changed, so it re-reads the next deadline.
+    pub(crate) fn nudge(self: &Arc<Self>) {
+        match &self.timer {
+            Timer::Own(timer) => {
+                if let Some(tx) = timer.lock().as_ref() {
+                    let _ = tx.unbounded_send(());
+                }
+            }
+            Timer::Pooled(_) => self.report_tick(),
+        }
+    }
+
+    /// Stops the timer for good (shutdown): the task ends, or the scheduler forgets the
+    /// credential.
+    pub(crate) fn stop_timer(self: &Arc<Self>) {
+        match &self.timer {
+            Timer::Own(timer) => drop(timer.lock().take()),
+            // Closed: the machine reports no deadline any more.
+            Timer::Pooled(_) => self.report_tick(),
         }
     }
 
@@ -238,20 +268,20 @@ impl Inner {
         });
         match &mut core.driver {
             Driver::Idle => {
-                core.driver = Driver::Busy {
+                core.driver = Driver::Busy(Box::new(Busy {
                     queued: None,
                     wake: FlightCell::new(),
                     idle: FlightCell::new(),
-                };
+                }));
                 after.spawn = Some(job);
             }
-            Driver::Busy { queued, wake, .. } => {
+            Driver::Busy(busy) => {
                 // The running plan is finishing an older flight (or waiting to retry its save);
                 // it hands over to this one.
-                *queued = Some(job);
+                busy.queued = Some(job);
                 after
                     .complete
-                    .push(std::mem::replace(wake, FlightCell::new()));
+                    .push(std::mem::replace(&mut busy.wake, FlightCell::new()));
             }
         }
     }
@@ -267,6 +297,11 @@ impl Inner {
                 set: core.tokens.clone(),
                 generation: key.0,
                 fast_until: key.1,
+                #[cfg(feature = "metrics")]
+                stale_from: match core.machine.timing() {
+                    Some(t) if key.1 > t.refresh_at => t.refresh_at,
+                    _ => MonoTime::MAX,
+                },
             });
         }
         for t in core.machine.take_transitions() {
@@ -331,7 +366,7 @@ impl Inner {
                 class: error.class(),
                 retry_after: None,
             });
-            core.last_error = Some(error);
+            core.last_error = Some(Box::new(error));
         }
         self.end_flight(core, flight, after);
     }
@@ -351,7 +386,8 @@ pub(crate) fn refusal_error(core: &Core, refusal: Refusal) -> Error {
         Refusal::BackingOff { until, last_error } => {
             let error = core
                 .last_error
-                .clone()
+                .as_deref()
+                .cloned()
                 .unwrap_or_else(|| RefreshError::new(last_error, "refresh failed"));
             Error::refresh(error, Some(until))
         }

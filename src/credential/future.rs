@@ -9,10 +9,14 @@ use std::task::{Context, Poll};
 use futures::future::{select, Either};
 
 use super::engine::{Inner, Step};
+#[cfg(feature = "metrics")]
+use super::handle::Snapshot;
 use super::handle::Token;
 use crate::error::Error;
 use crate::event::Event;
 use crate::refresher::RefreshError;
+#[cfg(feature = "metrics")]
+use crate::runtime::MonoTime;
 
 /// How many times one caller follows a finished refresh with another before giving up.
 const MAX_ROUNDS: u32 = 4;
@@ -63,35 +67,69 @@ impl Inner {
     #[inline]
     pub(crate) fn try_fast(&self) -> Option<Token> {
         let snap = self.published.load();
-        (self.rt.now() < snap.fast_until).then_some(Token { snap })
+        let now = self.rt.now();
+        if now >= snap.fast_until {
+            return None;
+        }
+        #[cfg(feature = "metrics")]
+        self.count_stale(&snap, now);
+        Some(Token { snap })
     }
 
     pub(crate) async fn token_slow(self: &Arc<Self>) -> Result<Token, Error> {
-        let deadline = self.rt.now().saturating_add(self.policy.wait_timeout());
-        for _ in 0..MAX_ROUNDS {
-            match self.demand() {
-                Step::Serve(snap) => return Ok(Token { snap }),
-                Step::Fail(e) => return Err(e),
-                Step::Wait(cell) => {
-                    let timer = self.rt.sleep_until(deadline);
-                    if let Either::Right(_) = select(cell.wait(), timer).await {
-                        self.listeners
-                            .emit(vec![Event::WaitTimedOut { at: self.rt.now() }]);
-                        return Err(Error::timeout());
+        let start = self.rt.now();
+        let deadline = start.saturating_add(self.policy.wait_timeout());
+        let mut waited = false;
+        let result = 'done: {
+            for _ in 0..MAX_ROUNDS {
+                match self.demand() {
+                    Step::Serve(snap) => {
+                        #[cfg(feature = "metrics")]
+                        self.count_stale(&snap, self.rt.now());
+                        break 'done Ok(Token { snap });
                     }
-                    // The refresh published its token: read it lock-free, like the hot path,
-                    // instead of re-entering the machine under its lock.
-                    if let Some(token) = self.try_fast() {
-                        return Ok(token);
+                    Step::Fail(e) => break 'done Err(e),
+                    Step::Wait(cell) => {
+                        waited = true;
+                        let timer = self.rt.sleep_until(deadline);
+                        if let Either::Right(_) = select(cell.wait(), timer).await {
+                            self.listeners
+                                .emit(vec![Event::WaitTimedOut { at: self.rt.now() }]);
+                            break 'done Err(Error::timeout());
+                        }
+                        // The refresh published its token: read it lock-free, like the hot
+                        // path, instead of re-entering the machine under its lock.
+                        if let Some(token) = self.try_fast() {
+                            break 'done Ok(token);
+                        }
                     }
                 }
             }
+            Err(Error::refresh(
+                RefreshError::transient(
+                    "refreshed tokens were unusable on arrival (lifetime shorter than the refresh latency)",
+                ),
+                None,
+            ))
+        };
+        if waited {
+            let at = self.rt.now();
+            self.listeners.emit(vec![Event::CallerWaited {
+                at,
+                waited: at.saturating_duration_since(start),
+                served: result.is_ok(),
+            }]);
         }
-        Err(Error::refresh(
-            RefreshError::transient(
-                "refreshed tokens were unusable on arrival (lifetime shorter than the refresh latency)",
-            ),
-            None,
-        ))
+        result
+    }
+
+    /// Counts a token served past its refresh point (metrics' served-stale).
+    #[cfg(feature = "metrics")]
+    #[inline]
+    fn count_stale(&self, snap: &Snapshot, now: MonoTime) {
+        if now >= snap.stale_from {
+            self.stale_served
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }

@@ -21,6 +21,10 @@ pub(crate) struct Snapshot {
     pub(crate) set: Option<Arc<TokenSet>>,
     pub(crate) generation: u64,
     pub(crate) fast_until: MonoTime,
+    /// From when a token handed out is past its refresh point (served stale, for metrics);
+    /// [`MonoTime::MAX`] when `fast_until` does not reach beyond it.
+    #[cfg(feature = "metrics")]
+    pub(crate) stale_from: MonoTime,
 }
 
 /// An access token handed out by [`Credential::token`](crate::Credential::token).

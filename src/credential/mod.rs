@@ -9,6 +9,7 @@
 //! - `report`: applies what a flight reports;
 //! - `driver`: the worker that interprets a [`flight::Plan`](crate::flight::Plan)'s effects;
 //! - `store_io`: every store and refresher call, with its timeout and panic shield;
+//! - `pooled`: the seam through which a pool's one scheduler times its credentials;
 //! - `cell`: the rendezvous between a flight and its waiters.
 
 mod builder;
@@ -17,6 +18,7 @@ mod driver;
 mod engine;
 mod future;
 mod handle;
+mod pooled;
 mod report;
 mod store_io;
 
@@ -31,9 +33,11 @@ use crate::machine::{Input, Phase};
 use crate::store::SaveOutcome;
 use crate::token::TokenSet;
 
+pub(crate) use builder::PoolParts;
 pub use builder::{CredentialBuilder, Precedence};
 pub use future::TokenFuture;
 pub use handle::{Status, Token};
+pub(crate) use pooled::{Rescheduled, Scheduler, WeakCredential, NO_WAKE};
 
 use engine::{After, Driver, Inner};
 
@@ -89,12 +93,14 @@ pub struct Credential {
 }
 
 impl Credential {
-    /// Starts building a credential that refreshes with `refresher`.
+    /// Starts building a credential that refreshes with `refresher`. An `Arc<dyn Refresher>`
+    /// is shared as it is, so many credentials can use one refresher (an HTTP client, say)
+    /// without a copy or an extra allocation each.
     ///
     /// See the [type-level example](Credential#examples) and the builder's
     /// [defaults](CredentialBuilder#default).
     pub fn builder(refresher: impl crate::Refresher) -> CredentialBuilder {
-        CredentialBuilder::new(Arc::new(refresher))
+        CredentialBuilder::new(shared_refresher(refresher))
     }
 
     /// A valid access token.
@@ -317,13 +323,12 @@ impl Credential {
             let now = self.inner.rt.now();
             self.inner.feed(&mut core, Input::Close { now }, &mut after);
             match &core.driver {
-                Driver::Busy { idle, .. } => Some(idle.clone()),
+                Driver::Busy(busy) => Some(busy.idle.clone()),
                 Driver::Idle => None,
             }
         };
         self.inner.run_after(after);
-        // Stops the timer.
-        self.inner.timer.lock().take();
+        self.inner.stop_timer();
         if let Some(idle) = idle {
             let limit = self.inner.policy.lease_ttl();
             let _ = store_io::timeout(&self.inner.rt, limit, idle.wait()).await;
@@ -339,12 +344,41 @@ impl Credential {
     }
 }
 
+/// What the metrics listener reads besides events.
+#[cfg(feature = "metrics")]
+impl Credential {
+    /// Tokens handed out past their refresh point since the last call.
+    pub(crate) fn take_stale_served(&self) -> u64 {
+        self.inner
+            .stale_served
+            .swap(0, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// How long the current token is valid after `at` (zero once expired).
+    pub(crate) fn expires_in(&self, at: crate::runtime::MonoTime) -> Option<std::time::Duration> {
+        let core = self.inner.core.lock();
+        let timing = core.machine.timing()?;
+        Some(timing.expires_at.saturating_duration_since(at))
+    }
+}
+
 impl fmt::Debug for Credential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Credential")
             .field("name", &self.inner.name)
             .field("status", &self.status())
             .finish()
+    }
+}
+
+/// The refresher as the credential keeps it. An `Arc<dyn Refresher>` (one refresher shared by
+/// many credentials, as in a pool) is kept as it is rather than wrapped in another `Arc`.
+fn shared_refresher(refresher: impl crate::Refresher) -> Arc<dyn crate::Refresher> {
+    let mut given = Some(refresher);
+    let any: &mut dyn std::any::Any = &mut given;
+    match any.downcast_mut::<Option<Arc<dyn crate::Refresher>>>() {
+        Some(shared) => shared.take().expect("just given"),
+        None => Arc::new(given.take().expect("just given")),
     }
 }
 
@@ -413,6 +447,23 @@ mod tests {
         drop(fut);
         fn send_sync<T: Send + Sync>() {}
         send_sync::<Token>();
+    }
+
+    /// A refresher shared as `Arc<dyn Refresher>` is kept as it is: credentials sharing one
+    /// (a pool's, say) do not each wrap it in an `Arc` of their own.
+    #[test]
+    fn a_shared_refresher_is_not_wrapped_again() {
+        let clock = ManualClock::new();
+        let shared: Arc<dyn crate::Refresher> = Arc::new(crate::refresher_fn(|_| async {
+            Err(RefreshError::transient("unused"))
+        }));
+        let c = futures::executor::block_on(
+            Credential::builder(shared.clone())
+                .runtime(Runtime::manual(&clock))
+                .build(),
+        )
+        .expect("builds");
+        assert!(Arc::ptr_eq(&c.inner.refresher, &shared));
     }
 
     /// A caller waiting for a refresh holds the two-word `TokenFuture` plus the boxed slow

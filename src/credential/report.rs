@@ -127,7 +127,7 @@ impl Inner {
                         class: error.class(),
                         retry_after: error.retry_after(),
                     });
-                    core.last_error = Some(error);
+                    core.last_error = Some(Box::new(error));
                     self.end_flight(&mut core, job.flight, &mut after);
                 }
                 Report::Durable { version } => {
