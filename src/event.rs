@@ -121,6 +121,16 @@ pub enum Event {
         /// When.
         at: MonoTime,
     },
+    /// The store answered with a token set this process had already replaced: it lost a save
+    /// it had acknowledged, the read came from a lagging replica, or another writer rewrote
+    /// the replaced set while this process's save of its successor was still owed. The set
+    /// held is kept and refreshed from (the stored refresh token is spent), and the next save
+    /// writes over the stored set. Seen without failing saves, it means the store lies, and
+    /// rotations will be lost at restarts: fix the store.
+    StoreBehind {
+        /// When.
+        at: MonoTime,
+    },
     /// Another process holds the refresh lease; waiting for its result.
     LeaseBusy {
         /// When.
@@ -229,6 +239,7 @@ fn event_time(e: &Event) -> MonoTime {
         | Event::PersistFailed { at, .. }
         | Event::StoreConflict { at }
         | Event::StoreCleared { at }
+        | Event::StoreBehind { at }
         | Event::LeaseBusy { at }
         | Event::LeaseLost { at }
         | Event::SaveSuperseded { at, .. }

@@ -235,6 +235,9 @@ struct Proc {
     crashed: bool,
     /// Bit `g`: the provider issued generation `g` to this process.
     received: u32,
+    /// Bit `g`: generation `g` is known to be older than what this process holds (it refreshed
+    /// from it), as the credential remembers replaced sets (`Core::replaced`).
+    replaced: u32,
     /// Shared with the states this one was copied from until it changes.
     flight: Option<Arc<Flight>>,
 }
@@ -720,7 +723,13 @@ impl Xproc {
             proc.tokens.map(|g| Arc::new(token_set(g))),
             proc.version.map(|v| Version(u64::from(v))),
         )
-        .with_attempt(1, u64::from(n));
+        .with_attempt(1, u64::from(n))
+        .with_replaced(
+            (0..32u8)
+                .filter(|g| proc.replaced & (1 << g) != 0)
+                .map(|g| Arc::new(token_set(g)))
+                .collect(),
+        );
         if let Some(c) = carry {
             start = start.with_carry(c);
         }
@@ -1048,6 +1057,11 @@ impl Xproc {
                     ));
                 }
                 let proc = &mut s.procs[p];
+                // As `Core::install(set, newer: true)`: the set replaced is remembered as older.
+                if let Some(old) = proc.tokens.filter(|old| *old != g) {
+                    proc.replaced |= 1 << old;
+                }
+                proc.replaced &= !(1 << g);
                 proc.tokens = Some(g);
                 proc.persist_pending = pending;
                 if let (Some(v), false) = (version, pending) {
@@ -1064,6 +1078,8 @@ impl Xproc {
                     ));
                 }
                 let proc = &mut s.procs[p];
+                // As `Core::install(set, newer: false)`: nothing retired.
+                proc.replaced &= !(1 << g);
                 proc.tokens = Some(g);
                 proc.version = Some(v);
                 proc.persist_pending = false;
@@ -1097,11 +1113,13 @@ impl Xproc {
                             "P{p} took over gen {g} at v{v}, the store holds {store:?}"
                         ));
                     }
+                    s.procs[p].replaced &= !(1 << g);
                     s.procs[p].tokens = Some(g);
                     s.procs[p].version = Some(v);
                 }
             }
             Report::LeaseBusy => Coverage::hit(&self.cover.lease_busy),
+            Report::RefreshedFrom(set) => s.procs[p].replaced |= 1 << gen_of(&set),
             _ => {}
         }
         if let Some(what) = broken {
@@ -1123,6 +1141,7 @@ impl Model for Xproc {
             needs_login: false,
             crashed: false,
             received: 0,
+            replaced: 0,
             flight: None,
         };
         vec![State {

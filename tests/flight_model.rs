@@ -15,7 +15,10 @@
 //! - **termination**: once the store stops failing, the plan is done within a bounded number of
 //!   steps;
 //! - **keep the rotated refresh token** from a 2xx answer without an access token;
-//! - **cancel**: after `cancel()` only the lease's release and `Done` follow.
+//! - **cancel**: after `cancel()` only the lease's release and `Done` follow;
+//! - **never go back**: a set this process replaced, shown by a store that lost a save or
+//!   read from a lagging replica, is never adopted and its refresh token never sent; a save may
+//!   write over it after a conflict.
 //!
 //! A run is one plan, or — when the plan hands over while it owes a save — that plan and the
 //! next one, started with the carried lease.
@@ -56,6 +59,8 @@ enum LoadAns {
     Newer,
     /// The last set this plan tried to save (its write landed), or the base before any save.
     Own,
+    /// A set this process replaced before the plan started (a lost save, a stale replica).
+    Replaced,
     Empty,
     Err,
 }
@@ -101,6 +106,8 @@ enum SaveAns {
     ConflictForeign,
     /// The store was emptied.
     ConflictNone,
+    /// The store holds a set this process replaced (it lost an acknowledged save).
+    ConflictReplaced,
     Err,
 }
 
@@ -200,6 +207,7 @@ fn script() -> impl Strategy<Value = Script> {
         1 => Just(LoadAns::BaseElsewhere),
         2 => Just(LoadAns::Newer),
         2 => Just(LoadAns::Own),
+        2 => Just(LoadAns::Replaced),
         1 => Just(LoadAns::Empty),
         2 => Just(LoadAns::Err),
     ];
@@ -214,6 +222,7 @@ fn script() -> impl Strategy<Value = Script> {
         2 => Just(SaveAns::ConflictBase),
         1 => Just(SaveAns::ConflictForeign),
         1 => Just(SaveAns::ConflictNone),
+        1 => Just(SaveAns::ConflictReplaced),
         3 => Just(SaveAns::Err),
     ];
     let clear = prop_oneof![
@@ -295,6 +304,11 @@ fn set(access: &str, refresh: Option<&str>) -> TokenSet {
     )
 }
 
+/// The set this process held before the run's base, and replaced.
+fn replaced_set() -> TokenSet {
+    set("replaced", Some("r-replaced"))
+}
+
 fn store_error() -> StoreError {
     StoreError::new(StoreErrorKind::Io, "scripted store failure")
 }
@@ -314,6 +328,9 @@ struct PlanObs {
     last_save: Option<Result<SaveOutcome, ()>>,
     /// A conflict with another lineage's set or an empty store was answered.
     foreign_conflict: bool,
+    /// The last save met the base or a replaced set (older than ours): rewritten at once, or,
+    /// past the rewrite bound, retried after a back-off like a failed save.
+    last_conflict_older: bool,
     refreshed: u32,
     /// A malformed 2xx carried this rotated refresh token.
     rotated_in_malformed: Option<String>,
@@ -340,6 +357,8 @@ struct Driver {
     hand_over_chances: u8,
     /// The set this lineage left in the store at `expected`.
     lineage: Option<Stored>,
+    /// The sets the process knows to be older than the first plan's base.
+    older: Vec<Arc<TokenSet>>,
 }
 
 impl Driver {
@@ -361,6 +380,7 @@ impl Driver {
             at: [0; 6],
             hand_over_chances: 0,
             lineage: None,
+            older: Vec::new(),
         }
     }
 
@@ -399,12 +419,19 @@ impl Driver {
             (Some(_), _) => Some(set("p0", Some("rp0"))),
             (None, b) => b.clone(),
         };
+        // The sets the process knows to be older: one it replaced earlier, and — while the base
+        // is owed — its durable parent, which the base was refreshed from.
+        self.older = vec![Arc::new(replaced_set())];
+        if self.script.carry.is_some() {
+            self.older.push(Arc::new(set("p0", Some("rp0"))));
+        }
         self.lineage = expected
             .zip(durable)
             .map(|(version, tokens)| Stored { version, tokens });
         let base = base.map(Arc::new);
         let mut start = Start::new(FlightId(1), self.now, base.clone(), expected)
-            .with_attempt(1, self.script.poll_seed);
+            .with_attempt(1, self.script.poll_seed)
+            .with_replaced(self.older.clone());
         if let BaseKind::RefreshTokenOnly = self.script.base {
             start = start.with_refresh_token(RefreshToken::new("r0"));
         }
@@ -452,10 +479,18 @@ impl Driver {
                 // durable version, and the lease.
                 let owed = carry.owed.clone();
                 assert!(owed.is_some(), "a hand-over without an owed set");
+                // The owed set was refreshed from this plan's base: older from now on, as the
+                // credential records it.
+                if let Some(b) = &base {
+                    if owed.as_ref() != Some(b) {
+                        self.older.push(b.clone());
+                    }
+                }
                 next = Some(
                     Start::new(FlightId(plan_no + 1), self.now, owed.or(base), expected)
                         .with_carry(carry)
-                        .with_attempt(2, self.script.poll_seed ^ 1),
+                        .with_attempt(2, self.script.poll_seed ^ 1)
+                        .with_replaced(self.older.clone()),
                 );
             }
         }
@@ -555,6 +590,14 @@ impl Driver {
                             let version = self.version();
                             let tokens = last_attempted.as_deref().or(base.as_ref()).cloned();
                             Ok(tokens.map(|tokens| Stored { version, tokens }))
+                        }
+                        LoadAns::Replaced => {
+                            self.failures += 1;
+                            let version = self.version();
+                            Ok(Some(Stored {
+                                version,
+                                tokens: replaced_set(),
+                            }))
                         }
                         LoadAns::Empty => {
                             self.failures += 1;
@@ -669,17 +712,17 @@ impl Driver {
                 Effect::Save { expected, set } => {
                     assert!(has_store, "save without a store");
                     // No overwrite: after a conflict, only the plan's own base set (its parent,
-                    // rewritten elsewhere) is replaced, at the version the conflict reported.
+                    // rewritten elsewhere) or a set it had replaced is written over, at the
+                    // version the conflict reported.
                     assert!(
                         !obs.foreign_conflict,
                         "save after a conflict with another lineage's set or an empty store"
                     );
                     if let Some(Ok(SaveOutcome::Conflict(held))) = &obs.last_save {
                         let h = held.as_ref().expect("save after a conflict with nothing");
-                        assert_eq!(
-                            Some(&h.tokens),
-                            base.as_ref(),
-                            "save after a conflict with a set other than the base"
+                        assert!(
+                            Some(&h.tokens) == base.as_ref() || h.tokens == replaced_set(),
+                            "save after a conflict with a set other than the base or a replaced one"
                         );
                         assert_eq!(
                             expected,
@@ -713,12 +756,21 @@ impl Driver {
                             tokens: self::set("foreign-2", Some("rf2")),
                         }))),
                         SaveAns::ConflictNone => Ok(SaveOutcome::Conflict(None)),
+                        SaveAns::ConflictReplaced => Ok(SaveOutcome::Conflict(Some(Stored {
+                            version: self.version(),
+                            tokens: replaced_set(),
+                        }))),
                         SaveAns::Err => Err(store_error()),
                     };
+                    obs.last_conflict_older = matches!(&outcome, Ok(SaveOutcome::Conflict(Some(h)))
+                        if h.tokens != *set
+                            && (Some(&h.tokens) == base.as_ref() || h.tokens == replaced_set()));
                     if let Ok(SaveOutcome::Conflict(held)) = &outcome {
-                        let ours = held
-                            .as_ref()
-                            .is_some_and(|h| h.tokens == *set || Some(&h.tokens) == base.as_ref());
+                        let ours = held.as_ref().is_some_and(|h| {
+                            h.tokens == *set
+                                || Some(&h.tokens) == base.as_ref()
+                                || h.tokens == replaced_set()
+                        });
                         if !ours {
                             obs.foreign_conflict = true;
                         }
@@ -753,6 +805,18 @@ impl Driver {
                     Feedback::Released
                 }
                 Effect::Report(report) => {
+                    // Never go back: not to the set this plan refreshes from, nor to one the
+                    // process knows to be older.
+                    if let Report::Adopted(h) | Report::Superseded(Some(h)) = &report {
+                        assert!(
+                            Some(&h.tokens) != base.as_ref(),
+                            "went back to the set it refreshed from"
+                        );
+                        assert!(
+                            !self.older.iter().any(|o| **o == h.tokens),
+                            "went back to a set it had replaced"
+                        );
+                    }
                     self.check_report(&report, &mut obs, has_store);
                     Feedback::Ack
                 }
@@ -801,11 +865,13 @@ impl Driver {
                 if has_store {
                     // Persist, then publish.
                     assert!(obs.saves >= 1, "a new set reported before any save");
-                    let failed = matches!(obs.last_save, Some(Err(())));
+                    let failed = matches!(obs.last_save, Some(Err(()))) || obs.last_conflict_older;
                     assert_eq!(*pending, failed, "pending iff the save failed");
                     let landed = match &obs.last_save {
                         Some(Ok(SaveOutcome::Saved(v))) => Some(*v),
-                        Some(Ok(SaveOutcome::Conflict(Some(h)))) => Some(h.version),
+                        Some(Ok(SaveOutcome::Conflict(Some(h)))) if !obs.last_conflict_older => {
+                            Some(h.version)
+                        }
                         _ => None,
                     };
                     assert_eq!(*version, landed, "the version the new set landed at");
@@ -827,7 +893,7 @@ impl Driver {
                 obs.kept_reported = true;
                 if has_store {
                     assert!(obs.saves >= 1, "a kept set reported before any save");
-                    let failed = matches!(obs.last_save, Some(Err(())));
+                    let failed = matches!(obs.last_save, Some(Err(()))) || obs.last_conflict_older;
                     assert_eq!(*pending, failed, "kept set pending iff its save failed");
                 } else {
                     assert!(!*pending);
@@ -1045,4 +1111,174 @@ fn cancel_with_reports_queued_reports_nothing() {
     ));
     plan.cancel();
     assert_eq!(plan.step(t0, Feedback::Ack), Effect::Done);
+}
+
+// A store that lies: it lost a save it acknowledged, or a read came from a lagging replica, and
+// it shows a set this process had replaced. The plan knows the sets it replaced
+// (`Start::replaced`); before it did, it adopted the older set and the next flight sent its
+// spent refresh token (`tests/flight_rules.rs`, defect 9).
+
+/// The set held (`a1`/`r1`, saved at version 2) and the one it replaced (`a0`/`r0`, version 1).
+fn behind_start() -> (Start, Stored) {
+    let held = Arc::new(set("a1", Some("r1")));
+    let replaced = Arc::new(set("a0", Some("r0")));
+    let start = Start::new(FlightId(2), MonoTime::ZERO, Some(held), Some(Version(2)))
+        .with_replaced(vec![replaced.clone()]);
+    let stored = Stored {
+        version: Version(1),
+        tokens: (*replaced).clone(),
+    };
+    (start, stored)
+}
+
+/// Steps with `feedback`, acknowledging reports: the reports, then the next other effect.
+fn until_effect(plan: &mut Plan, feedback: Feedback) -> (Vec<Report>, Effect) {
+    let t0 = MonoTime::ZERO;
+    let mut reports = Vec::new();
+    let mut effect = plan.step(t0, feedback);
+    while let Effect::Report(r) = effect {
+        reports.push(r);
+        effect = plan.step(t0, Feedback::Ack);
+    }
+    (reports, effect)
+}
+
+fn leased(plan: &mut Plan) {
+    let t0 = MonoTime::ZERO;
+    assert!(matches!(
+        plan.step(t0, Feedback::Start),
+        Effect::TryLease { .. }
+    ));
+    let lease = Lease { id: 1 };
+    assert_eq!(
+        plan.step(t0, Feedback::Lease(Ok(LeaseOutcome::Acquired(lease)))),
+        Effect::Load
+    );
+}
+
+fn rotated(to: &str) -> Feedback {
+    let t0 = MonoTime::ZERO;
+    Feedback::Called {
+        result: Ok(TokenResponse::new(AccessToken::new(format!("a-{to}")))
+            .with_refresh_token(RefreshToken::new(to))
+            .with_expires_in(3600)),
+        issued: t0,
+        issued_wall: wall(t0),
+    }
+}
+
+/// A stale read shows the replaced set: it is not adopted, the provider gets the held set's
+/// refresh token, and the save expects the version the lineage wrote (the store is really
+/// there).
+#[test]
+fn a_stale_read_of_a_replaced_set_is_neither_adopted_nor_refreshed_from() {
+    let (start, stale) = behind_start();
+    let mut plan = plan_with_store(start);
+    leased(&mut plan);
+    let (reports, effect) = until_effect(&mut plan, Feedback::Loaded(Ok(Some(stale))));
+    assert_eq!(reports, [Report::StoreBehind]);
+    let Effect::Call(request) = effect else {
+        panic!("{effect:?}")
+    };
+    assert_eq!(request.refresh_token.unwrap().expose_secret(), "r1");
+    assert!(matches!(
+        plan.step(MonoTime::ZERO, rotated("r2")),
+        Effect::Renew { .. }
+    ));
+    let Effect::Save { expected, set } = plan.step(MonoTime::ZERO, Feedback::Renewed(Ok(true)))
+    else {
+        panic!()
+    };
+    assert_eq!(expected, Some(Version(2)));
+    assert_eq!(set.refresh_token().unwrap().expose_secret(), "r2");
+}
+
+/// A lost save left the replaced set in the store: the save of the next set meets it in a
+/// conflict and writes over it (it is older than ours), instead of adopting it.
+#[test]
+fn a_save_that_meets_a_replaced_set_writes_over_it() {
+    let (start, lost) = behind_start();
+    let mut plan = plan_with_store(start);
+    leased(&mut plan);
+    let (_, effect) = until_effect(&mut plan, Feedback::Loaded(Ok(Some(lost.clone()))));
+    assert!(matches!(effect, Effect::Call(_)), "{effect:?}");
+    plan.step(MonoTime::ZERO, rotated("r2"));
+    let Effect::Save { expected, .. } = plan.step(MonoTime::ZERO, Feedback::Renewed(Ok(true)))
+    else {
+        panic!()
+    };
+    assert_eq!(expected, Some(Version(2)));
+    let (reports, effect) = until_effect(
+        &mut plan,
+        Feedback::Saved(Ok(SaveOutcome::Conflict(Some(lost)))),
+    );
+    assert_eq!(reports, [Report::Conflict, Report::StoreBehind]);
+    let Effect::Save { expected, set } = effect else {
+        panic!("{effect:?}")
+    };
+    assert_eq!(expected, Some(Version(1)));
+    assert_eq!(set.refresh_token().unwrap().expose_secret(), "r2");
+    let (reports, _) = until_effect(
+        &mut plan,
+        Feedback::Saved(Ok(SaveOutcome::Saved(Version(2)))),
+    );
+    assert!(
+        matches!(
+            &reports[..],
+            [Report::Refreshed {
+                version: Some(Version(2)),
+                pending: false,
+                ..
+            }]
+        ),
+        "{reports:?}"
+    );
+}
+
+/// Without rotation the refresh token stays the same: the replaced set is known by its access
+/// token, and the older access token is not adopted either.
+#[test]
+fn a_replaced_set_with_the_same_refresh_token_is_not_adopted() {
+    let held = Arc::new(set("a1", Some("r")));
+    let replaced = Arc::new(set("a0", Some("r")));
+    let start = Start::new(FlightId(2), MonoTime::ZERO, Some(held), Some(Version(2)))
+        .with_replaced(vec![replaced.clone()]);
+    let mut plan = plan_with_store(start);
+    leased(&mut plan);
+    let stale = Stored {
+        version: Version(1),
+        tokens: (*replaced).clone(),
+    };
+    let (reports, effect) = until_effect(&mut plan, Feedback::Loaded(Ok(Some(stale))));
+    assert_eq!(reports, [Report::StoreBehind]);
+    assert!(matches!(effect, Effect::Call(_)), "{effect:?}");
+}
+
+/// A set this process never held is still another process's newer one: adopted. And a
+/// waiter polling the lease of another process does not take the replaced set for its result.
+#[test]
+fn only_replaced_sets_are_taken_for_older() {
+    let (start, stale) = behind_start();
+    let mut plan = plan_with_store(start.clone());
+    leased(&mut plan);
+    let other = Stored {
+        version: Version(3),
+        tokens: set("a9", Some("r9")),
+    };
+    let (reports, _) = until_effect(&mut plan, Feedback::Loaded(Ok(Some(other.clone()))));
+    assert_eq!(reports, [Report::Adopted(other)]);
+
+    let mut waiter = plan_with_store(start);
+    assert!(matches!(
+        waiter.step(MonoTime::ZERO, Feedback::Start),
+        Effect::TryLease { .. }
+    ));
+    let (_, effect) = until_effect(&mut waiter, Feedback::Lease(Ok(LeaseOutcome::Held)));
+    assert_eq!(effect, Effect::Load);
+    let (reports, effect) = until_effect(&mut waiter, Feedback::Loaded(Ok(Some(stale))));
+    assert!(
+        !reports.iter().any(|r| matches!(r, Report::Adopted(_))),
+        "{reports:?}"
+    );
+    assert!(matches!(effect, Effect::Sleep { .. }), "{effect:?}");
 }

@@ -665,3 +665,170 @@ mod a_carried_lease {
         assert_eq!(next, Effect::Load);
     }
 }
+
+/// Defect 9 (a store that lies): a save the store acknowledged and lost (a Redis failover that
+/// lost an acknowledged write, a disk that lost an fsync'd write) leaves the set this process
+/// replaced in the store. The process holds the newer set in memory and knows the stored
+/// refresh token is spent: its next refresh starts from its own set, never from the stored one,
+/// and its save puts the lineage back in the store.
+#[tokio::test]
+async fn a_lost_write_never_sends_the_engine_back_to_a_spent_refresh_token() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = FlakyStore::new(memory(&clock));
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    let log = Log::attach(&c);
+    store.set_losing_saves(true);
+    assert_eq!(c.token().await.unwrap().secret(), "access-1");
+    assert!(
+        !c.status().persist_pending,
+        "the store acknowledged the save"
+    );
+    assert_eq!(stored_rt(&store.inner).as_deref(), Some("refresh-0"));
+    store.set_losing_saves(false);
+    // access-1 runs out: the next refresh re-reads the store and finds the set it replaced.
+    clock.advance(Duration::from_secs(3600));
+    let served = c.token().await.map(|t| t.secret().to_owned());
+    assert!(
+        !provider.revoked(),
+        "the spent refresh token was replayed: {:?}",
+        provider.presented()
+    );
+    assert_eq!(served.unwrap(), "access-2");
+    assert_eq!(
+        provider.presented(),
+        [Some("refresh-0".into()), Some("refresh-1".into())]
+    );
+    assert_eq!(log.count(|e| matches!(e, Event::Adopted { .. })), 0);
+    // Said loudly: the re-read found the replaced set, and the save wrote over it.
+    assert!(log.count(|e| matches!(e, Event::StoreBehind { .. })) >= 1);
+    assert_eq!(stored_rt(&store.inner).as_deref(), Some("refresh-2"));
+}
+
+/// Defect 9 (a store that lies): a read answered from a lagging replica shows the set this
+/// process replaced. It is older than the set held, not another process's newer one: never
+/// adopted, and its spent refresh token never sent.
+#[tokio::test]
+async fn a_stale_read_never_sends_the_engine_back_to_a_spent_refresh_token() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = FlakyStore::new(memory(&clock));
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    let log = Log::attach(&c);
+    let before = store.inner.snapshot().expect("the initial set was saved");
+    assert_eq!(c.token().await.unwrap().secret(), "access-1");
+    assert_eq!(stored_rt(&store.inner).as_deref(), Some("refresh-1"));
+    // Every read now answers with the set access-1 replaced.
+    store.set_stale(Some(before));
+    clock.advance(Duration::from_secs(3600));
+    let served = c.token().await.map(|t| t.secret().to_owned());
+    assert!(
+        !provider.revoked(),
+        "the spent refresh token was replayed: {:?}",
+        provider.presented()
+    );
+    assert_eq!(served.unwrap(), "access-2");
+    // Once more, a whole lifetime later: the engine still does not go back.
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(c.token().await.unwrap().secret(), "access-3");
+    assert!(!provider.revoked(), "{:?}", provider.presented());
+    assert_eq!(log.count(|e| matches!(e, Event::Adopted { .. })), 0);
+    assert_eq!(log.count(|e| matches!(e, Event::StoreBehind { .. })), 2);
+    store.set_stale(None);
+    assert_eq!(stored_rt(&store.inner).as_deref(), Some("refresh-3"));
+}
+
+/// Defect 9 without a lying store: while the save of a rotated set is owed, an unrelated writer
+/// rewrites the store's set (the one the rotation replaced) at a new version, and a 401 starts
+/// the next flight before the save retry lands. The new version made the replaced set look like
+/// another process's newer one: it was adopted, and its spent refresh token sent.
+#[tokio::test]
+async fn a_rewritten_replaced_set_is_not_adopted_while_a_save_is_owed() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = FlakyStore::new(memory(&clock));
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    let log = Log::attach(&c);
+    let mut events = c.subscribe();
+    store.set_failing(true);
+    let t = c.token().await.unwrap();
+    assert_eq!(t.secret(), "access-1");
+    wait_for(&mut events, "persist failed", |e| {
+        matches!(e, Event::PersistFailed { .. })
+    })
+    .await;
+    let replaced = store.inner.snapshot().unwrap().tokens;
+    assert_eq!(replaced.access_token().expose_secret(), "access-0");
+    store.inner.overwrite(Some(replaced));
+    assert!(c.invalidate(&t));
+    wait_for(&mut events, "the next flight's answer", |e| {
+        matches!(e, Event::Refreshed { .. } | Event::RefreshFailed { .. })
+    })
+    .await;
+    settle().await;
+    assert!(!provider.revoked(), "{:?}", provider.presented());
+    assert_eq!(log.count(|e| matches!(e, Event::Adopted { .. })), 0);
+    assert_eq!(c.token().await.unwrap().secret(), "access-2");
+    store.set_failing(false);
+    until_durable(&c, &clock).await;
+    assert!(!provider.revoked(), "{:?}", provider.presented());
+    assert_eq!(
+        provider.presented(),
+        [Some("refresh-0".into()), Some("refresh-1".into())]
+    );
+    assert_eq!(stored_rt(&store.inner).as_deref(), Some("refresh-2"));
+}
+
+/// Defect 10: an unrelated writer rewrites the stored set (the one the refresh replaced) at a
+/// new version before every save attempt. After three immediate rewrites the save gave its
+/// lineage up for that set, "another lineage's", and adopted it: the refresh went back to the
+/// set it had replaced and sent its spent refresh token. Now the save backs off and retries.
+#[tokio::test]
+async fn a_save_never_gives_its_lineage_up_for_the_set_it_replaced() {
+    let clock = ManualClock::new();
+    let provider = Provider::rotating("refresh-0");
+    let store = FlakyStore::new(memory(&clock));
+    let c = build(
+        &clock,
+        &provider,
+        Some(Arc::new(store.clone())),
+        policy(),
+        Some(expired(&clock)),
+    )
+    .await;
+    let log = Log::attach(&c);
+    store.set_rewriting(true);
+    let served = c.token().await.map(|t| t.secret().to_owned());
+    settle().await;
+    assert!(!provider.revoked(), "{:?}", provider.presented());
+    assert_eq!(served.unwrap(), "access-1");
+    assert!(c.status().persist_pending);
+    store.set_rewriting(false);
+    until_durable(&c, &clock).await;
+    assert!(!c.status().persist_pending);
+    assert_eq!(stored_rt(&store.inner).as_deref(), Some("refresh-1"));
+    assert_eq!(provider.presented(), [Some("refresh-0".into())]);
+    assert_eq!(log.count(|e| matches!(e, Event::Adopted { .. })), 0);
+    assert_eq!(log.count(|e| matches!(e, Event::SaveSuperseded { .. })), 0);
+}

@@ -84,6 +84,18 @@ impl Refresher for ProviderClient {
                     ),
                 );
             }
+            if rt
+                .as_ref()
+                .is_some_and(|rt| s.seen_rotated[self.proc].contains(rt))
+            {
+                s.violate_correctness(
+                    now,
+                    format!(
+                        "p{} sent a refresh token whose rotation answer it had received: it knew the token was spent",
+                        self.proc
+                    ),
+                );
+            }
             s.metrics.token_calls.push(now.as_nanos());
             let recent = s.last_delivered[self.cred]
                 .is_some_and(|t| now.saturating_duration_since(t) < crate::world::DUPLICATE_WINDOW);
@@ -177,7 +189,11 @@ impl Refresher for ProviderClient {
                 }
                 Fault::InvalidClient => Step::Answer(s.provider.invalid_client()),
                 Fault::Malformed | Fault::Lost { .. } | Fault::None => {
+                    let replays = s.provider.replays.len();
                     let a = s.provider.refresh(now, rt.as_deref());
+                    if s.provider.replays.len() > replays {
+                        self.blame_store(&mut s, rt.as_deref(), now);
+                    }
                     let rotated = a.outcome == CallOutcome::Ok;
                     if rotated {
                         if s.unsaved_since[self.cred].is_none() {
@@ -266,12 +282,38 @@ impl Refresher for ProviderClient {
         s.trace_line(now, line);
         if let Ok(r) = &result {
             let access = r.access_token().expose_secret().to_owned();
-            let refresh = r
-                .refresh_token()
-                .map(|t| t.expose_secret().to_owned())
-                .or(rt);
-            s.record_delivered(self.cred, self.proc, now, access, refresh);
+            let refresh = r.refresh_token().map(|t| t.expose_secret().to_owned());
+            if let (Some(sent), Some(new)) = (&rt, &refresh) {
+                if sent != new {
+                    s.seen_rotated[self.proc].insert(sent.clone());
+                }
+            }
+            s.record_delivered(self.cred, self.proc, now, access, refresh.or(rt));
         }
         result
+    }
+}
+
+impl ProviderClient {
+    /// Attributes the replay the provider just recorded: to the store when a lie of the store
+    /// hid the rotation from this process (it never received the rotation answer itself).
+    fn blame_store(&self, s: &mut State, rt: Option<&str>, now: keepfresh::runtime::MonoTime) {
+        let Some(rt) = rt else { return };
+        if s.seen_rotated[self.proc].contains(rt) || !s.store_misled(self.proc, rt) {
+            return;
+        }
+        if let Some(r) = s.provider.replays.last_mut() {
+            if !r.excused {
+                r.excused = true;
+                r.store_lie = true;
+                s.trace_line(
+                    now,
+                    format!(
+                        "c{} p{}: the store hid this refresh token's rotation (a lost save or a stale read): the replay is the store's failure",
+                        self.cred, self.proc
+                    ),
+                );
+            }
+        }
     }
 }

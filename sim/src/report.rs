@@ -46,6 +46,8 @@ pub fn figures(cfg: &WorldConfig, seed: u64, out: &Outcome) -> Value {
         "reauth_signals": m.reauths,
         "persist_failures": m.persist_failures,
         "max_unsaved_window_ms": ms(m.max_unsaved_window_ns),
+        "store_lies": m.store_lies,
+        "replays_blamed_on_store": m.replays_blamed_on_store,
         "events": out.events,
         "events_per_sec": out.events as f64 / wall,
         "simulated_secs": out.sim_time.as_secs_f64(),
@@ -96,6 +98,14 @@ pub fn readable(f: &Value) -> String {
         "  401s {} (after retry {})  reauth signals {}  persist failures {}  max unsaved window {:.1} ms",
         g("resource_server_401"), g("resource_server_401_after_retry"), g("reauth_signals"), g("persist_failures"), g("max_unsaved_window_ms").as_f64().unwrap_or(0.0)
     );
+    if g("store_lies").as_u64().unwrap_or(0) > 0 {
+        let _ = writeln!(
+            s,
+            "  store lies {} (lost saves and stale reads)  replays blamed on the store {}",
+            g("store_lies"),
+            g("replays_blamed_on_store")
+        );
+    }
     let _ = writeln!(
         s,
         "  {} events in {:.3}s wall: {:.0} events/s, {:.0} simulated s per wall s; trace {}",

@@ -83,7 +83,7 @@ pub fn resolve(
 
 /// Fault kinds that `--disable-fault` accepts: the rates of [`world::Faults`] and the
 /// scheduled fault actions ([`world::ACTION_FAULTS`]).
-pub const KNOWN_FAULTS: [&str; 18] = [
+pub const KNOWN_FAULTS: [&str; 20] = [
     "not_delivered",
     "5xx",
     "429",
@@ -97,6 +97,8 @@ pub const KNOWN_FAULTS: [&str; 18] = [
     "lease_hang",
     "load_fail",
     "load_hang",
+    "save_lost",
+    "stale_read",
     "listener_panics",
     "store_outage",
     "suspend",

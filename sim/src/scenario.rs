@@ -100,6 +100,20 @@ pub fn all() -> Vec<Scenario> {
             c.duration = secs(3 * H);
             c
         }},
+        Scenario { name: "rewritten-during-save-retry", reference: "A6", summary: "an unrelated writer rewrites the replaced set while saves of its rotation fail and are retried: the engine never goes back to it", in_suite: true, build: |r| {
+            let mut c = WorldConfig::base("rewritten-during-save-retry", Profile::strict(secs(r.range(300, 1200))));
+            c.processes = r.range(1, 2) as usize;
+            c.faults.store_write_fail = 0.5 + r.unit() * 0.4;
+            c.faults.store_latency_ms = (5, 400);
+            c.pattern = Pattern::Steady { mean: secs(r.range(5, 60)) };
+            let every = r.range(20, 120);
+            for k in 0..(2 * H / every) {
+                c.schedule.push((secs(k * every + r.range(0, every - 1)), Action::Overwrite { cred: 0 }));
+            }
+            c.heal_at = Some(secs(2 * H - 600));
+            c.duration = secs(2 * H);
+            c
+        }},
         Scenario { name: "lost-response-grace", reference: "B7a", summary: "rotation answer lost, replay inside the provider's grace window succeeds", in_suite: true, build: |r| {
             let mut c = WorldConfig::base("lost-response-grace", profile(if r.chance(0.5) { "okta" } else { "auth0" }));
             c.faults.p_lost = 0.3;
@@ -366,6 +380,28 @@ pub fn all() -> Vec<Scenario> {
             c.duration = secs(4 * H);
             c
         }},
+        Scenario { name: "store-lies", reference: "J45", summary: "the store acknowledges saves it loses and answers reads with older sets: no process goes back to a set it replaced or sends a refresh token it saw rotated; what the lies cost is the store's", in_suite: true, build: |r| {
+            // 10-60 min tokens: more refreshes, hence more saves and reads for the store to lie about.
+            let life = secs(r.range(600, H));
+            let p = if r.chance(0.5) { Profile { at_lifetime: life, ..profile("okta") } } else { Profile::strict(life) };
+            let mut c = WorldConfig::base("store-lies", p);
+            c.processes = r.range(1, 3) as usize;
+            c.initial = [Initial::Fresh, Initial::Aged, Initial::Expired][r.below(3)];
+            // One lie, the other, or both.
+            let which = r.below(3);
+            if which != 1 {
+                c.faults.save_lost = 0.1 + r.unit() * 0.5;
+            }
+            if which != 0 {
+                c.faults.stale_read = 0.1 + r.unit() * 0.6;
+            }
+            c.faults.store_latency_ms = (0, r.range(1, 200));
+            c.eager = r.chance(0.3);
+            c.pattern = Pattern::Steady { mean: secs(r.range(5, 120)) };
+            c.heal_at = Some(secs(r.range(H, 4 * H)));
+            c.duration = secs(5 * H);
+            c
+        }},
         Scenario { name: "suspend", reference: "K40", summary: "the host sleeps for hours (monotonic clock stopped, wall clock running): no expired token served after resume", in_suite: true, build: |r| {
             let mut c = WorldConfig::base("suspend", strict());
             c.processes = r.range(1, 2) as usize;
@@ -486,6 +522,9 @@ fn swarm(r: &mut SimRng) -> WorldConfig {
         };
         c.schedule.push((t, a));
     }
+    // The store's lies, drawn last: a seed's other draws are those it had before they existed.
+    c.faults.save_lost = p(r, 0.3);
+    c.faults.stale_read = p(r, 0.4);
     c
 }
 

@@ -1,7 +1,8 @@
 //! A shared store with the faults real persistence shows: failed writes, slow or hung writes,
-//! failed or hung reads and lease operations, outage windows in which every operation fails, and
-//! a process that dies between the provider's answer and the save. Every write that lands is
-//! checked against the provider's issue order: a store never goes back to an older set.
+//! failed or hung reads and lease operations, outage windows in which every operation fails, a
+//! process that dies between the provider's answer and the save, and lies: a save acknowledged
+//! and lost, a read answered with an older set. Every write that lands is checked against the
+//! provider's issue order: a store never goes back to an older set.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +42,8 @@ enum WriteFault {
     Fail(&'static str),
     Hang,
     Crash,
+    /// Acknowledged and not persisted (if the compare-and-swap matches).
+    Lost,
 }
 
 /// What happens to a read, a clear or a lease operation.
@@ -85,11 +88,17 @@ impl FaultyStore {
         if s.store_out(self.cred, self.exec.now()) {
             return WriteFault::Fail(OUTAGE);
         }
-        let (fail, hang) = (s.faults.store_write_fail, s.faults.store_hang);
+        let (fail, hang, lost) = (
+            s.faults.store_write_fail,
+            s.faults.store_hang,
+            s.faults.save_lost,
+        );
         if s.rng.chance(fail) {
             WriteFault::Fail("disk full (simulated)")
         } else if s.rng.chance(hang) {
             WriteFault::Hang
+        } else if s.rng.chance(lost) {
+            WriteFault::Lost
         } else {
             WriteFault::None
         }
@@ -135,6 +144,72 @@ impl FaultyStore {
         fault
     }
 
+    /// A stale read, if one is drawn: one of the sets the store held before its latest writes.
+    fn stale_read(&self) -> Option<Stored> {
+        let mut s = self.state.lock();
+        let rate = s.faults.stale_read;
+        let depth = s.store_history[self.cred].len();
+        if s.healed || depth == 0 || !s.rng.chance(rate) {
+            return None;
+        }
+        let back = s.rng.range(1, depth as u64) as usize;
+        let stale = s.store_history[self.cred][depth - back].clone();
+        s.misled[self.proc] = true;
+        s.metrics.store_lies += 1;
+        let now = self.exec.now();
+        s.trace_line(
+            now,
+            format!(
+                "p{} store: stale read, the set of version {} ({back} write(s) behind)",
+                self.proc, stale.version.0
+            ),
+        );
+        Some(stale)
+    }
+
+    /// A save the store acknowledges and loses, when the compare-and-swap matches: answers the
+    /// version the save would have had (the next write that lands gets it too).
+    fn lose(&self, expected: Option<Version>, tokens: &TokenSet) -> Option<SaveOutcome> {
+        let prior = self.inner.snapshot()?;
+        if Some(prior.version) != expected {
+            return None;
+        }
+        let mut s = self.state.lock();
+        let now = self.exec.now();
+        let version = Version(prior.version.0 + 1);
+        let order = |t: &TokenSet| {
+            s.provider.issue_order(
+                t.access_token().expose_secret(),
+                t.refresh_token().map(|r| r.expose_secret()),
+            )
+        };
+        if let (Some(new), Some(old)) = (order(tokens), order(&prior.tokens)) {
+            if new.family > old.family {
+                s.lost_grant[self.cred] = true;
+            }
+        }
+        // Every rotation from the stored set's refresh token up to the lost set's is hidden:
+        // a process holding one of those tokens finds the store behind its own set, not the
+        // rotation that spent its token.
+        if let Some(old) = prior.tokens.refresh_token().map(|r| r.expose_secret()) {
+            let new = tokens.refresh_token().map(|r| r.expose_secret());
+            let hidden = new
+                .map(|new| s.provider.refresh_tokens_between(old, new))
+                .unwrap_or_default();
+            s.left_by_lost_save.insert(old.to_owned());
+            s.left_by_lost_save.extend(hidden);
+        }
+        s.metrics.store_lies += 1;
+        s.trace_line(
+            now,
+            format!(
+                "p{} store: save acknowledged at version {} and lost",
+                self.proc, version.0
+            ),
+        );
+        Some(SaveOutcome::Saved(version))
+    }
+
     /// Applies `op`'s fault, if any: an error to return, or a hang (never returns).
     async fn fault(&self, op: Op) -> Result<(), StoreError> {
         match self.op_fault(op) {
@@ -150,6 +225,9 @@ impl TokenStore for FaultyStore {
     async fn load(&self) -> Result<Option<Stored>, StoreError> {
         self.delay().await;
         self.fault(Op::Load).await?;
+        if let Some(stale) = self.stale_read() {
+            return Ok(Some(stale));
+        }
         self.inner.load().await
     }
 
@@ -159,21 +237,29 @@ impl TokenStore for FaultyStore {
         tokens: &TokenSet,
     ) -> Result<SaveOutcome, StoreError> {
         self.delay().await;
-        match self.write_fault() {
-            WriteFault::None => {
+        let fault = self.write_fault();
+        if let WriteFault::Lost = fault {
+            if let Some(outcome) = self.lose(expected, tokens) {
+                return Ok(outcome);
+            }
+        }
+        match fault {
+            WriteFault::None | WriteFault::Lost => {
                 // The memory store answers at once: nothing else runs between the read of the
                 // previous content and the write.
                 let prior = self.inner.snapshot();
                 let outcome = self.inner.save(expected, tokens).await?;
                 if let SaveOutcome::Saved(_) = outcome {
                     let now = self.exec.now();
-                    self.state.lock().check_store_write(
+                    let mut s = self.state.lock();
+                    s.check_store_write(
                         self.cred,
                         prior.as_ref().map(|p| &p.tokens),
                         tokens,
                         &format!("p{}", self.proc),
                         now,
                     );
+                    s.remember_replaced(self.cred, prior);
                 }
                 Ok(outcome)
             }
@@ -200,7 +286,12 @@ impl TokenStore for FaultyStore {
     async fn clear(&self, expected: Version) -> Result<bool, StoreError> {
         self.delay().await;
         self.fault(Op::Clear).await?;
-        self.inner.clear(expected).await
+        let prior = self.inner.snapshot();
+        let cleared = self.inner.clear(expected).await?;
+        if cleared {
+            self.state.lock().remember_replaced(self.cred, prior);
+        }
+        Ok(cleared)
     }
 
     async fn try_lease(&self, ttl: Duration) -> Result<LeaseOutcome, StoreError> {

@@ -7,7 +7,7 @@
 //! provider, the store and the callers only.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use futures::future::{select, Either};
 use keepfresh::oauth::{classify_resource_answer, ResourceVerdict};
 use keepfresh::runtime::MonoTime;
-use keepfresh::store::{MemoryStore, TokenStore};
+use keepfresh::store::{MemoryStore, Stored, TokenStore};
 use keepfresh::{AccessToken, RefreshPolicy, RefreshToken, TokenSet};
 use parking_lot::Mutex;
 use serde::Serialize;
@@ -73,6 +73,17 @@ pub struct Faults {
     /// A store read hangs (bounded by the engine's store timeout). Separate from
     /// [`Faults::store_hang`], which stays a write fault so that existing worlds replay.
     pub load_hang: f64,
+    /// The store lies about a save: it answers `Saved` at the version the save would have had
+    /// and persists nothing, and the next write that lands gets that version again (a Redis
+    /// failover that lost an acknowledged write with its version counter, a disk that
+    /// acknowledged an fsync and lost the data). Only a save whose compare-and-swap matches is
+    /// lost (a mismatch is still reported as a conflict), and never the first save into an
+    /// empty store.
+    pub save_lost: f64,
+    /// The store lies about a read: it answers with one of the (up to three) sets it held
+    /// before its latest write, at that set's version (a read from a lagging Redis replica, a
+    /// cached file).
+    pub stale_read: f64,
     /// An event listener of the host's, registered in every process's client, panics on an
     /// event with this probability.
     pub listener_panics: f64,
@@ -100,12 +111,14 @@ impl Faults {
             lease_hang: 0.0,
             load_fail: 0.0,
             load_hang: 0.0,
+            save_lost: 0.0,
+            stale_read: 0.0,
             listener_panics: 0.0,
         }
     }
 
     /// Every fault rate with its name, as [`Faults::active`] and [`Faults::disable`] name them.
-    fn rates(&self) -> [(&'static str, f64); 14] {
+    fn rates(&self) -> [(&'static str, f64); 16] {
         [
             ("not_delivered", self.p_not_delivered),
             ("5xx", self.p_5xx),
@@ -120,6 +133,8 @@ impl Faults {
             ("lease_hang", self.lease_hang),
             ("load_fail", self.load_fail),
             ("load_hang", self.load_hang),
+            ("save_lost", self.save_lost),
+            ("stale_read", self.stale_read),
             ("listener_panics", self.listener_panics),
         ]
     }
@@ -149,6 +164,8 @@ impl Faults {
             "lease_hang" => self.lease_hang = 0.0,
             "load_fail" => self.load_fail = 0.0,
             "load_hang" => self.load_hang = 0.0,
+            "save_lost" => self.save_lost = 0.0,
+            "stale_read" => self.stale_read = 0.0,
             "listener_panics" => self.listener_panics = 0.0,
             _ => {}
         }
@@ -664,6 +681,11 @@ pub struct Metrics {
     pub tokens_lost: u64,
     /// Event-listener panics injected into processes.
     pub listener_panics: u64,
+    /// Lies the store told: saves it acknowledged and lost, reads it answered with an older set.
+    pub store_lies: u64,
+    /// Replays of rotated refresh tokens that a lie of the store hid from the process that
+    /// replayed (excused: the store's failure, not the engine's).
+    pub replays_blamed_on_store: u64,
 }
 
 impl Metrics {
@@ -705,6 +727,8 @@ impl Metrics {
         self.reauth_after_restart += o.reauth_after_restart;
         self.tokens_lost += o.tokens_lost;
         self.listener_panics += o.listener_panics;
+        self.store_lies += o.store_lies;
+        self.replays_blamed_on_store += o.replays_blamed_on_store;
     }
 }
 
@@ -804,9 +828,75 @@ pub struct State {
     store_family: Vec<Option<FamilyId>>,
     /// Per process: the grant of the last login it installed; it serves no older grant since.
     login_floor: Vec<Option<FamilyId>>,
+    /// Per credential: the sets its store held before its latest writes, newest last (at most
+    /// [`STALE_DEPTH`]; kept only when stale reads are on): what a stale read answers with.
+    pub(crate) store_history: Vec<VecDeque<Stored>>,
+    /// Refresh tokens whose rotation a lost save hid: the one it left in the store, and those
+    /// between it and the lost set's. A process holding one cannot know it is spent.
+    pub(crate) left_by_lost_save: HashSet<String>,
+    /// Per credential: a lost save dropped a set of a newer grant (a login) from the store, so
+    /// the store may hand the older grant to a process again.
+    pub(crate) lost_grant: Vec<bool>,
+    /// Per process instance: a store read of it was answered with an older set (a stale
+    /// read). What it decides from then on may rest on that lie: a set it adopted from the
+    /// stale read, a set refreshed from that one, and so on, with no way for it to tell.
+    pub(crate) misled: Vec<bool>,
+    /// Per process instance: refresh tokens whose rotation answer reached it. It knows they are
+    /// spent; sending one again is its own replay, whatever the store says.
+    pub(crate) seen_rotated: Vec<HashSet<String>>,
+    /// Per process instance: the access tokens it served, as (grant, issue order), first
+    /// serving first.
+    served_sets: Vec<Vec<(FamilyId, u64)>>,
 }
 
+/// How many earlier sets of a store a stale read can answer with.
+pub(crate) const STALE_DEPTH: usize = 3;
+
 impl State {
+    /// Records the set a write that landed in credential `cred`'s store replaced, for stale
+    /// reads.
+    pub(crate) fn remember_replaced(&mut self, cred: usize, prior: Option<Stored>) {
+        if self.faults.stale_read <= 0.0 {
+            return;
+        }
+        if let Some(p) = prior {
+            let h = &mut self.store_history[cred];
+            if h.len() == STALE_DEPTH {
+                h.pop_front();
+            }
+            h.push_back(p);
+        }
+    }
+
+    /// Whether process `proc`'s use of refresh token `rt` may rest on a lie of the store: it
+    /// was answered a stale read, or a lost save left `rt` in the store after its rotation.
+    pub(crate) fn store_misled(&self, proc: usize, rt: &str) -> bool {
+        self.misled[proc] || self.left_by_lost_save.contains(rt)
+    }
+
+    /// The going-back oracle, run when process `proc` serves a new generation whose access
+    /// token is of `family` at issue order `seq`: a process never serves again an access token
+    /// it had served before a newer one of the same grant. The store's content only moves
+    /// forward (the store oracle checks every write that lands, and a lost save writes
+    /// nothing), so only a stale read can show a process an older set it cannot tell from
+    /// another process's newer one: the oracle holds for processes never answered a stale
+    /// read; the others are held to the refresh-token oracle (never send a refresh token whose
+    /// rotation answer you received).
+    fn check_not_back(&mut self, proc: usize, family: FamilyId, seq: u64, now: MonoTime) {
+        let served = &self.served_sets[proc];
+        let again = served.contains(&(family, seq));
+        if !again {
+            self.served_sets[proc].push((family, seq));
+            return;
+        }
+        if !self.misled[proc] && served.iter().any(|&(f, q)| f == family && q > seq) {
+            self.violate_correctness(
+                now,
+                format!("p{proc} went back to an access token it had served before a newer one of the same grant (an older set it had replaced)"),
+            );
+        }
+    }
+
     /// Whether credential `cred`'s store is in an outage at `now`.
     pub(crate) fn store_out(&self, cred: usize, now: MonoTime) -> bool {
         now < self.outage_until[cred]
@@ -1248,6 +1338,12 @@ fn run_one(
         outage_until: vec![MonoTime::ZERO; cfg.credentials],
         store_family: vec![None; cfg.credentials],
         login_floor: vec![None; procs_total],
+        store_history: vec![VecDeque::new(); cfg.credentials],
+        left_by_lost_save: HashSet::new(),
+        lost_grant: vec![false; cfg.credentials],
+        misled: vec![false; procs_total],
+        seen_rotated: vec![HashSet::new(); procs_total],
+        served_sets: vec![Vec::new(); procs_total],
     }));
     if cfg.faults.listener_panics > 0.0 {
         silence_injected_panics();
@@ -1367,6 +1463,8 @@ fn run_one(
 /// The comparison figures that are read off the provider and the reports at the end.
 fn end_of_run_metrics(s: &mut State, credentials: usize) {
     s.metrics.unexcused_replays = s.provider.replays.iter().filter(|r| !r.excused).count() as u64;
+    s.metrics.replays_blamed_on_store =
+        s.provider.replays.iter().filter(|r| r.store_lie).count() as u64;
     s.metrics.families_revoked_by_reuse = (0..credentials)
         .filter(|&c| s.provider.family_revoked(s.families[c]) == Some("refresh token reuse"))
         .count() as u64;
@@ -1464,6 +1562,19 @@ fn final_checks(w: &Arc<Shared>, now: MonoTime) {
                     .map(|r| r.expose_secret().to_owned())
             });
             if newest.is_some() && stored != newest {
+                if stored
+                    .as_ref()
+                    .is_some_and(|r| s.left_by_lost_save.contains(r))
+                {
+                    // The newest set's save was acknowledged and lost: the store's failure.
+                    continue;
+                }
+                if s.unsaved_since[c]
+                    .is_some_and(|t| now.saturating_duration_since(t) < w.policy.store_timeout())
+                {
+                    // The world ends while the newest rotation's first save is on its way.
+                    continue;
+                }
                 s.violate_correctness(
                     now,
                     format!("credential c{c}: the store does not hold the provider's newest refresh token at the end"),
@@ -1485,6 +1596,10 @@ fn start_process(w: &Arc<Shared>, i: usize) {
         let mut s = w.state.lock();
         s.instance[i] += 1;
         s.gen_cache[i] = (u64::MAX, MonoTime::ZERO, 0);
+        // A new instance knows nothing of what the one before it saw.
+        s.seen_rotated[i].clear();
+        s.served_sets[i].clear();
+        s.misled[i] = false;
         s.instance[i]
     };
     let w2 = w.clone();
@@ -1883,6 +1998,7 @@ fn served(
                 let rec = s.provider.access_record(t.access.expose_secret());
                 if let Some(r) = rec {
                     s.gen_cache[i] = (t.generation, r.expires, r.family);
+                    s.check_not_back(i, r.family, r.seq, now);
                 }
                 rec.map(|r| (r.expires, r.family))
             };
@@ -1907,7 +2023,11 @@ fn served(
             } else if expires.saturating_duration_since(now) < Duration::from_secs(60) {
                 s.metrics.near_expiry += 1;
             }
-            if let Some(login) = s.login_floor[i].filter(|&l| family < l) {
+            let cred = w.procs[i].cred;
+            // A store that lost the login's save, or a stale read, can hand the older grant
+            // back: the store's failure.
+            let store_lied = s.misled[i] || s.lost_grant[cred];
+            if let Some(login) = s.login_floor[i].filter(|&l| family < l && !store_lied) {
                 s.violate_correctness(
                     now,
                     format!(
@@ -2048,7 +2168,8 @@ async fn perform(w: &Arc<Shared>, action: Action) {
         }
         Action::Overwrite { cred } => {
             if let Some(st) = w.stores[cred].snapshot() {
-                w.stores[cred].overwrite(Some(st.tokens));
+                w.stores[cred].overwrite(Some(st.tokens.clone()));
+                w.state.lock().remember_replaced(cred, Some(st));
             }
         }
         Action::JumpWall { proc, secs } => {
@@ -2256,6 +2377,7 @@ fn write_newer(w: &Arc<Shared>, cred: usize) -> bool {
     // The memory store answers at once.
     let saved = futures::FutureExt::now_or_never(store.save(expected, &set));
     if let Some(Ok(keepfresh::store::SaveOutcome::Saved(_))) = saved {
+        s.remember_replaced(cred, prior.clone());
         s.check_store_write(
             cred,
             prior.as_ref().map(|p| &p.tokens),

@@ -256,7 +256,9 @@ impl CredentialBuilder {
             let mut core = inner.core.lock();
             core.version = version;
             match (start.set, start.refresh_only) {
-                (Some(set), _) => inner.authorize_locked(&mut core, set, version, &mut after),
+                (Some(set), _) => {
+                    inner.authorize_locked(&mut core, set, version, false, &mut after)
+                }
                 (None, Some(rt)) => {
                     core.refresh_only = Some(rt);
                     // No access token: a grant that is already over, with a refresh token.

@@ -84,7 +84,8 @@ async fn work(guard: &mut Guard, first: Job) {
                     core.tokens.clone(),
                     core.version,
                 )
-                .with_attempt(job.attempt, poll_seed);
+                .with_attempt(job.attempt, poll_seed)
+                .with_replaced(core.replaced.iter().cloned().collect());
                 if let Some(rt) = &core.refresh_only {
                     start = start.with_refresh_token(rt.clone());
                 }

@@ -1,6 +1,7 @@
 //! The shell that feeds the [`Machine`], publishes its answers for lock-free readers and applies
 //! what refresh flights report.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -95,7 +96,17 @@ pub(crate) struct Core {
     pub(crate) persist_pending: Option<u64>,
     pub(crate) rng: JitterRng,
     pub(crate) published_key: (u64, MonoTime),
+    /// The sets this process held and knows to be older than the set held, oldest first (at
+    /// most [`REPLACED_KEPT`]): a store that shows one again is behind this process (see
+    /// [`Start::replaced`]).
+    ///
+    /// [`Start::replaced`]: crate::flight::Start::replaced
+    pub(crate) replaced: VecDeque<Arc<TokenSet>>,
 }
+
+/// How many replaced sets a credential remembers: further back than a lagging replica or a
+/// run of lost saves plausibly reaches.
+const REPLACED_KEPT: usize = 16;
 
 impl Core {
     pub(crate) fn new(policy: &Arc<RefreshPolicy>) -> Self {
@@ -111,7 +122,34 @@ impl Core {
             persist_pending: None,
             rng: policy.rng(),
             published_key: (u64::MAX, MonoTime::ZERO),
+            replaced: VecDeque::new(),
         }
+    }
+
+    /// Makes `set` the current token set. With `newer` — the provider's answer to a refresh of
+    /// the current set, or a login — the set it replaces is known to be older and remembered
+    /// as replaced. A set adopted from the store is not known to be newer (a stale replica can
+    /// hand out an older one): remembering the set it replaces would then make the store's
+    /// true, newer set look older, and the process would refuse it.
+    pub(crate) fn install(&mut self, set: Arc<TokenSet>, newer: bool) {
+        let new_access = set.access_token();
+        self.replaced.retain(|r| r.access_token() != new_access);
+        if let Some(old) = self.tokens.replace(set) {
+            if newer && self.tokens.as_deref() != Some(&*old) {
+                self.retire(old);
+            }
+        }
+    }
+
+    /// Remembers `set` as older than anything this process holds from now on.
+    pub(crate) fn retire(&mut self, set: Arc<TokenSet>) {
+        if self.replaced.iter().any(|r| **r == *set) {
+            return;
+        }
+        if self.replaced.len() == REPLACED_KEPT {
+            self.replaced.pop_front();
+        }
+        self.replaced.push_back(set);
     }
 }
 
@@ -316,16 +354,18 @@ impl Inner {
 
     /// Installs a set from outside a refresh (a login, the store at build time, a newer set a
     /// plan found in the store): it supersedes the flight in flight, whose waiters are woken.
+    /// With `login`, the set replaced is remembered as older (see [`Core::install`]).
     pub(crate) fn authorize_locked(
         &self,
         core: &mut Core,
         set: Arc<TokenSet>,
         version: Option<Version>,
+        login: bool,
         after: &mut After,
     ) {
         let now = self.rt.now();
         let grant = grant_for(&set, now, self.rt.wall());
-        core.tokens = Some(set);
+        core.install(set, login);
         core.refresh_only = None;
         if version.is_some() {
             core.version = version;

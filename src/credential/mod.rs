@@ -288,7 +288,7 @@ impl Credential {
             let mut core = self.inner.core.lock();
             core.epoch += 1;
             self.inner
-                .authorize_locked(&mut core, set, version, &mut after);
+                .authorize_locked(&mut core, set, version, true, &mut after);
         }
         self.inner.run_after(after);
         self.inner.nudge();

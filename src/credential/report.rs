@@ -28,6 +28,8 @@ impl Inner {
                 Report::LeaseLost => after.events.push(Event::LeaseLost { at: now }),
                 Report::Conflict => after.events.push(Event::StoreConflict { at: now }),
                 Report::Cleared => after.events.push(Event::StoreCleared { at: now }),
+                Report::StoreBehind => after.events.push(Event::StoreBehind { at: now }),
+                Report::RefreshedFrom(set) if ours => core.retire(set),
                 Report::RefreshTokenRotated(rt) if ours && core.tokens.is_none() => {
                     core.refresh_only = Some(rt);
                 }
@@ -64,7 +66,7 @@ impl Inner {
                     pending,
                 } if ours => {
                     let grant = Grant::new(issued, lifetime, set.refresh_token().is_some());
-                    core.tokens = Some(set.clone());
+                    core.install(set.clone(), true);
                     core.refresh_only = None;
                     core.last_error = None;
                     core.machine.handle(Input::RefreshSucceeded {
@@ -88,7 +90,7 @@ impl Inner {
                 Report::Adopted(stored) if ours => {
                     let set = Arc::new(stored.tokens);
                     let grant = grant_for(&set, now, self.rt.wall());
-                    core.tokens = Some(set.clone());
+                    core.install(set.clone(), false);
                     core.refresh_only = None;
                     core.version = Some(stored.version);
                     core.last_error = None;
@@ -111,7 +113,7 @@ impl Inner {
                     pending,
                 } if ours => {
                     if let Some(set) = kept {
-                        core.tokens = Some(set);
+                        core.install(set, true);
                         let generation = core.machine.generation();
                         note_saved(&mut core, generation, None, pending, now, &mut after);
                     }
@@ -152,6 +154,7 @@ impl Inner {
                                 &mut core,
                                 Arc::new(stored.tokens),
                                 Some(stored.version),
+                                false,
                                 &mut after,
                             );
                         }

@@ -21,7 +21,11 @@
 //!   that one starts first ([`Plan::hand_over`]);
 //! - **keep the rotated refresh token**, even from an answer without an access token;
 //! - **clear only what failed**: after `invalid_grant` the store is cleared only if it still
-//!   holds the refresh token that failed, else its newer set is adopted.
+//!   holds the refresh token that failed, else its newer set is adopted;
+//! - **never go back**: a stored set this process knows to be older than the set held
+//!   ([`Start::replaced`]: it refreshed from it, or a login replaced it) — left by a save the
+//!   store acknowledged and lost, or read from a lagging replica — is never adopted, its refresh
+//!   token (spent) is never sent, and a save writes over it.
 //!
 //! ```
 //! use keepfresh::flight::{Effect, Feedback, Plan, Report, Start};
@@ -98,6 +102,11 @@ pub struct Start {
     pub poll_seed: u64,
     /// Consecutive failed attempts before this one (sent to the refresher).
     pub attempt: u32,
+    /// Token sets this process held and knows to be older than `base` (it refreshed from them,
+    /// or a login replaced them), oldest first. A stored set with one of their access tokens,
+    /// or with one of their refresh tokens that `base` no longer carries, is older than `base`,
+    /// whatever its version says.
+    pub replaced: Vec<Arc<TokenSet>>,
 }
 
 impl Start {
@@ -119,7 +128,25 @@ impl Start {
             carried: None,
             poll_seed: 0,
             attempt: 1,
+            replaced: Vec::new(),
         }
+    }
+
+    /// With the token sets this process held and knows to be older than the base, oldest
+    /// first.
+    ///
+    /// ```
+    /// # use keepfresh::flight::Start;
+    /// # use keepfresh::{machine::FlightId, runtime::MonoTime, AccessToken, TokenSet};
+    /// # use std::sync::Arc;
+    /// let wall = time::OffsetDateTime::UNIX_EPOCH;
+    /// let old = Arc::new(TokenSet::new(AccessToken::new("a0"), None, wall, wall));
+    /// let s = Start::new(FlightId(1), MonoTime::ZERO, None, None).with_replaced(vec![old]);
+    /// assert_eq!(s.replaced.len(), 1);
+    /// ```
+    pub fn with_replaced(mut self, replaced: Vec<Arc<TokenSet>>) -> Self {
+        self.replaced = replaced;
+        self
     }
 
     /// With a refresh token known without a token set.
@@ -272,6 +299,15 @@ pub enum Report {
     Conflict,
     /// The store was emptied because it held the refresh token the provider refused.
     Cleared,
+    /// The store answered with a set this process had replaced (it lost an acknowledged save,
+    /// a read came from a lagging replica, or another writer rewrote it while a save was owed):
+    /// ignored, and written over by the next save.
+    StoreBehind,
+    /// The provider answered a refresh of this set, but the flight ends adopting the store's
+    /// set instead of its answer (reported next): this set is older than anything the process
+    /// holds from now on (see [`Start::replaced`]). [`Report::Refreshed`] and a kept set in
+    /// [`Report::Failed`] say as much of the set they replace.
+    RefreshedFrom(Arc<TokenSet>),
     /// Renewing the lease failed or the store said it is no longer ours.
     LeaseLost,
     /// The provider's `expires_in` was replaced.

@@ -15,7 +15,8 @@ use crate::secret::RefreshToken;
 use crate::store::{LeaseOutcome, SaveOutcome, StoreError, Stored, Version};
 use crate::token::{TokenResponse, TokenSet};
 
-/// Saves redone because the store held this flight's parent set at another version.
+/// Saves redone at once because the store held this flight's parent set (or a set this process
+/// replaced) at another version; past it, such a save backs off as after a failure.
 const MAX_PARENT_REWRITES: u32 = 3;
 /// First and longest pause between looks at the store while another process holds the lease.
 const LEASE_POLL_FIRST: Duration = Duration::from_millis(10);
@@ -127,8 +128,15 @@ impl Plan {
                 if self.is_newer(&stored) {
                     return self.finish_with(Report::Adopted(stored));
                 }
-                // Our own set (or our durable parent): refresh from it, expecting its version.
-                self.expected = Some(stored.version);
+                if !self.expects(stored.version) && self.is_older(&stored) {
+                    // The store is behind this process: refresh from the set held, never from
+                    // the stored one (its refresh token is spent), and keep expecting the
+                    // version our lineage wrote; the save puts the lineage back if needed.
+                    self.outbox.push_back(Report::StoreBehind);
+                } else {
+                    // Our own set (or our durable parent): refresh from it, expecting its version.
+                    self.expected = Some(stored.version);
+                }
             }
             Feedback::Loaded(Ok(None)) => {
                 // Emptied by someone (or never written): a save must expect an empty store.
@@ -305,14 +313,30 @@ impl Plan {
                 match held {
                     // Our own write landed although its answer was lost.
                     Some(h) if h.tokens == *set => self.report_saved(now, Some(h.version), false),
-                    // Our parent, rewritten at another version: still ours to replace.
-                    Some(h)
-                        if self.base().is_some_and(|b| h.tokens == *b)
-                            && self.parent_rewrites < MAX_PARENT_REWRITES =>
-                    {
-                        self.parent_rewrites += 1;
+                    // Our parent, rewritten at another version, or a set this process
+                    // replaced, back in the store (a save it acknowledged and lost): older than
+                    // ours, still ours to replace. Never given up for: going back to it would
+                    // send its spent refresh token.
+                    Some(h) if self.base().is_some_and(|b| h.tokens == *b) || self.is_older(&h) => {
+                        if self.base().is_none_or(|b| h.tokens != *b) {
+                            self.outbox.push_back(Report::StoreBehind);
+                        }
                         self.expected = Some(h.version);
-                        self.save()
+                        if self.parent_rewrites < MAX_PARENT_REWRITES {
+                            self.parent_rewrites += 1;
+                            return self.save();
+                        }
+                        // The store keeps changing under our saves (an unrelated writer in a
+                        // loop): back off as after a failed save, and retry.
+                        self.save_attempts += 1;
+                        self.outbox.push_back(Report::SaveFailed {
+                            attempt: self.save_attempts,
+                            error: StoreError::new(
+                                crate::store::StoreErrorKind::Io,
+                                "the store kept changing under the save",
+                            ),
+                        });
+                        self.report_saved(now, None, true)
                     }
                     // Another lineage's set (a login, another process) or an emptied store:
                     // never overwrite it.
@@ -403,7 +427,14 @@ impl Plan {
         };
         match (saving, held) {
             (Saving::Owed, held) => self.outbox.push_back(Report::Superseded(held)),
-            (_, Some(h)) => self.outbox.push_back(Report::Adopted(h)),
+            (_, Some(h)) => {
+                // The provider answered a refresh of the base, whose answer gives way to the
+                // store's set: the base is older than anything held from now on all the same.
+                if let Some(base) = self.start.base.clone() {
+                    self.outbox.push_back(Report::RefreshedFrom(base));
+                }
+                self.outbox.push_back(Report::Adopted(h))
+            }
             // The store was emptied under a first save: serve the new set from memory, but do
             // not resurrect the store's content (a logout, or another process's invalid_grant).
             (
@@ -479,14 +510,42 @@ impl Plan {
             .or(self.start.refresh_token.as_ref())
     }
 
+    /// Whether `version` is one this flight's lineage wrote or read (the store at it holds our
+    /// set or our durable parent).
+    pub(super) fn expects(&self, version: Version) -> bool {
+        Some(version) == self.expected || Some(version) == self.start.expected
+    }
+
+    /// Whether the store holds a set this process has moved past: one it replaced (the same
+    /// set, or its access token), or one carrying a refresh token of a replaced set that the
+    /// set held no longer carries (spent, or given up for a login). Such a set is older than
+    /// ours whatever its version: a store shows one after losing an acknowledged save, or from
+    /// a stale replica.
+    pub(super) fn is_older(&self, stored: &Stored) -> bool {
+        let (access, refresh) = (stored.tokens.access_token(), stored.tokens.refresh_token());
+        let ours_access = self.base().map(|b| b.access_token());
+        let ours_refresh = self.refresh_token();
+        self.start.replaced.iter().any(|r| {
+            **r == stored.tokens
+                || (Some(access) != ours_access && r.access_token() == access)
+                || (refresh.is_some() && refresh != ours_refresh && r.refresh_token() == refresh)
+        })
+    }
+
     /// Whether the store holds a set of another lineage than the one this flight started from:
-    /// not at a version this flight expects, and not its base set.
+    /// not its base set, and not a set it moved past (its durable parent among them).
+    ///
+    /// At a version this lineage wrote or read, an honest store holds our base or our durable
+    /// parent; any other set there was written by someone else after the store lost our save
+    /// and handed its version out again (a Redis failover rolls its counter back too).
     pub(super) fn is_newer(&self, stored: &Stored) -> bool {
-        if Some(stored.version) == self.expected || Some(stored.version) == self.start.expected {
+        if self.is_older(stored) {
             return false;
         }
         match self.start.base.as_deref() {
-            None => true,
+            // Known by a refresh token alone: the set at the version the builder read is the
+            // one that refresh token was given over.
+            None => !self.expects(stored.version),
             Some(ours) => {
                 ours.refresh_token() != stored.tokens.refresh_token()
                     || ours.access_token() != stored.tokens.access_token()

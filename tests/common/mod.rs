@@ -237,8 +237,9 @@ impl Refresher for Provider {
     }
 }
 
-/// A memory store whose saves, loads and lease operations can be made to fail, and whose
-/// saves can be made to panic. Implements every lease method.
+/// A memory store whose saves, loads and lease operations can be made to fail, whose saves can
+/// be made to panic, and which can be made to lie: acknowledge a save it loses, or answer reads
+/// with an older set. Implements every lease method.
 #[derive(Clone)]
 pub struct FlakyStore {
     pub inner: MemoryStore,
@@ -246,6 +247,13 @@ pub struct FlakyStore {
     pub fail_leases: Arc<AtomicBool>,
     pub fail_loads: Arc<AtomicBool>,
     pub panic_saves: Arc<AtomicBool>,
+    /// Saves answer `Saved` at the version they would have had, and write nothing (a Redis
+    /// failover that lost an acknowledged write, its version counter with it).
+    pub lose_saves: Arc<AtomicBool>,
+    /// Reads answer this older content instead of the store's (a lagging replica).
+    pub stale: Arc<Mutex<Option<Stored>>>,
+    /// Before every save, an unrelated writer rewrites the stored set at a new version.
+    pub rewrite_before_save: Arc<AtomicBool>,
 }
 
 impl FlakyStore {
@@ -256,7 +264,20 @@ impl FlakyStore {
             fail_leases: Arc::new(AtomicBool::new(false)),
             fail_loads: Arc::new(AtomicBool::new(false)),
             panic_saves: Arc::new(AtomicBool::new(false)),
+            lose_saves: Arc::new(AtomicBool::new(false)),
+            stale: Arc::new(Mutex::new(None)),
+            rewrite_before_save: Arc::new(AtomicBool::new(false)),
         }
+    }
+    pub fn set_rewriting(&self, rewriting: bool) {
+        self.rewrite_before_save.store(rewriting, Ordering::SeqCst);
+    }
+    pub fn set_losing_saves(&self, losing: bool) {
+        self.lose_saves.store(losing, Ordering::SeqCst);
+    }
+    /// Reads answer `stale` from now on (`None`: the truth again).
+    pub fn set_stale(&self, stale: Option<Stored>) {
+        *self.stale.lock().unwrap() = stale;
     }
     pub fn set_failing(&self, failing: bool) {
         self.fail_saves.store(failing, Ordering::SeqCst);
@@ -287,6 +308,9 @@ impl TokenStore for FlakyStore {
         if self.fail_loads.load(Ordering::SeqCst) {
             return Err(StoreError::new(StoreErrorKind::Io, "read failed"));
         }
+        if let Some(stale) = self.stale.lock().unwrap().clone() {
+            return Ok(Some(stale));
+        }
         self.inner.load().await
     }
     async fn save(
@@ -299,6 +323,17 @@ impl TokenStore for FlakyStore {
         }
         if self.fail_saves.load(Ordering::SeqCst) {
             return Err(StoreError::new(StoreErrorKind::Io, "disk full"));
+        }
+        if self.rewrite_before_save.load(Ordering::SeqCst) {
+            self.inner
+                .overwrite(self.inner.snapshot().map(|s| s.tokens));
+        }
+        if self.lose_saves.load(Ordering::SeqCst) {
+            let current = self.inner.snapshot().map(|s| s.version);
+            if current != expected {
+                return Ok(SaveOutcome::Conflict(self.inner.snapshot()));
+            }
+            return Ok(SaveOutcome::Saved(Version(current.map_or(0, |v| v.0) + 1)));
         }
         self.inner.save(expected, tokens).await
     }

@@ -87,6 +87,9 @@ pub struct Replay {
     pub revoked_family: bool,
     /// Whether the rotation answer for this token had been lost (the client could not know).
     pub excused: bool,
+    /// Whether the store hid the rotation from the client that replayed (a save it acknowledged
+    /// and lost, a stale read): the store's failure, so excused too.
+    pub store_lie: bool,
 }
 
 /// The outcome of one token-endpoint call, for reports.
@@ -308,6 +311,28 @@ impl Provider {
             .and_then(|f| f.current_rt.as_deref())
     }
 
+    /// The refresh tokens of `newer`'s family issued from `older` (included) up to `newer`
+    /// (excluded): the rotations between two sets of one grant. Empty when they are of
+    /// different grants or out of order.
+    pub fn refresh_tokens_between(&self, older: &str, newer: &str) -> Vec<String> {
+        let (Some(o), Some(n)) = (self.rts.get(older), self.rts.get(newer)) else {
+            return Vec::new();
+        };
+        if o.family != n.family || o.seq >= n.seq {
+            return Vec::new();
+        }
+        self.families[n.family]
+            .rt_chain
+            .iter()
+            .filter(|rt| {
+                self.rts
+                    .get(*rt)
+                    .is_some_and(|r| r.seq >= o.seq && r.seq < n.seq)
+            })
+            .cloned()
+            .collect()
+    }
+
     /// Records that the answer rotating `rt` never reached a durable place in the client (lost
     /// on the wire, or the process died first): a later replay of `rt` is excused.
     pub fn mark_undelivered(&mut self, rt: &str, now: MonoTime) {
@@ -423,6 +448,7 @@ impl Provider {
                     family,
                     revoked_family: revoke,
                     excused,
+                    store_lie: false,
                 });
                 if revoke {
                     self.revoke_family(family, "refresh token reuse");
