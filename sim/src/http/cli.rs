@@ -133,7 +133,13 @@ pub fn run_serve(args: ServeArgs) -> ExitCode {
                 "keepfresh-sim serve: mock provider '{}' (seed {}) on {uri}",
                 args.profile, args.seed
             );
-            println!("  POST {uri}/token     refresh grant (grant_type=refresh_token)");
+            println!(
+                "  GET  {uri}/authorize authorization code + PKCE S256 (auto-consent), redirects with code, state, iss"
+            );
+            println!(
+                "  POST {uri}/token     refresh grant, and authorization_code with the PKCE verifier"
+            );
+            println!("  POST {uri}/revoke    RFC 7009: revokes the refresh token's family");
             println!("  POST {uri}/login     a new grant: returns access and refresh tokens");
             println!(
                 "  GET  {uri}/resource  protected resource (401 for expired or revoked tokens)"
