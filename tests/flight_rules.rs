@@ -832,3 +832,59 @@ async fn a_save_never_gives_its_lineage_up_for_the_set_it_replaced() {
     assert_eq!(log.count(|e| matches!(e, Event::Adopted { .. })), 0);
     assert_eq!(log.count(|e| matches!(e, Event::SaveSuperseded { .. })), 0);
 }
+
+/// Found by the fresh-seed sweep (swarm seed 51000782): after the wall clock was set back, a
+/// refreshed set was stamped with an `issued_at` earlier than the set it replaced, so a host
+/// passing its first tokens at every start saw them win `Precedence::Newer` over the store's
+/// newer set and redeemed a spent refresh token. `issued_at` never goes back along a lineage.
+#[test]
+fn a_refreshed_set_is_never_issued_before_the_set_it_replaced() {
+    use keepfresh::flight::{Effect, Feedback, Plan, Report, Start};
+    use keepfresh::machine::FlightId;
+    use keepfresh::runtime::MonoTime;
+    use keepfresh::TokenResponse;
+    let t = time::OffsetDateTime::UNIX_EPOCH + time::Duration::seconds(1_900_000_000);
+    let base = Arc::new(TokenSet::new(
+        keepfresh::AccessToken::new("at-1"),
+        Some(RefreshToken::new("rt-1")),
+        t,
+        t + time::Duration::hours(1),
+    ));
+    let mut plan = Plan::new(
+        Arc::new(RefreshPolicy::default()),
+        false,
+        Start::new(FlightId(1), MonoTime::ZERO, Some(base.clone()), None),
+    );
+    assert!(matches!(
+        plan.step(MonoTime::ZERO, Feedback::Start),
+        Effect::Call(_)
+    ));
+    // The wall clock now reads two hours earlier than when the base set was issued.
+    let stepped_back = t - time::Duration::hours(2);
+    let answer = TokenResponse::new(keepfresh::AccessToken::new("at-2"))
+        .with_refresh_token(RefreshToken::new("rt-2"))
+        .with_expires_in(3600);
+    let mut effect = plan.step(
+        MonoTime::ZERO,
+        Feedback::Called {
+            result: Ok(answer),
+            issued: MonoTime::ZERO,
+            issued_wall: stepped_back,
+        },
+    );
+    let mut refreshed = None;
+    for _ in 0..10 {
+        if let Effect::Report(Report::Refreshed { set, .. }) = &effect {
+            refreshed = Some(set.clone());
+            break;
+        }
+        effect = plan.step(MonoTime::ZERO, Feedback::Ack);
+    }
+    let set = refreshed.expect("a Refreshed report");
+    assert!(
+        set.issued_at() >= base.issued_at(),
+        "issued {} before the set it replaced ({})",
+        set.issued_at(),
+        base.issued_at()
+    );
+}

@@ -241,15 +241,13 @@ fn swarm_regression_http_date_retry_after_read_against_the_server_date() {
     check_without_store_lies("swarm", 9_100_631);
 }
 
-/// OPEN BUG, found by the fresh-seed sweep from 51,000,000 (it fails on the engine of commit
-/// c33369d too): the wall clock is stepped back twice between refreshes, then the process
-/// restarts with the tokens its host always gives the builder (the first login's).
-/// `Precedence::Newer` compares `issued_at`, the stored set's wall times are from after the
-/// steps back, so the given, older set wins, is saved over the store, and its spent refresh
-/// token is redeemed: `invalid_grant`. Ignored until the builder has a lineage signal that does
-/// not trust the wall clock; run it with `--ignored`.
+/// Found by the fresh-seed sweep from 51,000,000 (it failed on the engine of commit c33369d
+/// too): the wall clock is stepped back twice between refreshes, then the process restarts with
+/// the tokens its host always gives the builder (the first login's). `Precedence::Newer`
+/// compares `issued_at`; the stored set's wall times were from after the steps back, so the
+/// given, older set won, was saved over the store, and its spent refresh token was redeemed
+/// (`invalid_grant`). A refreshed set's `issued_at` now never goes back along its lineage.
 #[test]
-#[ignore = "open bug: Precedence::Newer trusts wall-clock issued_at across a clock step back"]
-fn swarm_open_wall_clock_step_back_then_restart_with_the_first_tokens() {
+fn swarm_regression_wall_clock_step_back_then_restart_with_the_first_tokens() {
     check("swarm", 51_000_782);
 }

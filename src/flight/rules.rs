@@ -239,7 +239,16 @@ impl Plan {
                 "the token's expiry is out of the calendar's range",
             ));
         };
-        let mut set = TokenSet::new(access, refresh_token, issued_wall, expires_at);
+        // `issued_at` never goes back along a lineage: after the wall clock was set back, a
+        // refreshed set must not look older than the set it replaced (a host that passes its
+        // first tokens at every start would otherwise see them win `Precedence::Newer` over the
+        // store's newer set, and redeem a spent refresh token). `expires_at` stays on the wall
+        // clock the expiry is judged by.
+        let issued_at = match self.start.base.as_deref() {
+            Some(base) => issued_wall.max(base.issued_at()),
+            None => issued_wall,
+        };
+        let mut set = TokenSet::new(access, refresh_token, issued_at, expires_at);
         if let Some(scope) = scope {
             set = set.with_scope(scope);
         }
