@@ -1044,36 +1044,9 @@ pub fn run_load(args: LoadArgs) -> std::process::ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("keepfresh-sim load: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let report = match runtime.block_on(run(config)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("keepfresh-sim load: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_else(|_| "{}".into())
-        );
-    } else {
-        println!("{report}");
-    }
-    if report.healthy() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    match on_runtime("load", run(config)) {
+        Ok(report) => print_report(args.json, &report, report.healthy()),
+        Err(code) => code,
     }
 }
 
@@ -1087,36 +1060,9 @@ fn run_processes(args: &LoadArgs, n: usize) -> std::process::ExitCode {
                 return ExitCode::from(2);
             }
         };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("keepfresh-sim load: cannot start the runtime: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let report = match runtime.block_on(processes::run(args, spec, n)) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("keepfresh-sim load: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).unwrap_or_else(|_| "{}".into())
-        );
-    } else {
-        println!("{report}");
-    }
-    if report.healthy() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(1)
+    match on_runtime("load", processes::run(args, spec, n)) {
+        Ok(report) => print_report(args.json, &report, report.healthy()),
+        Err(code) => code,
     }
 }
 
@@ -1124,22 +1070,49 @@ fn run_processes(args: &LoadArgs, n: usize) -> std::process::ExitCode {
 ///
 /// Exit code 0 when it ran its bursts, 2 when it could not start or lost its parent.
 pub fn run_worker(args: processes::WorkerArgs) -> std::process::ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    match on_runtime("load-worker", processes::worker(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(code) => code,
+    }
+}
+
+/// Runs `work` on a two-worker tokio runtime; a runtime that cannot start or work that fails
+/// is reported as `keepfresh-sim COMMAND: …` and exit code 2.
+fn on_runtime<T>(
+    command: &str,
+    work: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, std::process::ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
+        .map_err(|e| format!("cannot start the runtime: {e}"));
+    match runtime.and_then(|rt| rt.block_on(work)) {
+        Ok(out) => Ok(out),
         Err(e) => {
-            eprintln!("keepfresh-sim load-worker: cannot start the runtime: {e}");
-            return std::process::ExitCode::from(2);
+            eprintln!("keepfresh-sim {command}: {e}");
+            Err(std::process::ExitCode::from(2))
         }
-    };
-    match runtime.block_on(processes::worker(args)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("keepfresh-sim load-worker: {e}");
-            std::process::ExitCode::from(2)
-        }
+    }
+}
+
+/// Prints a report (text or `--json`); exit code 0 when healthy, 1 when not.
+fn print_report<R: Serialize + fmt::Display>(
+    json: bool,
+    report: &R,
+    healthy: bool,
+) -> std::process::ExitCode {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(report).unwrap_or_else(|_| "{}".into())
+        );
+    } else {
+        println!("{report}");
+    }
+    if healthy {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
     }
 }
