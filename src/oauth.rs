@@ -125,15 +125,25 @@ pub struct HttpAnswer<'a> {
 /// assert_eq!(err.class(), ErrorClass::Ambiguous);
 /// ```
 pub fn parse_token_response(answer: HttpAnswer<'_>) -> Result<TokenResponse, RefreshError> {
+    parse_token_response_redacting(answer, &Redactor::default())
+}
+
+/// [`parse_token_response`], cutting the secrets `redactor` knows out of the provider's text.
+pub(crate) fn parse_token_response_redacting(
+    answer: HttpAnswer<'_>,
+    redactor: &Redactor,
+) -> Result<TokenResponse, RefreshError> {
     let fields = parse_body(answer.content_type, answer.body);
     let success = (200..300).contains(&answer.status);
     if let Some(fields) = &fields {
         if let Some(code) = error_code(fields) {
             let class = classify(&code, answer.status);
-            let mut message = format!("HTTP {}: {}", answer.status, sanitize(&code, 64));
+            // Redacted before it is cut to length, so no prefix of a secret survives the cut.
+            let shown_code = sanitize(&redactor.apply(&code), 64);
+            let mut message = format!("HTTP {}: {shown_code}", answer.status);
             if let Some(desc) = fields.get("error_description").and_then(Value::as_str) {
                 message.push_str(": ");
-                message.push_str(&sanitize(desc, 160));
+                message.push_str(&sanitize(&redactor.apply(desc), 160));
             }
             let mut e = RefreshError::new(class, message);
             if let Some(ra) = answer.retry_after {
@@ -294,6 +304,101 @@ fn sanitize(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
+/// Cuts secrets out of text a provider wrote (an `error_description`, an error code), before
+/// the text goes into an error message.
+///
+/// Two passes: every secret it was given, raw, base64-encoded (standard and URL-safe alphabets,
+/// with and without padding) and URL-encoded; then any word that looks like a token whatever
+/// it is (20 or more characters of the base64, base64url, JWT or percent-encoding alphabets,
+/// with at least one letter and one digit), so that a token the client never sent (another
+/// user's, a new one) is not echoed either. Prose and URLs survive (spaces end words, and a
+/// word starting `//` after `https:` is a URL).
+#[derive(Default)]
+pub(crate) struct Redactor {
+    /// Longest first, so that a secret's encoding is cut whole before a shorter form inside it.
+    forms: Vec<String>,
+}
+
+/// What replaces a redacted secret.
+pub(crate) const REDACTED: &str = "<redacted>";
+
+impl Redactor {
+    /// Redacts `secrets` (shorter than 4 characters: skipped, they would cut words apart) and
+    /// the HTTP Basic credentials `client_id:secret` in the forms a request carries them.
+    pub(crate) fn new<'a>(
+        secrets: impl IntoIterator<Item = &'a str>,
+        basic: Option<(&str, &str)>,
+    ) -> Self {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        use base64::Engine as _;
+        let mut forms = Vec::new();
+        let mut add = |raw: &str| {
+            if raw.len() < 4 {
+                return;
+            }
+            forms.push(raw.to_owned());
+            for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+                forms.push(engine.encode(raw.as_bytes()));
+            }
+            forms.push(form_urlencoded::byte_serialize(raw.as_bytes()).collect());
+        };
+        for s in secrets {
+            add(s);
+        }
+        if let Some((id, secret)) = basic {
+            add(&format!("{id}:{secret}"));
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            add(&format!("{}:{}", enc(id), enc(secret)));
+        }
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        forms.dedup();
+        Redactor { forms }
+    }
+
+    /// `text` with every secret and every token-looking word replaced by `<redacted>`.
+    pub(crate) fn apply(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for f in &self.forms {
+            if out.contains(f.as_str()) {
+                out = out.replace(f.as_str(), REDACTED);
+            }
+        }
+        redact_token_words(&out)
+    }
+}
+
+/// A character a token (opaque, base64, base64url, JWT, percent-encoded) can be made of.
+fn token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '/' | '=' | '%')
+}
+
+/// Replaces every word of 20 or more token characters holding a letter and a digit.
+pub(crate) fn redact_token_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        // `//host/path` after a `scheme:` is a URL, kept.
+        let looks_like_token = word.len() >= 20
+            && !word.starts_with("//")
+            && word.chars().any(|c| c.is_ascii_alphabetic())
+            && word.chars().any(|c| c.is_ascii_digit());
+        out.push_str(if looks_like_token { REDACTED } else { word });
+        word.clear();
+    };
+    for c in text.chars() {
+        if token_char(c) {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 mod challenge;
 pub use challenge::{
     classify_resource_answer, parse_bearer_challenge, BearerChallenge, ResourceVerdict,
@@ -308,3 +413,71 @@ pub use http::{logout, ClientAuth, HttpBuildError, HttpRefresher, HttpRefresherB
 pub mod discovery;
 #[cfg(feature = "login")]
 pub mod login;
+
+#[cfg(test)]
+mod redactor_tests {
+    use super::*;
+
+    #[test]
+    fn known_secrets_go_in_every_form_and_before_the_cut() {
+        use base64::Engine as _;
+        let secret = "s3cr3t-VALUE";
+        let r = Redactor::new([secret], Some(("client", "pw-1234")));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let basic = base64::engine::general_purpose::STANDARD.encode("client:pw-1234");
+        let text = format!("a {secret} b {b64} c s3cr3t%2DVALUE d Basic {basic}");
+        let out = r.apply(&text);
+        assert_eq!(
+            out,
+            "a <redacted> b <redacted> c s3cr3t%2DVALUE d Basic <redacted>"
+        );
+        // `-` is not encoded by form encoding, so the URL form equals the raw one here; a
+        // secret with a space shows the encoded form is covered.
+        let r = Redactor::new(["two words!"], None);
+        assert_eq!(r.apply("x two+words%21 y"), "x <redacted> y");
+        // Short secrets are not cut out of words.
+        assert_eq!(Redactor::new(["ab"], None).apply("abc"), "abc");
+    }
+
+    #[test]
+    fn token_looking_words_go_and_prose_and_urls_stay() {
+        let r = Redactor::default();
+        assert_eq!(
+            r.apply("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl0 revoked"),
+            "token <redacted> revoked"
+        );
+        assert_eq!(
+            r.apply("see https://docs.example.com/errors/invalid_grant#section-5.2"),
+            "see https://docs.example.com/errors/invalid_grant#section-5.2"
+        );
+        assert_eq!(
+            r.apply("The refresh token passed is incorrect or expired."),
+            "The refresh token passed is incorrect or expired."
+        );
+        // Long words without digits (prose in other languages, identifiers) stay.
+        assert_eq!(
+            r.apply("unsupported_grant_type_refresh"),
+            "unsupported_grant_type_refresh"
+        );
+    }
+
+    #[test]
+    fn a_description_cut_to_length_keeps_no_prefix_of_a_secret() {
+        let secret = "kfRT3x8Nc1Qa6Zt9Hm2Jv5Kd7Pg4Sb0U";
+        let body = format!(
+            r#"{{"error":"invalid_grant","error_description":"{} {secret}"}}"#,
+            "x ".repeat(77)
+        );
+        let e = parse_token_response_redacting(
+            HttpAnswer {
+                status: 400,
+                content_type: Some("application/json"),
+                retry_after: None,
+                body: body.as_bytes(),
+            },
+            &Redactor::new([secret], None),
+        )
+        .unwrap_err();
+        assert!(!e.message().contains("kfRT"), "{}", e.message());
+    }
+}

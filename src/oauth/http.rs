@@ -11,7 +11,7 @@ use reqwest::{redirect, Client, ClientBuilder, Url};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::{parse_retry_after, parse_token_response, HttpAnswer};
+use super::{parse_retry_after, parse_token_response_redacting, HttpAnswer, Redactor};
 use crate::refresher::{ErrorClass, RefreshError, RefreshRequest, Refresher};
 use crate::secret::{ClientSecret, RefreshToken};
 use crate::token::TokenResponse;
@@ -369,23 +369,20 @@ impl HttpRefresher {
                     "the revocation endpoint does not revoke refresh tokens (unsupported_token_type)",
                 ));
             }
-            Err(parse_token_response(HttpAnswer {
-                status,
-                content_type: content_type.as_deref(),
-                retry_after: retry_after(&headers),
-                body: &body,
-            })
+            Err(parse_token_response_redacting(
+                HttpAnswer {
+                    status,
+                    content_type: content_type.as_deref(),
+                    retry_after: retry_after(&headers),
+                    body: &body,
+                },
+                &self.redactor(token.expose_secret()),
+            )
             .err()
             .unwrap_or_else(|| RefreshError::transient(format!("revocation answered HTTP {status}"))))
         }
         .await;
-        result.map_err(|e| {
-            let secrets = [
-                Some(token.expose_secret()),
-                self.client_secret.as_ref().map(|s| s.expose_secret()),
-            ];
-            scrub(e, &secrets)
-        })
+        result.map_err(|e| scrub(e, &self.redactor(token.expose_secret())))
     }
 
     async fn exchange(&self, request: RefreshRequest) -> Result<TokenResponse, RefreshError> {
@@ -456,28 +453,33 @@ impl HttpRefresher {
             // The status alone still classifies an error answer.
             body.clear();
         }
-        parse_token_response(HttpAnswer {
-            status,
-            content_type: content_type.as_deref(),
-            retry_after,
-            body: &body,
-        })
+        parse_token_response_redacting(
+            HttpAnswer {
+                status,
+                content_type: content_type.as_deref(),
+                retry_after,
+                body: &body,
+            },
+            &self.redactor(refresh_token.expose_secret()),
+        )
+    }
+
+    /// What to cut out of the provider's error text: the refresh token sent and the client
+    /// secret, in every form a request carries them.
+    fn redactor(&self, refresh_token: &str) -> Redactor {
+        let secret = self.client_secret.as_ref().map(|s| s.expose_secret());
+        Redactor::new(
+            std::iter::once(refresh_token).chain(secret),
+            secret.map(|s| (self.client_id.as_str(), s)),
+        )
     }
 }
 
 /// Replaces any secret the message contains.
-fn scrub(e: RefreshError, secrets: &[Option<&str>]) -> RefreshError {
-    let leaked = secrets
-        .iter()
-        .flatten()
-        .filter(|s| s.len() >= 4)
-        .any(|s| e.message().contains(*s));
-    if !leaked {
+fn scrub(e: RefreshError, redactor: &Redactor) -> RefreshError {
+    let message = redactor.apply(e.message());
+    if message == e.message() {
         return e;
-    }
-    let mut message = e.message().to_owned();
-    for s in secrets.iter().flatten().filter(|s| s.len() >= 4) {
-        message = message.replace(*s, "<redacted>");
     }
     let mut clean = RefreshError::new(e.class(), message);
     if let Some(ra) = e.retry_after() {
@@ -556,12 +558,10 @@ impl Refresher for HttpRefresher {
     async fn refresh(&self, request: RefreshRequest) -> Result<TokenResponse, RefreshError> {
         let refresh_token = request.refresh_token.clone();
         self.exchange(request).await.map_err(|e| {
-            // A provider may echo what it was sent in `error_description`.
-            let secrets = [
-                refresh_token.as_ref().map(|t| t.expose_secret()),
-                self.client_secret.as_ref().map(|s| s.expose_secret()),
-            ];
-            scrub(e, &secrets)
+            // A provider may echo what it was sent in `error_description`; the parser already
+            // redacted it there, this covers every other message.
+            let token = refresh_token.as_ref().map_or("", |t| t.expose_secret());
+            scrub(e, &self.redactor(token))
         })
     }
 }
