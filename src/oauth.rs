@@ -20,8 +20,9 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
 use crate::refresher::{ErrorClass, RefreshError};
 use crate::secret::{AccessToken, RefreshToken};
@@ -141,7 +142,7 @@ pub(crate) fn parse_token_response_redacting(
             // Redacted before it is cut to length, so no prefix of a secret survives the cut.
             let shown_code = sanitize(&redactor.apply(&code), 64);
             let mut message = format!("HTTP {}: {shown_code}", answer.status);
-            if let Some(desc) = fields.get("error_description").and_then(Value::as_str) {
+            if let Some(Value::String(desc)) = &fields.error_description {
                 message.push_str(": ");
                 message.push_str(&sanitize(&redactor.apply(desc), 160));
             }
@@ -174,12 +175,13 @@ pub(crate) fn parse_token_response_redacting(
             answer.body.len()
         )));
     };
-    let refresh_token = match fields.get("refresh_token") {
-        Some(Value::String(rt)) if !rt.is_empty() => Some(RefreshToken::new(rt.as_str())),
+    // The token strings move into the secret types as they are: no copy is left behind.
+    let refresh_token = match fields.refresh_token.0 {
+        Some(rt) if !rt.is_empty() => Some(RefreshToken::from_zeroizing(rt)),
         _ => None,
     };
-    let access = match (fields.get("access_token"), refresh_token.as_ref()) {
-        (Some(Value::String(s)), _) if !s.is_empty() => AccessToken::new(s.as_str()),
+    let access = match (fields.access_token.0, refresh_token.as_ref()) {
+        (Some(s), _) if !s.is_empty() => AccessToken::from_zeroizing(s),
         // No access token, but a refresh token: the provider may have rotated, so the old
         // refresh token may be spent. Hand the new one to the engine (an empty access token
         // marks the answer as malformed); it keeps and saves it.
@@ -194,43 +196,138 @@ pub(crate) fn parse_token_response_redacting(
     if let Some(rt) = refresh_token {
         response = response.with_refresh_token(rt);
     }
-    if let Some(secs) = fields.get("expires_in").and_then(lifetime_seconds) {
+    if let Some(secs) = fields.expires_in.as_ref().and_then(lifetime_seconds) {
         response = response.with_expires_in(secs);
     }
-    if let Some(Value::String(scope)) = fields.get("scope") {
+    if let Some(Value::String(scope)) = &fields.scope {
         response = response.with_scope(scope.as_str());
     }
     Ok(response)
 }
 
-fn parse_body(content_type: Option<&str>, body: &[u8]) -> Option<Map<String, Value>> {
+/// The fields of a token-endpoint answer that keepfresh reads. The token strings are parsed
+/// straight into zeroizing buffers ([`TokenString`]), not into a `serde_json::Value`; every
+/// other field (an `id_token` among them) is skipped without being copied.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct Fields {
+    access_token: TokenString,
+    refresh_token: TokenString,
+    expires_in: Option<Value>,
+    scope: Option<Value>,
+    error: Option<Value>,
+    error_description: Option<Value>,
+    ok: Option<Value>,
+}
+
+/// A token field: its string, in a buffer zeroized on drop; `None` when it is absent or not a
+/// string (an odd type is treated as absent, as before, rather than failing the whole answer).
+#[derive(Default)]
+struct TokenString(Option<Zeroizing<String>>);
+
+impl<'de> serde::Deserialize<'de> for TokenString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = TokenString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token string")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<TokenString, E> {
+                // One allocation of the exact size: nothing to grow, nothing left behind.
+                Ok(TokenString(Some(Zeroizing::new(v.to_owned()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<TokenString, E> {
+                Ok(TokenString(Some(Zeroizing::new(v))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_unit<E>(self) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_none<E>(self) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<TokenString, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(TokenString(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<TokenString, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(TokenString(None))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+fn parse_body(content_type: Option<&str>, body: &[u8]) -> Option<Fields> {
     let is_form = content_type.is_some_and(|c| c.contains("x-www-form-urlencoded"));
     if !is_form {
-        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
-            return Some(map);
+        // Not an object, or a field twice: not a token response we can trust.
+        if let Ok(fields) = serde_json::from_slice::<Fields>(body) {
+            return Some(fields);
+        }
+        if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+            // JSON, but not one object of the expected shape.
+            return None;
         }
     }
     let text = std::str::from_utf8(body).ok()?;
     if text.trim_start().starts_with('<') || !text.contains('=') {
         return None;
     }
-    let map: Map<String, Value> = form_urlencoded::parse(text.trim().as_bytes())
-        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-        .collect();
-    (!map.is_empty()).then_some(map)
+    let mut fields = Fields::default();
+    let mut any = false;
+    for (k, v) in form_urlencoded::parse(text.trim().as_bytes()) {
+        any = true;
+        // The decoded value moves into the zeroizing buffer as it is (percent-decoding's own
+        // buffer is form_urlencoded's: see the crate docs on what is zeroized).
+        match &*k {
+            "access_token" => {
+                fields.access_token = TokenString(Some(Zeroizing::new(v.into_owned())))
+            }
+            "refresh_token" => {
+                fields.refresh_token = TokenString(Some(Zeroizing::new(v.into_owned())))
+            }
+            "expires_in" => fields.expires_in = Some(Value::String(v.into_owned())),
+            "scope" => fields.scope = Some(Value::String(v.into_owned())),
+            "error" => fields.error = Some(Value::String(v.into_owned())),
+            "error_description" => fields.error_description = Some(Value::String(v.into_owned())),
+            "ok" => fields.ok = Some(Value::String(v.into_owned())),
+            _ => {}
+        }
+    }
+    any.then_some(fields)
 }
 
-fn error_code(fields: &Map<String, Value>) -> Option<String> {
-    if fields.get("ok") == Some(&Value::Bool(false)) {
-        return Some(
-            fields
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown_error")
-                .to_owned(),
-        );
+fn error_code(fields: &Fields) -> Option<String> {
+    if fields.ok == Some(Value::Bool(false)) {
+        return Some(match &fields.error {
+            Some(Value::String(s)) => s.clone(),
+            _ => "unknown_error".to_owned(),
+        });
     }
-    match fields.get("error") {
+    match &fields.error {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Object(o)) => o
             .get("code")

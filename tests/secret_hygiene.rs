@@ -202,8 +202,7 @@ fn token_answers() -> Vec<(&'static str, ResponseTemplate)> {
         ),
         (
             "a hostile Retry-After",
-            json(429, r#"{"error":"slow_down"}"#.to_owned())
-                .insert_header("retry-after", RT),
+            json(429, r#"{"error":"slow_down"}"#.to_owned()).insert_header("retry-after", RT),
         ),
         (
             "a success whose expires_in holds a secret",
