@@ -24,6 +24,7 @@ use serde_json::Value;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use crate::limits::{MAX_ERROR_TEXT_CHARS, MAX_TOKEN_BYTES};
 use crate::refresher::{ErrorClass, RefreshError};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::token::TokenResponse;
@@ -144,7 +145,7 @@ pub(crate) fn parse_token_response_redacting(
             let mut message = format!("HTTP {}: {shown_code}", answer.status);
             if let Some(Value::String(desc)) = &fields.error_description {
                 message.push_str(": ");
-                message.push_str(&sanitize(&redactor.apply(desc), 160));
+                message.push_str(&sanitize(&redactor.apply(desc), MAX_ERROR_TEXT_CHARS));
             }
             let mut e = RefreshError::new(class, message);
             if let Some(ra) = answer.retry_after {
@@ -177,10 +178,20 @@ pub(crate) fn parse_token_response_redacting(
     };
     // The token strings move into the secret types as they are: no copy is left behind.
     let refresh_token = match fields.refresh_token.0 {
+        Some(rt) if rt.len() > MAX_TOKEN_BYTES => {
+            // Rotated, perhaps, but not a refresh token anyone can store or send back.
+            return Err(RefreshError::ambiguous(format!(
+                "the refresh token in the answer is {} bytes, over the {MAX_TOKEN_BYTES}-byte limit",
+                rt.len()
+            )));
+        }
         Some(rt) if !rt.is_empty() => Some(RefreshToken::from_zeroizing(rt)),
         _ => None,
     };
-    let access = match (fields.access_token.0, refresh_token.as_ref()) {
+    // An access token over the limit counts as missing: the answer is malformed, and a rotated
+    // refresh token in it is still kept.
+    let access_token = fields.access_token.0.filter(|a| a.len() <= MAX_TOKEN_BYTES);
+    let access = match (access_token, refresh_token.as_ref()) {
         (Some(s), _) if !s.is_empty() => AccessToken::from_zeroizing(s),
         // No access token, but a refresh token: the provider may have rotated, so the old
         // refresh token may be spent. Hand the new one to the engine (an empty access token
@@ -576,5 +587,47 @@ mod redactor_tests {
         )
         .unwrap_err();
         assert!(!e.message().contains("kfRT"), "{}", e.message());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn answer(body: &str) -> Result<TokenResponse, RefreshError> {
+        parse_token_response(HttpAnswer {
+            status: 200,
+            content_type: Some("application/json"),
+            retry_after: None,
+            body: body.as_bytes(),
+        })
+    }
+
+    #[test]
+    fn an_oversized_access_token_is_malformed_and_the_refresh_token_kept() {
+        let at = "a".repeat(MAX_TOKEN_BYTES + 1);
+        let r = answer(&format!(
+            r#"{{"access_token":"{at}","refresh_token":"r2"}}"#
+        ))
+        .unwrap();
+        assert!(r.access_token().is_empty());
+        assert_eq!(r.refresh_token().unwrap().expose_secret(), "r2");
+        // At the limit it is a token.
+        let at = "a".repeat(MAX_TOKEN_BYTES);
+        let r = answer(&format!(r#"{{"access_token":"{at}"}}"#)).unwrap();
+        assert_eq!(r.access_token().expose_secret().len(), MAX_TOKEN_BYTES);
+        // Without a refresh token it is no answer at all.
+        let at = "a".repeat(MAX_TOKEN_BYTES + 1);
+        let e = answer(&format!(r#"{{"access_token":"{at}"}}"#)).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Ambiguous);
+    }
+
+    #[test]
+    fn an_oversized_refresh_token_makes_the_answer_ambiguous() {
+        let rt = "r".repeat(MAX_TOKEN_BYTES + 1);
+        let e = answer(&format!(r#"{{"access_token":"a","refresh_token":"{rt}"}}"#)).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Ambiguous);
+        assert!(e.message().contains("limit"), "{}", e.message());
+        assert!(!e.message().contains("rrrr"));
     }
 }

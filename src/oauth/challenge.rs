@@ -1,10 +1,9 @@
 //! What a resource server's answer means for the token: RFC 6750 `WWW-Authenticate: Bearer`
 //! challenges, and the verdict a caller acts on (invalidate and retry once, step up, or nothing).
 
-/// The most a header is read; longer headers are truncated before parsing.
-const MAX_HEADER: usize = 8 * 1024;
-/// The most kept of one parameter value.
-const MAX_VALUE: usize = 512;
+use crate::limits::{
+    MAX_CHALLENGE_HEADER_BYTES as MAX_HEADER, MAX_CHALLENGE_VALUE_CHARS as MAX_VALUE,
+};
 
 /// The parameters of a `Bearer` challenge (RFC 6750 §3, plus MCP's `resource_metadata`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

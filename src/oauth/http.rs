@@ -191,7 +191,7 @@ impl HttpRefresher {
             resources: Vec::new(),
             timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
-            max_body_bytes: 64 * 1024,
+            max_body_bytes: crate::limits::MAX_TOKEN_RESPONSE_BYTES,
             allow_insecure_http: false,
             user_agent: concat!("keepfresh/", env!("CARGO_PKG_VERSION")).to_owned(),
             send_scope: true,
