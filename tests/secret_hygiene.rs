@@ -1,5 +1,5 @@
-//! Secret hygiene, end to end: the HTTP refresher, the engine, every store, discovery, the
-//! middleware, API keys and the `keepfresh` command-line tool are driven through their error
+//! Secret hygiene, end to end: the HTTP refresher, the engine, every store, discovery, both
+//! middlewares (reqwest-middleware and tower), API keys and the `keepfresh` command-line tool are driven through their error
 //! paths with seeded secrets — also placed where a hostile or careless server or file puts them:
 //! inside `error_description`, vendor error envelopes, `Retry-After`, discovery documents and
 //! store files. Every log line (`tracing`, all levels), `Debug`, `Display`, error message and
@@ -496,6 +496,31 @@ async fn middleware(sink: &Sink) {
     }
     sink.debug("challenge", &parse_bearer_challenge(&challenge));
 
+    // The tower layer in front of a service that answers 401 with the echoing challenge.
+    {
+        use keepfresh::middleware::{AuthLayer, BoxError};
+        use tower::{service_fn, Layer, ServiceExt};
+        let challenge = challenge.clone();
+        let service = service_fn(move |_request: http::Request<()>| {
+            let challenge = challenge.clone();
+            async move {
+                let mut response = http::Response::new(format!("bad token {AT}"));
+                *response.status_mut() = http::StatusCode::UNAUTHORIZED;
+                response.headers_mut().insert(
+                    "www-authenticate",
+                    http::HeaderValue::from_str(&challenge).unwrap(),
+                );
+                Ok::<_, BoxError>(response)
+            }
+        });
+        let layer = AuthLayer::new(Arc::new(credential_for_tower(&token_endpoint).await));
+        sink.debug("AuthLayer", &layer);
+        match layer.layer(service).oneshot(http::Request::new(())).await {
+            Ok(r) => sink.debug("tower response", &r),
+            Err(e) => sink.error("tower error", &e),
+        }
+    }
+
     // An API key source: its Debug, and its errors.
     let key = ApiKey::new(AK).unwrap();
     sink.debug("ApiKey", &key);
@@ -514,6 +539,27 @@ async fn middleware(sink: &Sink) {
     if let Err(e) = ApiKey::from_dotenv(&env, "HYGIENE_KEY") {
         sink.error("missing key in .env", &e);
     }
+}
+
+/// A credential holding the seeded tokens whose refreshes hit `token_endpoint`.
+async fn credential_for_tower(token_endpoint: &MockServer) -> Credential {
+    let now = time::OffsetDateTime::now_utc();
+    let fresh = TokenSet::new(
+        AccessToken::new(AT),
+        Some(RefreshToken::new(RT)),
+        now,
+        now + time::Duration::hours(1),
+    );
+    let refresher = HttpRefresher::builder(token_endpoint.uri(), CLIENT_ID)
+        .client_secret(ClientSecret::new(CS))
+        .allow_insecure_http(true)
+        .build()
+        .unwrap();
+    Credential::builder(refresher)
+        .tokens(fresh)
+        .build()
+        .await
+        .unwrap()
 }
 
 async fn cli(sink: &Sink) {
@@ -619,6 +665,7 @@ async fn no_secret_leaks_from_any_error_path() {
         "AS metadata",
         "PR metadata",
         "middleware error",
+        "tower error",
         "malformed .env",
         "keepfresh refresh",
         "keepfresh status",
