@@ -1,6 +1,6 @@
 //! Secret hygiene, end to end: the HTTP refresher, the engine, every store, discovery, both
-//! middlewares (reqwest-middleware and tower), API keys and the `keepfresh` command-line tool are driven through their error
-//! paths with seeded secrets — also placed where a hostile or careless server or file puts them:
+//! middlewares (reqwest-middleware and tower), API keys and the `keepfresh` command-line tool
+//! are driven through their error paths with seeded secrets — also placed where a hostile or careless server or file puts them:
 //! inside `error_description`, vendor error envelopes, `Retry-After`, discovery documents and
 //! store files. Every log line (`tracing`, all levels), `Debug`, `Display`, error message and
 //! the tool's output is captured, and the test fails if a seeded secret appears raw (any 12
