@@ -4,7 +4,7 @@
 //! The model holds no clock of its own: every call passes the true simulated time, and the
 //! provider's skew only changes the wall-clock values it writes into answers (`issued_at`,
 //! `Retry-After` dates). Transport faults (latency, 5xx, 429, lost answers) are decided by the
-//! caller of the model, [`crate::client::ProviderClient`]; the model answers as an honest
+//! caller of the model, [`crate::world::network::ProviderClient`]; the model answers as an honest
 //! server would.
 
 mod profile;

@@ -15,8 +15,8 @@ use keepfresh::store::{
 use keepfresh::TokenSet;
 use parking_lot::Mutex;
 
+use super::State;
 use crate::exec::{ExecHandle, Group};
-use crate::world::State;
 
 /// One process's view of a [`MemoryStore`] shared with the other processes of a credential.
 pub struct FaultyStore {
