@@ -87,57 +87,55 @@ impl Faults {
         }
     }
 
-    /// Every fault rate with its name, as [`Faults::active`] and [`Faults::disable`] name them.
-    pub(crate) fn rates(&self) -> [(&'static str, f64); 16] {
-        [
-            ("not_delivered", self.p_not_delivered),
-            ("5xx", self.p_5xx),
-            ("429", self.p_429),
-            ("503", self.p_503),
-            ("invalid_client", self.p_invalid_client),
-            ("malformed", self.p_malformed),
-            ("lost", self.p_lost),
-            ("store_write_fail", self.store_write_fail),
-            ("store_hang", self.store_hang),
-            ("lease_fail", self.lease_fail),
-            ("lease_hang", self.lease_hang),
-            ("load_fail", self.load_fail),
-            ("load_hang", self.load_hang),
-            ("save_lost", self.save_lost),
-            ("stale_read", self.stale_read),
-            ("listener_panics", self.listener_panics),
-        ]
+    /// The rate of a fault kind that is a rate (`None` for scheduled kinds).
+    fn rate_mut(&mut self, kind: FaultKind) -> Option<&mut f64> {
+        Some(match kind {
+            FaultKind::NotDelivered => &mut self.p_not_delivered,
+            FaultKind::Http5xx => &mut self.p_5xx,
+            FaultKind::Http429 => &mut self.p_429,
+            FaultKind::Http503 => &mut self.p_503,
+            FaultKind::InvalidClient => &mut self.p_invalid_client,
+            FaultKind::Malformed => &mut self.p_malformed,
+            FaultKind::Lost => &mut self.p_lost,
+            FaultKind::StoreWriteFail => &mut self.store_write_fail,
+            FaultKind::StoreHang => &mut self.store_hang,
+            FaultKind::LeaseFail => &mut self.lease_fail,
+            FaultKind::LeaseHang => &mut self.lease_hang,
+            FaultKind::LoadFail => &mut self.load_fail,
+            FaultKind::LoadHang => &mut self.load_hang,
+            FaultKind::SaveLost => &mut self.save_lost,
+            FaultKind::StaleRead => &mut self.stale_read,
+            FaultKind::ListenerPanics => &mut self.listener_panics,
+            FaultKind::StoreOutage
+            | FaultKind::Suspend
+            | FaultKind::Login
+            | FaultKind::NewerWrite => return None,
+        })
     }
 
-    /// Names of the fault kinds that are switched on (for shrinking and reports).
-    pub fn active(&self) -> Vec<&'static str> {
-        self.rates()
+    /// Every fault rate with its kind.
+    pub(crate) fn rates(&self) -> Vec<(FaultKind, f64)> {
+        let mut me = self.clone();
+        FaultKind::ALL
             .into_iter()
-            .filter(|(_, p)| *p > 0.0)
-            .map(|(name, _)| name)
+            .filter_map(|k| me.rate_mut(k).map(|p| (k, *p)))
             .collect()
     }
 
-    /// Switches one fault kind off by name.
-    pub fn disable(&mut self, name: &str) {
-        match name {
-            "not_delivered" => self.p_not_delivered = 0.0,
-            "5xx" => self.p_5xx = 0.0,
-            "429" => self.p_429 = 0.0,
-            "503" => self.p_503 = 0.0,
-            "invalid_client" => self.p_invalid_client = 0.0,
-            "malformed" => self.p_malformed = 0.0,
-            "lost" => self.p_lost = 0.0,
-            "store_write_fail" => self.store_write_fail = 0.0,
-            "store_hang" => self.store_hang = 0.0,
-            "lease_fail" => self.lease_fail = 0.0,
-            "lease_hang" => self.lease_hang = 0.0,
-            "load_fail" => self.load_fail = 0.0,
-            "load_hang" => self.load_hang = 0.0,
-            "save_lost" => self.save_lost = 0.0,
-            "stale_read" => self.stale_read = 0.0,
-            "listener_panics" => self.listener_panics = 0.0,
-            _ => {}
+    /// The fault kinds whose rate is above zero (for shrinking and reports).
+    pub fn active(&self) -> Vec<FaultKind> {
+        self.rates()
+            .into_iter()
+            .filter(|(_, p)| *p > 0.0)
+            .map(|(kind, _)| kind)
+            .collect()
+    }
+
+    /// Switches one fault kind off (nothing for a scheduled kind: see
+    /// [`WorldConfig::disable_fault`]).
+    pub fn disable(&mut self, kind: FaultKind) {
+        if let Some(p) = self.rate_mut(kind) {
+            *p = 0.0;
         }
     }
 }
@@ -249,12 +247,12 @@ pub enum Action {
 
 impl Action {
     /// The fault kind a scheduled action belongs to, for shrinking (`None`: not a fault).
-    pub fn fault_kind(&self) -> Option<&'static str> {
+    pub fn fault_kind(&self) -> Option<FaultKind> {
         match self {
-            Action::StoreOutage { .. } => Some("store_outage"),
-            Action::Suspend { .. } => Some("suspend"),
-            Action::Login { .. } => Some("login"),
-            Action::WriteNewer { .. } => Some("newer_write"),
+            Action::StoreOutage { .. } => Some(FaultKind::StoreOutage),
+            Action::Suspend { .. } => Some(FaultKind::Suspend),
+            Action::Login { .. } => Some(FaultKind::Login),
+            Action::WriteNewer { .. } => Some(FaultKind::NewerWrite),
             Action::Crash { .. }
             | Action::CrashOnNextSave { .. }
             | Action::Revoke { .. }
@@ -264,9 +262,6 @@ impl Action {
         }
     }
 }
-
-/// The fault kinds that are scheduled actions rather than rates in [`Faults`].
-pub const ACTION_FAULTS: [&str; 4] = ["store_outage", "suspend", "login", "newer_write"];
 
 /// What a scenario expects about re-authorization.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -406,10 +401,10 @@ impl WorldConfig {
     }
 
     /// Names of the fault kinds that are on: the rates of [`Faults::active`] and the kinds of
-    /// the scheduled fault actions ([`ACTION_FAULTS`]).
-    pub fn active_faults(&self) -> Vec<&'static str> {
+    /// the scheduled fault actions ([`FaultKind::is_rate`] false).
+    pub fn active_faults(&self) -> Vec<FaultKind> {
         let mut v = self.faults.active();
-        for kind in ACTION_FAULTS {
+        for kind in FaultKind::ALL.into_iter().filter(|k| !k.is_rate()) {
             if self
                 .schedule
                 .iter()
@@ -421,11 +416,11 @@ impl WorldConfig {
         v
     }
 
-    /// Switches one fault kind off by name: a rate ([`Faults::disable`]) or every scheduled
-    /// action of that kind.
-    pub fn disable_fault(&mut self, name: &str) {
-        self.faults.disable(name);
-        self.schedule.retain(|(_, a)| a.fault_kind() != Some(name));
+    /// Switches one fault kind off: a rate ([`Faults::disable`]) or every scheduled action of
+    /// that kind.
+    pub fn disable_fault(&mut self, kind: FaultKind) {
+        self.faults.disable(kind);
+        self.schedule.retain(|(_, a)| a.fault_kind() != Some(kind));
     }
 
     /// Checks the configuration for contradictions and impossible values.
