@@ -70,49 +70,38 @@ use crate::strategy::{
     ClientError, ClientStrategy, Keepfresh, LogLine, ProcessContext, ServedToken,
 };
 
-/// Every strategy name `--client` accepts, keepfresh first.
-pub const NAMES: [&str; 9] = [
-    "keepfresh",
-    "golang-oauth2",
-    "aws-lazy-cache",
-    "yup-oauth2",
-    "rmcp",
-    "mcp-typescript",
-    "mcp-python",
-    "google-auth",
-    "no-dedup",
-];
+/// Every strategy, keepfresh first: the one list (`--client` names are their
+/// [`ClientStrategy::name`]s).
+pub fn all() -> Vec<Arc<dyn ClientStrategy>> {
+    vec![
+        Arc::new(Keepfresh),
+        Arc::new(golang::GolangOauth2),
+        Arc::new(aws::AwsLazyCache),
+        Arc::new(yup::YupOauth2),
+        Arc::new(rmcp::Rmcp),
+        Arc::new(mcp_ts::McpTypescript),
+        Arc::new(mcp_python::McpPython),
+        Arc::new(google::GoogleAuth),
+        Arc::new(nodedup::NoDedup),
+    ]
+}
+
+/// Every strategy name `--client` accepts, in [`all`] order.
+pub fn names() -> Vec<&'static str> {
+    all().iter().map(|s| s.name()).collect()
+}
 
 /// The strategy called `name`.
 ///
 /// # Errors
 /// The list of known names when `name` is not one of them.
 pub fn by_name(name: &str) -> Result<Arc<dyn ClientStrategy>, String> {
-    Ok(match name {
-        "keepfresh" => Arc::new(Keepfresh),
-        "golang-oauth2" => Arc::new(golang::GolangOauth2),
-        "aws-lazy-cache" => Arc::new(aws::AwsLazyCache),
-        "yup-oauth2" => Arc::new(yup::YupOauth2),
-        "rmcp" => Arc::new(rmcp::Rmcp),
-        "mcp-typescript" => Arc::new(mcp_ts::McpTypescript),
-        "mcp-python" => Arc::new(mcp_python::McpPython),
-        "google-auth" => Arc::new(google::GoogleAuth),
-        "no-dedup" => Arc::new(nodedup::NoDedup),
-        other => {
-            return Err(format!(
-                "unknown client {other:?}; known clients: {}",
-                NAMES.join(", ")
-            ))
-        }
+    all().into_iter().find(|s| s.name() == name).ok_or_else(|| {
+        format!(
+            "unknown client {name:?}; known clients: {}",
+            names().join(", ")
+        )
     })
-}
-
-/// Every strategy, in [`NAMES`] order.
-pub fn all() -> Vec<Arc<dyn ClientStrategy>> {
-    NAMES
-        .iter()
-        .map(|n| by_name(n).expect("every listed name resolves"))
-        .collect()
 }
 
 /// The HTTP client timeout every model puts on one token-endpoint call.
