@@ -6,7 +6,7 @@
 //! - [`exec`]: our own single-threaded executor with virtual time; the engine runs on it through
 //!   its runtime traits, unchanged and without tokio;
 //! - [`provider`]: the mock authorization server and resource server as a pure model, with the
-//!   provider profiles of SCENARIOS.md as presets;
+//!   provider profiles (`docs/scenarios.md`) as presets;
 //! - [`world::network`], [`world::faulty_store`]: the simulated network and the shared, faulty
 //!   store, parts of the world;
 //! - [`strategy`]: the seam that lets the same world run another client's refresh behaviour;

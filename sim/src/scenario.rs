@@ -1,4 +1,4 @@
-//! The named scenarios of SCENARIOS.md that concern the engine, each a world recipe whose
+//! The named scenarios (described for users in `docs/scenarios.md`), each a world recipe whose
 //! parameters are drawn from the seed, plus swarm runs and the large fleet run.
 
 use std::time::Duration;
@@ -12,7 +12,8 @@ use crate::world::{Action, Faults, Initial, Pattern, ReauthExpect, WorldConfig};
 pub struct Scenario {
     /// Name used on the command line.
     pub name: &'static str,
-    /// SCENARIOS.md reference (section and number).
+    /// Catalogue number: a theme letter and a number (`A1`, `E21`), or `profiles`, `swarm` and
+    /// `target` for the worlds outside the catalogue (see `docs/scenarios.md`).
     pub reference: &'static str,
     /// One line on what it checks.
     pub summary: &'static str,
@@ -42,7 +43,7 @@ fn profile(name: &str) -> Profile {
     Profile::by_name(name, secs(H)).expect("known profile")
 }
 
-/// Every scenario, in SCENARIOS.md order.
+/// Every scenario, in catalogue order.
 pub fn all() -> Vec<Scenario> {
     vec![
         Scenario { name: "stampede", reference: "A1", summary: "N callers hit an expired token at once: exactly one token-endpoint call", in_suite: true, build: |r| {

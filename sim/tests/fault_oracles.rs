@@ -1,9 +1,9 @@
-//! The fault kinds of SCENARIOS.md J38–K44 (store outages, lease and read faults, suspends,
-//! logins, writes that overtake a save retry, panicking listeners) and of a store that lies
-//! (saves acknowledged and lost, stale reads): they are off unless a scenario switches them on,
-//! shrinking can switch each off, their scenarios replay, and their oracles fire on clients that
-//! have the bugs they look for — independently of the engine, whose own handling of these
-//! faults the scenarios check (they are not in the CI corpus yet).
+//! The fault kinds of scenarios J38–K44 in `docs/scenarios.md` (store outages, lease and read
+//! faults, suspends, logins, writes that overtake a save retry, panicking listeners) and of a
+//! store that lies (saves acknowledged and lost, stale reads): they are off unless a scenario
+//! switches them on, shrinking can switch each off, their scenarios replay, and their oracles
+//! fire on clients that have the bugs they look for — independently of the engine, whose own
+//! handling of these faults the scenarios check (they are not in the CI corpus yet).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

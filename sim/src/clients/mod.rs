@@ -2,12 +2,12 @@
 //! world can run a user's current client and keepfresh side by side (`keepfresh-sim compare`,
 //! `--client NAME`).
 //!
-//! Each model reproduces what `../shared/CLIENT-MODELS.md` records from the library's source
-//! (versions of 2025–2026): in-process deduplication, refresh-ahead window, what callers do
-//! while a refresh runs, what happens when a refresh fails while the token is still valid,
-//! persistence, the reaction to a resource-server 401, and behaviour across processes. These
-//! are models of *behaviour*, written from that table; no library code is copied. Each module
-//! documents the facts it encodes and the consequences the comparison shows.
+//! Each model reproduces what the library's source shows (versions of 2025–2026): in-process
+//! deduplication, refresh-ahead window, what callers do while a refresh runs, what happens when
+//! a refresh fails while the token is still valid, persistence, the reaction to a
+//! resource-server 401, and behaviour across processes. These are models of *behaviour*; no
+//! library code is copied. Each module documents the facts it encodes and the consequences the
+//! comparison shows; `docs/client-models.md` describes every model for users.
 //!
 //! | name | module | reproduces |
 //! |---|---|---|
