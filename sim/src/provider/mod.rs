@@ -299,6 +299,20 @@ impl Provider {
         self.rts.get(rt).map(|r| r.family)
     }
 
+    /// Revokes every access token of `family` issued so far (its refresh tokens stay valid):
+    /// the resource server answers 401 for them from now on.
+    pub fn revoke_access_tokens(&mut self, family: FamilyId) {
+        let Some(f) = self.families.get_mut(family) else {
+            return;
+        };
+        f.any_access_revoked = true;
+        for at in f.access_tokens.clone() {
+            if let Some(r) = self.ats.get_mut(&at) {
+                r.revoked = true;
+            }
+        }
+    }
+
     /// Why a family was revoked, if it was.
     pub fn family_revoked(&self, family: FamilyId) -> Option<&'static str> {
         self.families.get(family).and_then(|f| f.revoked)

@@ -267,6 +267,11 @@ pub(super) async fn perform(w: &Arc<Shared>, action: Action) {
             let f = s.families[cred];
             s.provider.revoke_family(f, "revoked by the user");
         }
+        Action::RevokeAccess { cred } => {
+            let mut s = w.state.lock();
+            let f = s.families[cred];
+            s.provider.revoke_access_tokens(f);
+        }
         Action::Overwrite { cred } => {
             if let Some(st) = w.stores[cred].snapshot() {
                 w.stores[cred].overwrite(Some(st.tokens.clone()));

@@ -190,6 +190,12 @@ pub enum Action {
         /// Credential index.
         cred: usize,
     },
+    /// The provider revokes the credential's live access tokens (an admin action, a password
+    /// change): the resource server rejects a token the client still thinks valid.
+    RevokeAccess {
+        /// Credential index.
+        cred: usize,
+    },
     /// An unrelated writer rewrites the credential's store content (same tokens, new version).
     Overwrite {
         /// Credential index.
@@ -256,6 +262,7 @@ impl Action {
             Action::Crash { .. }
             | Action::CrashOnNextSave { .. }
             | Action::Revoke { .. }
+            | Action::RevokeAccess { .. }
             | Action::Overwrite { .. }
             | Action::JumpWall { .. }
             | Action::Shutdown { .. } => None,
@@ -330,6 +337,10 @@ pub struct WorldConfig {
     pub exact_calls_per_credential: Option<u64>,
     /// At most this many token-endpoint calls per credential, if set.
     pub max_calls_per_credential: Option<u64>,
+    /// The world rejects tokens at the resource server (revoked access tokens): at least one
+    /// 401 must happen, and every retry after a 401 must be served a token the resource server
+    /// accepts.
+    pub check_unauthorized_retries: bool,
     /// The store converges to the provider's newest refresh token at the end.
     pub check_convergence: bool,
     /// The provider states the true lifetime, so serving past it is a failure (off when the
@@ -387,6 +398,7 @@ impl WorldConfig {
             allow_revoked_family: false,
             exact_calls_per_credential: None,
             max_calls_per_credential: None,
+            check_unauthorized_retries: false,
             check_convergence: true,
             lifetime_known: true,
             max_steps: 200_000_000,
@@ -458,6 +470,7 @@ impl WorldConfig {
                 | Action::Suspend { proc, .. }
                 | Action::Login { proc } => (Some(*proc), None),
                 Action::Revoke { cred }
+                | Action::RevokeAccess { cred }
                 | Action::Overwrite { cred }
                 | Action::StoreOutage { cred, .. }
                 | Action::WriteNewer { cred } => (None, Some(*cred)),

@@ -374,6 +374,24 @@ pub(super) fn final_checks(w: &Arc<Shared>, now: MonoTime) {
             return;
         }
     }
+    if cfg.check_unauthorized_retries {
+        if s.metrics.rs_unauthorized == 0 {
+            s.violate_correctness(
+                now,
+                "the resource server never rejected a token: the world did not exercise the 401 path"
+                    .into(),
+            );
+            return;
+        }
+        if s.metrics.rs_unauthorized_after_retry > 0 {
+            let message = format!(
+                "{} of {} retries after a 401 were served a token the resource server also rejected",
+                s.metrics.rs_unauthorized_after_retry, s.metrics.rs_unauthorized
+            );
+            s.violate_correctness(now, message);
+            return;
+        }
+    }
     if let Some(max) = cfg.max_calls_per_credential {
         let total = s.metrics.token_calls.len() as u64;
         if total > max * cfg.credentials as u64 {
