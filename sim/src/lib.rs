@@ -38,3 +38,7 @@ pub mod http;
 /// Load mode, generating half: bursts of callers through real engines (feature `load`).
 #[cfg(feature = "load")]
 pub mod load;
+/// What a real token endpoint does with refresh tokens, found by spending a few (feature
+/// `load`).
+#[cfg(feature = "load")]
+pub mod probe;

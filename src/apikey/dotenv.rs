@@ -25,7 +25,7 @@ pub(super) fn lookup(
 
 /// Opens and reads the file after checking that it is a regular file, not a symbolic link,
 /// and (on Unix) owned by the effective user with no group or other permission bits.
-fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, ApiKeyError> {
+pub(super) fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, ApiKeyError> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| io_error(path, e))?;
     if meta.file_type().is_symlink() {
         return Err(symlink(path));

@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::http::{HttpProvider, ServeConfig, ServerSummary};
 
+pub mod grants;
 pub mod processes;
 
 /// Where the load goes.
