@@ -121,10 +121,7 @@ pub fn parse_grants(content: &[u8]) -> Result<Vec<RefreshToken>, GrantsError> {
         let token = RefreshToken::new(text);
         if let Some(first) = seen.insert(token.fingerprint(), line) {
             // Fingerprints can collide; compare the tokens themselves.
-            if out
-                .iter()
-                .any(|t: &RefreshToken| t.expose_secret() == text)
-            {
+            if out.iter().any(|t: &RefreshToken| t.expose_secret() == text) {
                 return Err(GrantsError::Duplicate { line, first });
             }
         }
@@ -214,7 +211,10 @@ pub fn mint_grants(command: &str, count: usize) -> Result<Vec<RefreshToken>, Gra
             )));
         }
         let token = tokens.into_iter().next().unwrap_or_else(|| unreachable!());
-        if out.iter().any(|t| t.expose_secret() == token.expose_secret()) {
+        if out
+            .iter()
+            .any(|t| t.expose_secret() == token.expose_secret())
+        {
             return Err(GrantsError::Mint(format!(
                 "run {run} printed a token an earlier run printed"
             )));

@@ -259,11 +259,7 @@ impl Probe<'_> {
         let (next, _) = next_refresh(old, r);
         self.chain = Some(Chain {
             refresh: next.clone(),
-            access: Some((
-                r.access_token().clone(),
-                r.expires_in(),
-                self.wire.now_s(),
-            )),
+            access: Some((r.access_token().clone(), r.expires_in(), self.wire.now_s())),
         });
         next
     }
@@ -373,8 +369,7 @@ impl Probe<'_> {
             (Some(200), Some(200)) => Finding {
                 question: "old_access_token",
                 answer: Answer::OldAccessToken { killed: false },
-                summary: "kept: the previous access token is still accepted after a refresh"
-                    .into(),
+                summary: "kept: the previous access token is still accepted after a refresh".into(),
                 evidence,
             },
             _ => unknown(
@@ -459,7 +454,11 @@ impl Probe<'_> {
                 "absurd",
                 format!(
                     "expires_in {e} is absurd; the token {} after {alive_at:.1} s",
-                    if dead_at.is_some() { "died" } else { "still worked" }
+                    if dead_at.is_some() {
+                        "died"
+                    } else {
+                        "still worked"
+                    }
                 ),
             ),
             (Some(e), Some(_), Some(d)) if d < e as f64 - margin => (
@@ -708,7 +707,10 @@ impl Probe<'_> {
                 if let Ok(r) = r {
                     ok += 1;
                     let (next, _) = next_refresh(&rt, &r);
-                    if !chains.iter().any(|c| c.expose_secret() == next.expose_secret()) {
+                    if !chains
+                        .iter()
+                        .any(|c| c.expose_secret() == next.expose_secret())
+                    {
                         chains.push(next);
                     }
                 }
@@ -797,8 +799,15 @@ impl Probe<'_> {
 }
 
 enum Trial {
-    Accepted { age: f64, ids: Vec<usize> },
-    Refused { age: f64, revoked: bool, ids: Vec<usize> },
+    Accepted {
+        age: f64,
+        ids: Vec<usize>,
+    },
+    Refused {
+        age: f64,
+        revoked: bool,
+        ids: Vec<usize>,
+    },
     Broken(Vec<usize>),
 }
 

@@ -177,8 +177,13 @@ impl fmt::Display for ProbeReport {
             f,
             "requests (tokens shown as fingerprints: first 8 hex digits of their SHA-256):"
         )?;
+        let mut step = "";
         for e in &self.exchanges {
-            writeln!(f, "  {e}")?;
+            if e.step != step {
+                step = e.step;
+                writeln!(f, "  {step}:")?;
+            }
+            writeln!(f, "    {e}")?;
         }
         Ok(())
     }
