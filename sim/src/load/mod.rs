@@ -842,8 +842,9 @@ fn error_kind(e: &keepfresh::Error) -> String {
 ///
 /// Without `--token-url` the load goes to the built-in mock provider (`--profile`), started
 /// in-process on an ephemeral loopback port. With it, to that RFC 6749 token endpoint, with
-/// `--client-id`, `--refresh-token` (or `KEEPFRESH_REFRESH_TOKEN`) and optionally
-/// `--client-secret` (or `KEEPFRESH_CLIENT_SECRET`).
+/// `--client-id`, `KEEPFRESH_REFRESH_TOKEN` (or `--refresh-token-file`) and optionally
+/// `KEEPFRESH_CLIENT_SECRET` (or `--client-secret-file`): secrets never come from the command
+/// line, where other users of the machine can read them.
 ///
 /// ```
 /// use clap::Parser;
@@ -886,15 +887,17 @@ pub struct LoadArgs {
     /// Client id at --token-url.
     #[arg(long, requires = "token_url")]
     pub client_id: Option<String>,
-    /// Client secret at --token-url (prefer the KEEPFRESH_CLIENT_SECRET variable).
+    /// A private file holding the client secret at --token-url (else the
+    /// KEEPFRESH_CLIENT_SECRET variable, if set). Never on the command line.
     #[arg(long, requires = "token_url")]
-    pub client_secret: Option<String>,
+    pub client_secret_file: Option<std::path::PathBuf>,
     /// How the client secret is sent: basic or post.
     #[arg(long, default_value = "basic", value_parser = ["basic", "post"])]
     pub client_auth: String,
-    /// Refresh token to start from at --token-url (prefer KEEPFRESH_REFRESH_TOKEN).
+    /// A private file holding the refresh token to start from at --token-url (else the
+    /// KEEPFRESH_REFRESH_TOKEN variable). Never on the command line.
     #[arg(long, requires = "token_url")]
-    pub refresh_token: Option<String>,
+    pub refresh_token_file: Option<std::path::PathBuf>,
     /// RFC 8707 resource to send on every refresh (repeatable).
     #[arg(long)]
     pub resource: Vec<String>,
@@ -934,7 +937,56 @@ pub struct LoadArgs {
     pub json: bool,
 }
 
+/// One secret from a private file (trimmed; the checks of [`keepfresh::read_private_file`]),
+/// else from the environment variable; `None` when neither gives one.
+pub(crate) fn secret_from(
+    file: Option<&std::path::Path>,
+    variable: &str,
+    option: &str,
+) -> Result<Option<String>, String> {
+    match file {
+        Some(path) => {
+            let content =
+                keepfresh::read_private_file(path).map_err(|e| format!("{option}: {e}"))?;
+            let text = std::str::from_utf8(content.as_bytes())
+                .map_err(|_| format!("{option}: the file is not UTF-8"))?
+                .trim();
+            if text.is_empty() {
+                return Err(format!("{option}: the file is empty"));
+            }
+            Ok(Some(text.to_owned()))
+        }
+        None => Ok(std::env::var(variable).ok().filter(|s| !s.is_empty())),
+    }
+}
+
 impl LoadArgs {
+    /// The client secret: `--client-secret-file`, else `KEEPFRESH_CLIENT_SECRET`.
+    ///
+    /// # Errors
+    /// A secret file that fails the private-file checks, is not UTF-8 or is empty.
+    pub fn client_secret(&self) -> Result<Option<ClientSecret>, String> {
+        Ok(secret_from(
+            self.client_secret_file.as_deref(),
+            "KEEPFRESH_CLIENT_SECRET",
+            "--client-secret-file",
+        )?
+        .map(ClientSecret::new))
+    }
+
+    /// The refresh token to start from: `--refresh-token-file`, else
+    /// `KEEPFRESH_REFRESH_TOKEN`.
+    ///
+    /// # Errors
+    /// As for [`client_secret`](Self::client_secret).
+    pub fn refresh_token(&self) -> Result<Option<String>, String> {
+        secret_from(
+            self.refresh_token_file.as_deref(),
+            "KEEPFRESH_REFRESH_TOKEN",
+            "--refresh-token-file",
+        )
+    }
+
     /// The load configuration these options describe.
     ///
     /// # Errors
@@ -963,11 +1015,8 @@ impl LoadArgs {
                     .clone()
                     .ok_or("--token-url needs --client-id")?;
                 let refresh_token = self
-                    .refresh_token
-                    .clone()
-                    .or_else(|| std::env::var("KEEPFRESH_REFRESH_TOKEN").ok())
-                    .filter(|s| !s.is_empty())
-                    .ok_or("--token-url needs --refresh-token or KEEPFRESH_REFRESH_TOKEN")?;
+                    .refresh_token()?
+                    .ok_or("--token-url needs --refresh-token-file or KEEPFRESH_REFRESH_TOKEN")?;
                 let mut ext =
                     ExternalTarget::new(url.clone(), client_id, RefreshToken::new(refresh_token))
                         .client_auth(if self.client_auth == "post" {
@@ -975,13 +1024,8 @@ impl LoadArgs {
                         } else {
                             ClientAuth::Basic
                         });
-                if let Some(secret) = self
-                    .client_secret
-                    .clone()
-                    .or_else(|| std::env::var("KEEPFRESH_CLIENT_SECRET").ok())
-                    .filter(|s| !s.is_empty())
-                {
-                    ext = ext.client_secret(ClientSecret::new(secret));
+                if let Some(secret) = self.client_secret()? {
+                    ext = ext.client_secret(secret);
                 }
                 for r in &self.resource {
                     ext = ext.resource(r.clone());
