@@ -12,6 +12,7 @@
 //! - [`world`]: processes, callers, faults, the director and the invariant oracles;
 //! - [`scenario`]: the named scenarios, swarm runs and the fleet run;
 //! - [`report`]: readable and JSON summaries and the SVG plot;
+//! - [`plot`]: charts with axes, ticks, units and legends (plotters, SVG);
 //! - [`runner`]: running, replaying, sweeping, shrinking and the determinism self-check.
 //!
 //! One seed decides the workload, the faults, the latencies, the engine's jitter and the order
@@ -23,6 +24,7 @@ pub mod client;
 pub mod clients;
 pub mod compare;
 pub mod exec;
+pub mod plot;
 pub mod provider;
 pub mod report;
 pub mod rng;

@@ -27,6 +27,7 @@ use serde::Serialize;
 
 use crate::http::{HttpProvider, ServeConfig, ServerSummary};
 
+pub mod fleet;
 pub mod grants;
 pub mod processes;
 
@@ -932,6 +933,46 @@ pub struct LoadArgs {
     /// Start this many real OS processes sharing --store instead of engines in this process.
     #[arg(long, requires = "store", conflicts_with_all = ["processes", "separate_stores", "check_resource"])]
     pub os_processes: Option<usize>,
+    /// Built-in provider: time its storage takes to write a rotation (ms).
+    #[arg(long, default_value_t = 0, conflicts_with = "token_url")]
+    pub storage_latency_ms: u64,
+    /// Built-in provider: a non-atomic reuse check (needs --storage-latency-ms).
+    #[arg(long, conflicts_with = "token_url")]
+    pub racy_reuse_check: bool,
+    /// Many grants, built-in provider: mint this many grants, one credential each.
+    #[arg(long, conflicts_with = "token_url")]
+    pub mock_grants: Option<usize>,
+    /// Many grants at --token-url: a private file of refresh tokens, one per line (else
+    /// KEEPFRESH_REFRESH_TOKENS, whitespace-separated).
+    #[arg(long, requires = "token_url", conflicts_with = "mint_command")]
+    pub grants_file: Option<std::path::PathBuf>,
+    /// Many grants at --token-url: a command that prints one new refresh token per run.
+    #[arg(long, requires = "token_url")]
+    pub mint_command: Option<String>,
+    /// Runs of --mint-command.
+    #[arg(long, default_value_t = 10)]
+    pub mint_count: usize,
+    /// Many grants: target requests per second (open loop: starts whatever the answers' speed).
+    #[arg(long, conflicts_with = "concurrency")]
+    pub rate: Option<f64>,
+    /// Many grants: callers at once (closed loop).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Many grants: seconds over which the pace grows from zero to its target.
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp: f64,
+    /// Many grants: start no more than this many requests.
+    #[arg(long)]
+    pub max_requests: Option<u64>,
+    /// Many grants: the timeline's bucket (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub bucket_ms: u64,
+    /// Many grants: write an SVG plot of the run over time here.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+    /// Many grants: live progress on standard error: auto (only on a terminal), always, never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    pub progress: String,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -961,6 +1002,124 @@ pub(crate) fn secret_from(
 }
 
 impl LoadArgs {
+    /// The built-in provider these options describe.
+    fn serve_config(&self) -> ServeConfig {
+        ServeConfig::new(self.profile.clone().unwrap_or_else(|| "strict".into()))
+            .seed(self.seed)
+            .latency(
+                Duration::from_millis(self.latency_min_ms),
+                Duration::from_millis(self.latency_max_ms),
+            )
+            .unavailable_rate(self.unavailable_rate)
+            .storage_latency(Duration::from_millis(self.storage_latency_ms))
+            .racy_reuse_check(self.racy_reuse_check)
+    }
+
+    /// Whether these options ask for a many-grants run ([`fleet`]): a grant source, a rate or
+    /// a concurrency.
+    ///
+    /// ```
+    /// use clap::Parser;
+    /// use keepfresh_sim::load::LoadArgs;
+    /// #[derive(Parser)]
+    /// struct Cli {
+    ///     #[command(flatten)]
+    ///     load: LoadArgs,
+    /// }
+    /// let many = Cli::try_parse_from(["load", "--mock-grants", "100", "--rate", "50"]).unwrap();
+    /// assert!(many.load.many_grants());
+    /// assert!(many.load.fleet_config().is_ok());
+    /// assert!(!Cli::try_parse_from(["load"]).unwrap().load.many_grants());
+    /// ```
+    pub fn many_grants(&self) -> bool {
+        self.mock_grants.is_some()
+            || self.grants_file.is_some()
+            || self.mint_command.is_some()
+            || self.rate.is_some()
+            || self.concurrency.is_some()
+    }
+
+    /// The many-grants configuration these options describe.
+    ///
+    /// # Errors
+    /// Options of the burst mode (several processes, separate stores, the resource check, a
+    /// store), unreadable or unsafe grants, and the checks of [`fleet::FleetConfig::validate`].
+    ///
+    /// See [`many_grants`](Self::many_grants).
+    pub fn fleet_config(&self) -> Result<fleet::FleetConfig, String> {
+        if self.processes != 1 || self.separate_stores || self.check_resource {
+            return Err(
+                "--processes, --separate-stores and --check-resource are for burst runs; a \
+                 many-grants run has one credential per grant"
+                    .into(),
+            );
+        }
+        if self.store.is_some() || self.os_processes.is_some() {
+            return Err("--store and --os-processes are for burst runs".into());
+        }
+        let target = match &self.token_url {
+            None => {
+                fleet::FleetTarget::BuiltIn(self.serve_config(), self.mock_grants.unwrap_or(100))
+            }
+            Some(url) => {
+                let source = match (&self.grants_file, &self.mint_command) {
+                    (Some(p), _) => grants::GrantSource::File(p.clone()),
+                    (None, Some(c)) => grants::GrantSource::Mint {
+                        command: c.clone(),
+                        count: self.mint_count,
+                    },
+                    (None, None) => grants::GrantSource::Env("KEEPFRESH_REFRESH_TOKENS".into()),
+                };
+                let tokens = source.read().map_err(|e| match e {
+                    grants::GrantsError::Empty if matches!(source, grants::GrantSource::Env(_)) => {
+                        "a many-grants run at --token-url needs --grants-file, --mint-command or \
+                         KEEPFRESH_REFRESH_TOKENS"
+                            .to_owned()
+                    }
+                    other => other.to_string(),
+                })?;
+                let endpoint = crate::probe::Endpoint {
+                    token_url: url.clone(),
+                    client_id: self
+                        .client_id
+                        .clone()
+                        .ok_or("--token-url needs --client-id")?,
+                    client_secret: self.client_secret()?,
+                    client_auth: if self.client_auth == "post" {
+                        ClientAuth::Post
+                    } else {
+                        ClientAuth::Basic
+                    },
+                    resources: self.resource.clone(),
+                    scope: self.scope.clone(),
+                    resource_url: None,
+                };
+                // Fail early on a URL the refresher would refuse.
+                HttpRefresher::builder(url.clone(), "load")
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                fleet::FleetTarget::External(endpoint, tokens)
+            }
+        };
+        let pace = match (self.rate, self.concurrency) {
+            (Some(r), _) => fleet::Pace::Rate(r),
+            (None, Some(c)) => fleet::Pace::Concurrency(c),
+            (None, None) => fleet::Pace::Concurrency(8),
+        };
+        let ramp = Duration::try_from_secs_f64(self.ramp)
+            .map_err(|_| "--ramp must be a non-negative number of seconds".to_owned())?;
+        let config = fleet::FleetConfig::default()
+            .target(target)
+            .pace(pace)
+            .ramp(ramp)
+            .duration(Duration::from_secs(self.duration))
+            .max_requests(self.max_requests)
+            .caller_timeout(Duration::from_secs(self.caller_timeout))
+            .bucket(Duration::from_millis(self.bucket_ms));
+        config.validate()?;
+        Ok(config)
+    }
+
     /// The client secret: `--client-secret-file`, else `KEEPFRESH_CLIENT_SECRET`.
     ///
     /// # Errors
@@ -999,15 +1158,7 @@ impl LoadArgs {
                 if !self.resource.is_empty() {
                     return Err("--resource is for --token-url targets".into());
                 }
-                Target::BuiltIn(
-                    ServeConfig::new(self.profile.clone().unwrap_or_else(|| "strict".into()))
-                        .seed(self.seed)
-                        .latency(
-                            Duration::from_millis(self.latency_min_ms),
-                            Duration::from_millis(self.latency_max_ms),
-                        )
-                        .unavailable_rate(self.unavailable_rate),
-                )
+                Target::BuiltIn(self.serve_config())
             }
             Some(url) => {
                 let client_id = self
@@ -1075,11 +1226,21 @@ impl LoadArgs {
 /// ```
 pub fn run_load(args: LoadArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
+    if args.many_grants() {
+        return run_many(&args);
+    }
     if let Some(n) = args.os_processes {
         return run_processes(&args, n);
     }
     if args.store.is_some() {
         eprintln!("keepfresh-sim load: --store is for --os-processes runs");
+        return ExitCode::from(2);
+    }
+    if args.plot.is_some() {
+        eprintln!(
+            "keepfresh-sim load: --plot is for many-grants runs (--mock-grants, --grants-file, \
+             --mint-command, --rate or --concurrency)"
+        );
         return ExitCode::from(2);
     }
     let config = match args.config() {
@@ -1093,6 +1254,38 @@ pub fn run_load(args: LoadArgs) -> std::process::ExitCode {
         Ok(report) => print_report(args.json, &report, report.healthy()),
         Err(code) => code,
     }
+}
+
+fn run_many(args: &LoadArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match args.fleet_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keepfresh-sim load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = match (args.progress.as_str(), terminal) {
+        ("never", _) | ("auto", false) => fleet::Progress::Off,
+        (_, true) => fleet::Progress::InPlace,
+        (_, false) => fleet::Progress::Lines,
+    };
+    let report = match on_runtime("load", fleet::run_fleet(config, progress)) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if let Some(path) = &args.plot {
+        let written = report
+            .plot()
+            .map_err(|e| e.to_string())
+            .and_then(|svg| std::fs::write(path, svg).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("keepfresh-sim load: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    print_report(args.json, &report, report.healthy())
 }
 
 fn run_processes(args: &LoadArgs, n: usize) -> std::process::ExitCode {
