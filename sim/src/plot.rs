@@ -270,7 +270,7 @@ fn draw_panel(
                     points,
                     6,
                     4,
-                    color.stroke_width(2).into(),
+                    color.stroke_width(2),
                 ))
                 .map_err(err)?,
             Style::Points => chart
