@@ -266,12 +266,7 @@ fn draw_panel(
                 .draw_series(LineSeries::new(points, color.stroke_width(2)))
                 .map_err(err)?,
             Style::Dashed => chart
-                .draw_series(DashedLineSeries::new(
-                    points,
-                    6,
-                    4,
-                    color.stroke_width(2),
-                ))
+                .draw_series(DashedLineSeries::new(points, 6, 4, color.stroke_width(2)))
                 .map_err(err)?,
             Style::Points => chart
                 .draw_series(

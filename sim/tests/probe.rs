@@ -250,6 +250,26 @@ async fn access_token_lifetime_is_checked_against_expires_in() {
         } => assert!(*dead >= 1.0, "{r}"),
         other => panic!("{other:?}\n{r}"),
     }
+    // Tokens that die after 1 s while the answers say 60 s.
+    let lying = ServeConfig::new("strict")
+        .access_lifetime(Duration::from_secs(1))
+        .stated_lifetime(Duration::from_secs(60));
+    let r = run(lying, &limits, 6).await;
+    match answer(&r, "access_lifetime") {
+        Answer::AccessLifetime {
+            expires_in: Some(60),
+            dead_at_s: Some(dead),
+            judgement: "shorter",
+            ..
+        } => assert!(*dead < 5.0, "{r}"),
+        other => panic!("{other:?}\n{r}"),
+    }
+    assert!(
+        r.verdicts
+            .iter()
+            .any(|v| v.contains("die before their expires_in")),
+        "{r}"
+    );
 }
 
 /// Never more than allowed: with one grant, everything after the first trial that needs a new

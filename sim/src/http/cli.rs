@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Override the profile's grace window for rotated refresh tokens (ms).
     #[arg(long)]
     pub grace_ms: Option<u64>,
+    /// State this `expires_in` (s) in refresh answers whatever the true access-token lifetime.
+    #[arg(long)]
+    pub stated_lifetime: Option<u64>,
     /// Stop by itself after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub duration: Option<u64>,
@@ -84,6 +87,10 @@ impl ServeArgs {
             Some(ms) => config.grace(Duration::from_millis(ms)),
             None => config,
         };
+        let config = match self.stated_lifetime {
+            Some(s) => config.stated_lifetime(Duration::from_secs(s)),
+            None => config,
+        };
         config.validate()?;
         Ok(config)
     }
@@ -99,7 +106,7 @@ impl ServeArgs {
 /// let args = ServeArgs {
 ///     port: 0, profile: "strict".into(), seed: 1, access_lifetime: 3600,
 ///     latency_min_ms: 0, latency_max_ms: 0, unavailable_rate: 0.0,
-///     storage_latency_ms: 0, racy_reuse_check: false, grace_ms: None,
+///     storage_latency_ms: 0, racy_reuse_check: false, grace_ms: None, stated_lifetime: None,
 ///     duration: Some(0), json: true,
 /// };
 /// assert_eq!(run_serve(args), std::process::ExitCode::SUCCESS);

@@ -50,6 +50,7 @@ pub struct ServeConfig {
     storage_latency: Duration,
     racy_reuse_check: bool,
     grace: Option<Duration>,
+    stated_lifetime: Option<Duration>,
 }
 
 /// How the authorization endpoint answers, to test a client's login flow.
@@ -89,7 +90,21 @@ impl ServeConfig {
             storage_latency: Duration::ZERO,
             racy_reuse_check: false,
             grace: None,
+            stated_lifetime: None,
         }
+    }
+
+    /// Makes refresh answers state this `expires_in` whatever the access tokens' true lifetime
+    /// (a provider whose tokens die before, or after, the time it states).
+    ///
+    /// ```
+    /// # use keepfresh_sim::http::ServeConfig;
+    /// let c = ServeConfig::new("strict").stated_lifetime(std::time::Duration::from_secs(7200));
+    /// assert!(c.validate().is_ok());
+    /// ```
+    pub fn stated_lifetime(mut self, stated: Duration) -> Self {
+        self.stated_lifetime = Some(stated);
+        self
     }
 
     /// How long the server's token storage takes to write a rotation; every refresh answer is
@@ -395,6 +410,9 @@ impl HttpProvider {
         let mut provider = Provider::new(profile, config.seed, 0);
         if config.racy_reuse_check {
             provider.set_racy_reuse_window(config.storage_latency);
+        }
+        if let Some(stated) = config.stated_lifetime {
+            provider.set_stated_lifetime(stated);
         }
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;

@@ -951,6 +951,9 @@ pub struct ProbeArgs {
     /// Built-in provider: grace window override (ms).
     #[arg(long, conflicts_with = "token_url")]
     pub grace_ms: Option<u64>,
+    /// Built-in provider: state this `expires_in` (s) whatever the true lifetime.
+    #[arg(long, conflicts_with = "token_url")]
+    pub stated_lifetime: Option<u64>,
     /// The token endpoint to probe.
     #[arg(long, requires = "client_id")]
     pub token_url: Option<String>,
@@ -1037,6 +1040,9 @@ impl ProbeArgs {
         }
         if let Some(g) = self.grace_ms {
             c = c.grace(Duration::from_millis(g));
+        }
+        if let Some(s) = self.stated_lifetime {
+            c = c.stated_lifetime(Duration::from_secs(s));
         }
         c.validate()?;
         Ok(c)

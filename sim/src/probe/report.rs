@@ -178,12 +178,30 @@ impl fmt::Display for ProbeReport {
             "requests (tokens shown as fingerprints: first 8 hex digits of their SHA-256):"
         )?;
         let mut step = "";
-        for e in &self.exchanges {
+        let mut i = 0;
+        while i < self.exchanges.len() {
+            let e = &self.exchanges[i];
             if e.step != step {
                 step = e.step;
                 writeln!(f, "  {step}:")?;
             }
+            // A run of identical resource checks (the lifetime watch) prints as first and last.
+            let same = |x: &Exchange| {
+                x.kind == "resource"
+                    && x.kind == e.kind
+                    && x.step == e.step
+                    && x.presented == e.presented
+                    && x.outcome == e.outcome
+            };
+            let run = self.exchanges[i..].iter().take_while(|x| same(x)).count();
             writeln!(f, "    {e}")?;
+            if run >= 3 {
+                writeln!(f, "    ... {} more identical checks", run - 2)?;
+                writeln!(f, "    {}", self.exchanges[i + run - 1])?;
+                i += run;
+            } else {
+                i += 1;
+            }
         }
         Ok(())
     }

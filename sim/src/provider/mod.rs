@@ -181,6 +181,8 @@ pub struct Provider {
     /// How long a rotation takes to reach the storage the reuse check reads (zero: the check
     /// and the rotation are one atomic step).
     racy_window: Duration,
+    /// `expires_in` to state instead of the true lifetime (a provider whose tokens die early).
+    stated_lifetime: Option<Duration>,
 }
 
 impl Provider {
@@ -199,7 +201,14 @@ impl Provider {
             outcomes: BTreeMap::new(),
             issued: 0,
             racy_window: Duration::ZERO,
+            stated_lifetime: None,
         }
+    }
+
+    /// Makes answers state `expires_in` as `stated` whatever the access tokens' true lifetime:
+    /// a provider that overstates (tokens die early) or understates it.
+    pub fn set_stated_lifetime(&mut self, stated: Duration) {
+        self.stated_lifetime = Some(stated);
     }
 
     /// Makes the reuse check non-atomic: a rotation is written to the storage the check reads
@@ -519,7 +528,10 @@ impl Provider {
         rt: Option<&str>,
         outcome: CallOutcome,
     ) -> Answer {
-        let lifetime = self.profile.at_lifetime.as_secs() as i64;
+        let lifetime = self
+            .stated_lifetime
+            .unwrap_or(self.profile.at_lifetime)
+            .as_secs() as i64;
         let mut fields: Vec<(&str, serde_json::Value)> =
             vec![("access_token", at.into()), ("token_type", "Bearer".into())];
         match self.profile.expires {
