@@ -308,6 +308,11 @@ async fn hostile_answers_give_findings_not_panics() {
             "access_token": "kfs~at", "refresh_token": "kfs~rt-next", "expires_in": 1e30
         })),
         ResponseTemplate::new(429).insert_header("retry-after", "99999999999999999999"),
+        // An endpoint that echoes the token it was given, and the client secret.
+        ResponseTemplate::new(400).set_body_json(serde_json::json!({
+            "error": "invalid_grant",
+            "error_description": "kfs~rt-1 and kfs~rt-2 are unknown to client kfs~client",
+        })),
         ResponseTemplate::new(200).set_body_raw(vec![b'x'; 3 << 20], "application/json"),
     ];
     for (i, body) in bodies.into_iter().enumerate() {

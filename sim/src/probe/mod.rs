@@ -302,7 +302,7 @@ impl Probe<'_> {
                         "the first refresh failed ({}: {}); check the client and the refresh \
                          tokens",
                         e.class(),
-                        e.message()
+                        self.wire.scrub(e.message())
                     ),
                     vec![id],
                 ));
@@ -865,6 +865,12 @@ pub async fn probe(
         endpoint.scope.clone(),
         limits.timeout,
     )?;
+    if let Some(secret) = &endpoint.client_secret {
+        wire.know(secret.expose_secret());
+    }
+    for g in &grants {
+        wire.know(g.expose_secret());
+    }
     let given = grants.len();
     let allowed = limits.spend.unwrap_or(given).min(given);
     let plan = limits.plan(wire.has_resource());

@@ -86,6 +86,9 @@ pub(crate) struct Wire {
     started: Instant,
     log: Mutex<Vec<Exchange>>,
     step: Mutex<&'static str>,
+    /// Every secret the probe holds or was handed, to scrub from the endpoint's error texts (a
+    /// hostile or careless endpoint may echo a token back).
+    known: Mutex<Vec<RefreshToken>>,
 }
 
 impl Wire {
@@ -108,7 +111,26 @@ impl Wire {
             started: Instant::now(),
             log: Mutex::new(Vec::new()),
             step: Mutex::new("setup"),
+            known: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Adds a secret to scrub from error texts.
+    pub(crate) fn know(&self, secret: &str) {
+        if !secret.is_empty() {
+            self.known.lock().push(RefreshToken::new(secret));
+        }
+    }
+
+    /// `text` with every known secret replaced by its fingerprint.
+    pub(crate) fn scrub(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for k in self.known.lock().iter() {
+            if out.contains(k.expose_secret()) {
+                out = out.replace(k.expose_secret(), &format!("<secret {}>", k.fingerprint()));
+            }
+        }
+        out
     }
 
     pub(crate) fn has_resource(&self) -> bool {
@@ -147,6 +169,13 @@ impl Wire {
         let t0 = Instant::now();
         let result = self.refresher.refresh(request).await;
         let latency = t0.elapsed();
+        self.know(rt.expose_secret());
+        if let Ok(r) = &result {
+            self.know(r.access_token().expose_secret());
+            if let Some(n) = r.refresh_token() {
+                self.know(n.expose_secret());
+            }
+        }
         let mut e = Exchange {
             id: 0,
             step: "",
@@ -171,7 +200,7 @@ impl Wire {
             Err(err) => {
                 e.outcome = err.class().to_string();
                 e.retry_after_s = err.retry_after().map(|d| d.as_secs_f64());
-                e.error = Some(err.message().to_owned());
+                e.error = Some(self.scrub(err.message()));
             }
         }
         (self.record(e), result)
