@@ -750,6 +750,7 @@ impl Probe<'_> {
                 access: None,
             });
         }
+        evidence.sort_unstable();
         let rounds = succeeded.len();
         if rounds == 0 {
             self.findings.push(unknown(
