@@ -210,7 +210,15 @@ impl Pool {
 /// A grant's newest state as the probe knows it.
 struct Chain {
     refresh: RefreshToken,
-    access: Option<(AccessToken, Option<i64>, f64)>,
+    access: Option<Issued>,
+}
+
+/// An access token, its stated `expires_in`, and when (probe seconds) its answer arrived.
+#[derive(Clone)]
+struct Issued {
+    token: AccessToken,
+    expires_in: Option<i64>,
+    received_s: f64,
 }
 
 struct Probe<'a> {
@@ -259,7 +267,11 @@ impl Probe<'_> {
         let (next, _) = next_refresh(old, r);
         self.chain = Some(Chain {
             refresh: next.clone(),
-            access: Some((r.access_token().clone(), r.expires_in(), self.wire.now_s())),
+            access: Some(Issued {
+                token: r.access_token().clone(),
+                expires_in: r.expires_in(),
+                received_s: self.wire.now_s(),
+            }),
         });
         next
     }
@@ -313,14 +325,11 @@ impl Probe<'_> {
 
     async fn old_access_token(&mut self) {
         self.wire.set_step("old_access_token");
-        let Some(Chain {
-            refresh,
-            access: Some((old_at, _, _)),
-        }) = self.chain.as_ref().map(|c| Chain {
-            refresh: c.refresh.clone(),
-            access: c.access.clone(),
-        })
-        else {
+        let Some((refresh, old_at)) = self.chain.as_ref().and_then(|c| {
+            c.access
+                .as_ref()
+                .map(|a| (c.refresh.clone(), a.token.clone()))
+        }) else {
             self.findings.push(unknown(
                 "old_access_token",
                 "no access token from the rotation step",
@@ -383,7 +392,11 @@ impl Probe<'_> {
 
     async fn access_lifetime(&mut self) {
         self.wire.set_step("access_lifetime");
-        let Some((at, expires_in, received)) = self.chain.as_ref().and_then(|c| c.access.clone())
+        let Some(Issued {
+            token: at,
+            expires_in,
+            received_s: received,
+        }) = self.chain.as_ref().and_then(|c| c.access.clone())
         else {
             self.findings.push(unknown(
                 "access_lifetime",
