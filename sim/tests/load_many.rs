@@ -264,3 +264,56 @@ fn bad_many_grants_input_is_a_clear_error() {
         assert!(!stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// The live progress line goes to standard error when asked for (or on a terminal), never into
+/// the report on standard output.
+#[test]
+fn progress_goes_to_stderr_only_when_asked() {
+    let args = [
+        "load",
+        "--mock-grants",
+        "5",
+        "--concurrency",
+        "2",
+        "--max-requests",
+        "10",
+        "--duration",
+        "5",
+        "--json",
+    ];
+    let shown = sim(&[&args[..], &["--progress", "always"]].concat());
+    let quiet = sim(&args);
+    assert!(shown.status.success() && quiet.status.success());
+    let stderr = String::from_utf8_lossy(&shown.stderr);
+    assert!(
+        stderr.contains("requests/s") && stderr.contains("token calls"),
+        "{stderr}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&quiet.stderr).contains("token calls"),
+        "auto: not on a pipe"
+    );
+    for out in [shown, quiet] {
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["completed"], 10);
+    }
+}
+
+#[test]
+fn debug_output_of_an_external_fleet_shows_no_secret() {
+    let endpoint = keepfresh_sim::probe::Endpoint {
+        token_url: "https://auth.example/token".into(),
+        client_id: "c".into(),
+        client_secret: Some(keepfresh::ClientSecret::new("kfs~client-secret")),
+        client_auth: Default::default(),
+        resources: vec![],
+        scope: None,
+        resource_url: None,
+    };
+    let config = FleetConfig::default().target(FleetTarget::External(
+        endpoint,
+        vec![keepfresh::RefreshToken::new("kfs~rt")],
+    ));
+    assert!(config.validate().is_ok());
+    assert!(!format!("{config:?}").contains(SECRET_MARKER));
+}
