@@ -193,7 +193,9 @@ async fn the_grace_window_is_bisected() {
             at_least_s,
             below_s: Some(below),
         } => {
-            assert!(*at_least_s < 0.7 && *below > 0.7, "{r}");
+            // Ages are measured from the rotation's answer to the replay's send: a lower bound
+            // of the age the server sees, short of it by the transit time.
+            assert!(*at_least_s <= 0.7 && *below > 0.65, "{r}");
             assert!(below - at_least_s <= 0.2, "bisected to the resolution: {r}");
         }
         other => panic!("{other:?}\n{r}"),
