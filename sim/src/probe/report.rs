@@ -23,7 +23,8 @@ pub enum Answer {
         /// The whole grant died: the newest refresh token was refused afterwards.
         family_revoked: bool,
     },
-    /// How long a spent refresh token stays redeemable, as an interval in seconds.
+    /// How long a spent refresh token stays redeemable, as an interval in seconds. Ages run
+    /// from the rotation's answer to the replay's send: short of the server's by one transit.
     Grace {
         /// Accepted at this age (0 when never).
         at_least_s: f64,
