@@ -356,6 +356,10 @@ async fn hostile_answers_give_findings_not_panics() {
                 matches!(answer(&r, "rotation"), Answer::Unknown { .. }),
                 "{r}"
             );
+            assert!(
+                r.verdicts[0].starts_with("nothing could be determined"),
+                "{r}"
+            );
         }
     }
 }
@@ -428,4 +432,37 @@ fn a_grants_file_others_can_read_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("chmod 600"), "{stderr}");
     assert!(!stderr.contains(SECRET_MARKER));
+}
+
+/// Refresh tokens the endpoint does not know: exit 1, and the verdict says nothing could be
+/// determined. The tokens come from the environment, never from the command line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_refresh_tokens_determine_nothing_and_exit_1() {
+    let server = HttpProvider::start(ServeConfig::new("strict"), 0)
+        .await
+        .unwrap();
+    let url = server.token_url();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_keepfresh-sim"))
+            .args(["probe", "--token-url", &url, "--client-id", "c"])
+            .env("KEEPFRESH_REFRESH_TOKENS", "kfs~dead-1 kfs~dead-2")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(stdout.contains("nothing could be determined"), "{stdout}");
+    assert!(
+        stderr.contains("2 refresh token(s) given; at most 2"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains(SECRET_MARKER) && !stderr.contains(SECRET_MARKER));
+    assert_eq!(
+        server.summary().token_calls,
+        1,
+        "stops after the first refusal"
+    );
 }

@@ -1122,8 +1122,8 @@ impl ProbeArgs {
 /// Runs `probe` from its options: the plan on standard error first, then the report (text or
 /// `--json`) on standard output.
 ///
-/// Exit codes: 0 when the probe ran (whatever it found), 2 for bad options or an endpoint that
-/// cannot be probed.
+/// Exit codes: 0 when the probe ran (whatever it found), 1 when not even one refresh worked
+/// (nothing could be determined), 2 for bad options or an endpoint that cannot be probed.
 pub fn run_probe(args: ProbeArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
     let fail = |e: String| {
@@ -1181,7 +1181,10 @@ pub fn run_probe(args: ProbeArgs) -> std::process::ExitCode {
             } else {
                 print!("{report}");
             }
-            ExitCode::SUCCESS
+            match report.finding("rotation").map(|f| &f.answer) {
+                Some(Answer::Unknown { .. }) | None => ExitCode::from(1),
+                Some(_) => ExitCode::SUCCESS,
+            }
         }
         Err(e) => fail(e),
     }

@@ -212,6 +212,12 @@ impl fmt::Display for ProbeReport {
 pub(crate) fn verdicts(findings: &[Finding]) -> Vec<String> {
     let get = |q: &str| findings.iter().find(|f| f.question == q).map(|f| &f.answer);
     let mut v = Vec::new();
+    if let Some(Answer::Unknown { why }) = get("rotation") {
+        v.push(format!(
+            "nothing could be determined: {why}; the other questions need a working refresh"
+        ));
+        return v;
+    }
     if let Some(Answer::Concurrent {
         forked,
         winners_revoked,
