@@ -103,6 +103,7 @@ mod credential;
 mod error;
 pub mod event;
 pub mod flight;
+pub mod limits;
 pub mod machine;
 #[cfg(feature = "metrics")]
 pub mod metrics;

@@ -20,9 +20,11 @@
 
 use std::time::Duration;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
+use crate::limits::{MAX_ERROR_TEXT_CHARS, MAX_TOKEN_BYTES};
 use crate::refresher::{ErrorClass, RefreshError};
 use crate::secret::{AccessToken, RefreshToken};
 use crate::token::TokenResponse;
@@ -125,15 +127,25 @@ pub struct HttpAnswer<'a> {
 /// assert_eq!(err.class(), ErrorClass::Ambiguous);
 /// ```
 pub fn parse_token_response(answer: HttpAnswer<'_>) -> Result<TokenResponse, RefreshError> {
+    parse_token_response_redacting(answer, &Redactor::default())
+}
+
+/// [`parse_token_response`], cutting the secrets `redactor` knows out of the provider's text.
+pub(crate) fn parse_token_response_redacting(
+    answer: HttpAnswer<'_>,
+    redactor: &Redactor,
+) -> Result<TokenResponse, RefreshError> {
     let fields = parse_body(answer.content_type, answer.body);
     let success = (200..300).contains(&answer.status);
     if let Some(fields) = &fields {
         if let Some(code) = error_code(fields) {
             let class = classify(&code, answer.status);
-            let mut message = format!("HTTP {}: {}", answer.status, sanitize(&code, 64));
-            if let Some(desc) = fields.get("error_description").and_then(Value::as_str) {
+            // Redacted before it is cut to length, so no prefix of a secret survives the cut.
+            let shown_code = sanitize(&redactor.apply(&code), 64);
+            let mut message = format!("HTTP {}: {shown_code}", answer.status);
+            if let Some(Value::String(desc)) = &fields.error_description {
                 message.push_str(": ");
-                message.push_str(&sanitize(desc, 160));
+                message.push_str(&sanitize(&redactor.apply(desc), MAX_ERROR_TEXT_CHARS));
             }
             let mut e = RefreshError::new(class, message);
             if let Some(ra) = answer.retry_after {
@@ -164,12 +176,23 @@ pub fn parse_token_response(answer: HttpAnswer<'_>) -> Result<TokenResponse, Ref
             answer.body.len()
         )));
     };
-    let refresh_token = match fields.get("refresh_token") {
-        Some(Value::String(rt)) if !rt.is_empty() => Some(RefreshToken::new(rt.as_str())),
+    // The token strings move into the secret types as they are: no copy is left behind.
+    let refresh_token = match fields.refresh_token.0 {
+        Some(rt) if rt.len() > MAX_TOKEN_BYTES => {
+            // Rotated, perhaps, but not a refresh token anyone can store or send back.
+            return Err(RefreshError::ambiguous(format!(
+                "the refresh token in the answer is {} bytes, over the {MAX_TOKEN_BYTES}-byte limit",
+                rt.len()
+            )));
+        }
+        Some(rt) if !rt.is_empty() => Some(RefreshToken::from_zeroizing(rt)),
         _ => None,
     };
-    let access = match (fields.get("access_token"), refresh_token.as_ref()) {
-        (Some(Value::String(s)), _) if !s.is_empty() => AccessToken::new(s.as_str()),
+    // An access token over the limit counts as missing: the answer is malformed, and a rotated
+    // refresh token in it is still kept.
+    let access_token = fields.access_token.0.filter(|a| a.len() <= MAX_TOKEN_BYTES);
+    let access = match (access_token, refresh_token.as_ref()) {
+        (Some(s), _) if !s.is_empty() => AccessToken::from_zeroizing(s),
         // No access token, but a refresh token: the provider may have rotated, so the old
         // refresh token may be spent. Hand the new one to the engine (an empty access token
         // marks the answer as malformed); it keeps and saves it.
@@ -184,43 +207,138 @@ pub fn parse_token_response(answer: HttpAnswer<'_>) -> Result<TokenResponse, Ref
     if let Some(rt) = refresh_token {
         response = response.with_refresh_token(rt);
     }
-    if let Some(secs) = fields.get("expires_in").and_then(lifetime_seconds) {
+    if let Some(secs) = fields.expires_in.as_ref().and_then(lifetime_seconds) {
         response = response.with_expires_in(secs);
     }
-    if let Some(Value::String(scope)) = fields.get("scope") {
+    if let Some(Value::String(scope)) = &fields.scope {
         response = response.with_scope(scope.as_str());
     }
     Ok(response)
 }
 
-fn parse_body(content_type: Option<&str>, body: &[u8]) -> Option<Map<String, Value>> {
+/// The fields of a token-endpoint answer that keepfresh reads. The token strings are parsed
+/// straight into zeroizing buffers ([`TokenString`]), not into a `serde_json::Value`; every
+/// other field (an `id_token` among them) is skipped without being copied.
+#[derive(Default, serde::Deserialize)]
+#[serde(default)]
+struct Fields {
+    access_token: TokenString,
+    refresh_token: TokenString,
+    expires_in: Option<Value>,
+    scope: Option<Value>,
+    error: Option<Value>,
+    error_description: Option<Value>,
+    ok: Option<Value>,
+}
+
+/// A token field: its string, in a buffer zeroized on drop; `None` when it is absent or not a
+/// string (an odd type is treated as absent, as before, rather than failing the whole answer).
+#[derive(Default)]
+struct TokenString(Option<Zeroizing<String>>);
+
+impl<'de> serde::Deserialize<'de> for TokenString {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = TokenString;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token string")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<TokenString, E> {
+                // One allocation of the exact size: nothing to grow, nothing left behind.
+                Ok(TokenString(Some(Zeroizing::new(v.to_owned()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<TokenString, E> {
+                Ok(TokenString(Some(Zeroizing::new(v))))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_unit<E>(self) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_none<E>(self) -> Result<TokenString, E> {
+                Ok(TokenString(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<TokenString, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(TokenString(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<TokenString, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(TokenString(None))
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
+fn parse_body(content_type: Option<&str>, body: &[u8]) -> Option<Fields> {
     let is_form = content_type.is_some_and(|c| c.contains("x-www-form-urlencoded"));
     if !is_form {
-        if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) {
-            return Some(map);
+        // Not an object, or a field twice: not a token response we can trust.
+        if let Ok(fields) = serde_json::from_slice::<Fields>(body) {
+            return Some(fields);
+        }
+        if serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok() {
+            // JSON, but not one object of the expected shape.
+            return None;
         }
     }
     let text = std::str::from_utf8(body).ok()?;
     if text.trim_start().starts_with('<') || !text.contains('=') {
         return None;
     }
-    let map: Map<String, Value> = form_urlencoded::parse(text.trim().as_bytes())
-        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
-        .collect();
-    (!map.is_empty()).then_some(map)
+    let mut fields = Fields::default();
+    let mut any = false;
+    for (k, v) in form_urlencoded::parse(text.trim().as_bytes()) {
+        any = true;
+        // The decoded value moves into the zeroizing buffer as it is (percent-decoding's own
+        // buffer is form_urlencoded's: see the crate docs on what is zeroized).
+        match &*k {
+            "access_token" => {
+                fields.access_token = TokenString(Some(Zeroizing::new(v.into_owned())))
+            }
+            "refresh_token" => {
+                fields.refresh_token = TokenString(Some(Zeroizing::new(v.into_owned())))
+            }
+            "expires_in" => fields.expires_in = Some(Value::String(v.into_owned())),
+            "scope" => fields.scope = Some(Value::String(v.into_owned())),
+            "error" => fields.error = Some(Value::String(v.into_owned())),
+            "error_description" => fields.error_description = Some(Value::String(v.into_owned())),
+            "ok" => fields.ok = Some(Value::String(v.into_owned())),
+            _ => {}
+        }
+    }
+    any.then_some(fields)
 }
 
-fn error_code(fields: &Map<String, Value>) -> Option<String> {
-    if fields.get("ok") == Some(&Value::Bool(false)) {
-        return Some(
-            fields
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown_error")
-                .to_owned(),
-        );
+fn error_code(fields: &Fields) -> Option<String> {
+    if fields.ok == Some(Value::Bool(false)) {
+        return Some(match &fields.error {
+            Some(Value::String(s)) => s.clone(),
+            _ => "unknown_error".to_owned(),
+        });
     }
-    match fields.get("error") {
+    match &fields.error {
         Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
         Some(Value::Object(o)) => o
             .get("code")
@@ -294,6 +412,101 @@ fn sanitize(s: &str, max: usize) -> String {
     s.chars().filter(|c| !c.is_control()).take(max).collect()
 }
 
+/// Cuts secrets out of text a provider wrote (an `error_description`, an error code), before
+/// the text goes into an error message.
+///
+/// Two passes: every secret it was given, raw, base64-encoded (standard and URL-safe alphabets,
+/// with and without padding) and URL-encoded; then any word that looks like a token whatever
+/// it is (20 or more characters of the base64, base64url, JWT or percent-encoding alphabets,
+/// with at least one letter and one digit), so that a token the client never sent (another
+/// user's, a new one) is not echoed either. Prose and URLs survive (spaces end words, and a
+/// word starting `//` after `https:` is a URL).
+#[derive(Default)]
+pub(crate) struct Redactor {
+    /// Longest first, so that a secret's encoding is cut whole before a shorter form inside it.
+    forms: Vec<String>,
+}
+
+/// What replaces a redacted secret.
+pub(crate) const REDACTED: &str = "<redacted>";
+
+impl Redactor {
+    /// Redacts `secrets` (shorter than 4 characters: skipped, they would cut words apart) and
+    /// the HTTP Basic credentials `client_id:secret` in the forms a request carries them.
+    pub(crate) fn new<'a>(
+        secrets: impl IntoIterator<Item = &'a str>,
+        basic: Option<(&str, &str)>,
+    ) -> Self {
+        use base64::engine::general_purpose::{
+            STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD,
+        };
+        use base64::Engine as _;
+        let mut forms = Vec::new();
+        let mut add = |raw: &str| {
+            if raw.len() < 4 {
+                return;
+            }
+            forms.push(raw.to_owned());
+            for engine in [STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD] {
+                forms.push(engine.encode(raw.as_bytes()));
+            }
+            forms.push(form_urlencoded::byte_serialize(raw.as_bytes()).collect());
+        };
+        for s in secrets {
+            add(s);
+        }
+        if let Some((id, secret)) = basic {
+            add(&format!("{id}:{secret}"));
+            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            add(&format!("{}:{}", enc(id), enc(secret)));
+        }
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        forms.dedup();
+        Redactor { forms }
+    }
+
+    /// `text` with every secret and every token-looking word replaced by `<redacted>`.
+    pub(crate) fn apply(&self, text: &str) -> String {
+        let mut out = text.to_owned();
+        for f in &self.forms {
+            if out.contains(f.as_str()) {
+                out = out.replace(f.as_str(), REDACTED);
+            }
+        }
+        redact_token_words(&out)
+    }
+}
+
+/// A character a token (opaque, base64, base64url, JWT, percent-encoded) can be made of.
+fn token_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '/' | '=' | '%')
+}
+
+/// Replaces every word of 20 or more token characters holding a letter and a digit.
+pub(crate) fn redact_token_words(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        // `//host/path` after a `scheme:` is a URL, kept.
+        let looks_like_token = word.len() >= 20
+            && !word.starts_with("//")
+            && word.chars().any(|c| c.is_ascii_alphabetic())
+            && word.chars().any(|c| c.is_ascii_digit());
+        out.push_str(if looks_like_token { REDACTED } else { word });
+        word.clear();
+    };
+    for c in text.chars() {
+        if token_char(c) {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 mod challenge;
 pub use challenge::{
     classify_resource_answer, parse_bearer_challenge, BearerChallenge, ResourceVerdict,
@@ -308,3 +521,113 @@ pub use http::{logout, ClientAuth, HttpBuildError, HttpRefresher, HttpRefresherB
 pub mod discovery;
 #[cfg(feature = "login")]
 pub mod login;
+
+#[cfg(test)]
+mod redactor_tests {
+    use super::*;
+
+    #[test]
+    fn known_secrets_go_in_every_form_and_before_the_cut() {
+        use base64::Engine as _;
+        let secret = "s3cr3t-VALUE";
+        let r = Redactor::new([secret], Some(("client", "pw-1234")));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(secret);
+        let basic = base64::engine::general_purpose::STANDARD.encode("client:pw-1234");
+        let text = format!("a {secret} b {b64} c s3cr3t%2DVALUE d Basic {basic}");
+        let out = r.apply(&text);
+        assert_eq!(
+            out,
+            "a <redacted> b <redacted> c s3cr3t%2DVALUE d Basic <redacted>"
+        );
+        // `-` is not encoded by form encoding, so the URL form equals the raw one here; a
+        // secret with a space shows the encoded form is covered.
+        let r = Redactor::new(["two words!"], None);
+        assert_eq!(r.apply("x two+words%21 y"), "x <redacted> y");
+        // Short secrets are not cut out of words.
+        assert_eq!(Redactor::new(["ab"], None).apply("abc"), "abc");
+    }
+
+    #[test]
+    fn token_looking_words_go_and_prose_and_urls_stay() {
+        let r = Redactor::default();
+        assert_eq!(
+            r.apply("token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl0 revoked"),
+            "token <redacted> revoked"
+        );
+        assert_eq!(
+            r.apply("see https://docs.example.com/errors/invalid_grant#section-5.2"),
+            "see https://docs.example.com/errors/invalid_grant#section-5.2"
+        );
+        assert_eq!(
+            r.apply("The refresh token passed is incorrect or expired."),
+            "The refresh token passed is incorrect or expired."
+        );
+        // Long words without digits (prose in other languages, identifiers) stay.
+        assert_eq!(
+            r.apply("unsupported_grant_type_refresh"),
+            "unsupported_grant_type_refresh"
+        );
+    }
+
+    #[test]
+    fn a_description_cut_to_length_keeps_no_prefix_of_a_secret() {
+        let secret = "kfRT3x8Nc1Qa6Zt9Hm2Jv5Kd7Pg4Sb0U";
+        let body = format!(
+            r#"{{"error":"invalid_grant","error_description":"{} {secret}"}}"#,
+            "x ".repeat(77)
+        );
+        let e = parse_token_response_redacting(
+            HttpAnswer {
+                status: 400,
+                content_type: Some("application/json"),
+                retry_after: None,
+                body: body.as_bytes(),
+            },
+            &Redactor::new([secret], None),
+        )
+        .unwrap_err();
+        assert!(!e.message().contains("kfRT"), "{}", e.message());
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn answer(body: &str) -> Result<TokenResponse, RefreshError> {
+        parse_token_response(HttpAnswer {
+            status: 200,
+            content_type: Some("application/json"),
+            retry_after: None,
+            body: body.as_bytes(),
+        })
+    }
+
+    #[test]
+    fn an_oversized_access_token_is_malformed_and_the_refresh_token_kept() {
+        let at = "a".repeat(MAX_TOKEN_BYTES + 1);
+        let r = answer(&format!(
+            r#"{{"access_token":"{at}","refresh_token":"r2"}}"#
+        ))
+        .unwrap();
+        assert!(r.access_token().is_empty());
+        assert_eq!(r.refresh_token().unwrap().expose_secret(), "r2");
+        // At the limit it is a token.
+        let at = "a".repeat(MAX_TOKEN_BYTES);
+        let r = answer(&format!(r#"{{"access_token":"{at}"}}"#)).unwrap();
+        assert_eq!(r.access_token().expose_secret().len(), MAX_TOKEN_BYTES);
+        // Without a refresh token it is no answer at all.
+        let at = "a".repeat(MAX_TOKEN_BYTES + 1);
+        let e = answer(&format!(r#"{{"access_token":"{at}"}}"#)).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Ambiguous);
+    }
+
+    #[test]
+    fn an_oversized_refresh_token_makes_the_answer_ambiguous() {
+        let rt = "r".repeat(MAX_TOKEN_BYTES + 1);
+        let e = answer(&format!(r#"{{"access_token":"a","refresh_token":"{rt}"}}"#)).unwrap_err();
+        assert_eq!(e.class(), ErrorClass::Ambiguous);
+        assert!(e.message().contains("limit"), "{}", e.message());
+        assert!(!e.message().contains("rrrr"));
+    }
+}

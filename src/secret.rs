@@ -1,4 +1,27 @@
 //! Secret strings that never print, are wiped from memory on drop and compare in constant time.
+//!
+//! # What is wiped, and what is not
+//! keepfresh zeroizes the copies it owns:
+//! - the secret types ([`AccessToken`], [`RefreshToken`], [`ClientSecret`], API keys, store
+//!   keys) wipe their buffer on drop;
+//! - a token answer is read into a zeroizing buffer sized from `Content-Length` (grown by copying
+//!   into a new zeroizing buffer, never by reallocation), and its token fields are parsed
+//!   straight into zeroizing strings that become the secret types without a further copy — not
+//!   into a `serde_json::Value`; other fields (an `id_token`) are skipped, not copied;
+//! - the refresh and revocation forms are written into zeroizing buffers sized for the worst
+//!   case, so they never reallocate;
+//! - store documents and sealed files are read and written through zeroizing buffers.
+//!
+//! Copies that belong to dependencies are outside its reach, and are not wiped:
+//! - **hyper/reqwest** keep the request body they are handed and the response chunks they read
+//!   in their own buffers;
+//! - **serde_json** decodes a JSON string with escape sequences in a scratch buffer;
+//!   **form_urlencoded** percent-decodes into its own;
+//! - the **OS** (socket buffers, page cache of a token file, swap) and the keyring or Redis
+//!   server keep theirs.
+//!
+//! Wiping shortens how long a secret sits in this process's heap; it does not make a process
+//! that an attacker can read safe.
 
 use std::fmt;
 
@@ -67,6 +90,12 @@ macro_rules! secret_type {
             /// ```
             pub fn new(value: impl Into<String>) -> Self {
                 $name(Zeroizing::new(value.into()))
+            }
+
+            /// Takes a buffer that is already zeroizing, without copying it.
+            #[allow(dead_code)]
+            pub(crate) fn from_zeroizing(value: Zeroizing<String>) -> Self {
+                $name(value)
             }
 
             /// The secret itself. Call this only where the secret is sent (an `Authorization`

@@ -688,3 +688,29 @@ async fn an_access_token_with_cr_lf_is_not_sent() {
     let text = format!("{e} {e:?}");
     assert!(!text.contains(SEED) && !text.contains("Injected"), "{text}");
 }
+
+#[test]
+fn a_dotenv_over_the_size_limit_is_refused_unread() {
+    env();
+    let dir = TempDir::new();
+    let mut content = String::from("KEEPFRESH_T_BIG=big-SEKRIT\n");
+    let filler = format!("# {}\n", "x".repeat(1000));
+    while content.len() <= keepfresh::limits::MAX_DOTENV_BYTES {
+        content.push_str(&filler);
+    }
+    let path = dir.write(".env", &content, 0o600);
+    let e = key_err(ApiKey::from_dotenv(&path, "KEEPFRESH_T_BIG"));
+    assert_eq!(e.kind(), ApiKeyErrorKind::Malformed);
+    assert!(printed(&e).contains("larger than"), "{}", printed(&e));
+    assert!(!printed(&e).contains("SEKRIT"));
+    // At the limit it is read.
+    content.truncate(keepfresh::limits::MAX_DOTENV_BYTES - 1);
+    content.push('\n');
+    let path = dir.write(".env", &content, 0o600);
+    assert_eq!(
+        ApiKey::from_dotenv(&path, "KEEPFRESH_T_BIG")
+            .unwrap()
+            .expose_secret(),
+        "big-SEKRIT"
+    );
+}

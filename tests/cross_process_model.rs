@@ -727,8 +727,7 @@ impl Xproc {
         .with_replaced(
             (0..32u8)
                 .filter(|g| proc.replaced & (1 << g) != 0)
-                .map(|g| Arc::new(token_set(g)))
-                .collect(),
+                .map(|g| Arc::new(token_set(g))),
         );
         if let Some(c) = carry {
             start = start.with_carry(c);

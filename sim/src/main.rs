@@ -44,6 +44,9 @@ enum Command {
         /// Seed.
         #[arg(long)]
         seed: u64,
+        /// Client strategy whose failure is shrunk (`keepfresh`, or a model of another client).
+        #[arg(long = "client", alias = "strategy", default_value = "keepfresh")]
+        client: String,
     },
     /// Run every client strategy (keepfresh and the models of other clients) on the identical
     /// world and print one comparison table.
@@ -142,7 +145,11 @@ fn main() -> ExitCode {
         Command::Replay(a) => run(a, true),
         Command::List { json } => list(json),
         Command::Sweep(a) => sweep(a),
-        Command::Shrink { scenario, seed } => shrink(&scenario, seed),
+        Command::Shrink {
+            scenario,
+            seed,
+            client,
+        } => shrink(&scenario, seed, &client),
         Command::Compare(a) => keepfresh_sim::compare::main(a),
         #[cfg(feature = "load")]
         Command::Load(a) => return keepfresh_sim::load::run_load(a),
@@ -236,7 +243,8 @@ fn run(a: RunArgs, replay: bool) -> i32 {
         );
         println!("config {}", serde_json::to_string(&cfg).expect("json"));
     }
-    let out = runner::run_world(&cfg, seed, strategy, a.trace || replay);
+    let strategy_name = strategy.name();
+    let out = runner::run_world(&cfg, seed, strategy.clone(), a.trace || replay);
     let figures = report::figures(&cfg, seed, &out);
     if let Some(path) = &a.svg {
         if let Err(e) = std::fs::write(path, report::svg(&cfg, seed, &out)) {
@@ -247,7 +255,7 @@ fn run(a: RunArgs, replay: bool) -> i32 {
     if a.json {
         let mut f = figures.clone();
         f["config"] = serde_json::to_value(&cfg).expect("json");
-        f["replay"] = runner::replay_command(sc.name, seed, &ov).into();
+        f["replay"] = runner::replay_command(sc.name, seed, &ov, strategy_name).into();
         println!("{}", serde_json::to_string_pretty(&f).expect("json"));
     } else {
         print!("{}", report::readable(&figures));
@@ -255,12 +263,12 @@ fn run(a: RunArgs, replay: bool) -> i32 {
     let mut code = 0;
     if let Some(f) = &out.failure {
         if !a.json {
-            print_failure(sc.name, seed, &ov, f, &out.tail);
+            print_failure(sc.name, seed, &ov, strategy_name, f, &out.tail);
         }
         code = f.kind.exit_code();
     }
     if a.check_determinism && code == 0 {
-        match runner::determinism_check(&sc, seed, &ov) {
+        match runner::determinism_check(&sc, seed, &ov, strategy) {
             Ok(h) => {
                 if !a.json {
                     println!("determinism: same seed twice gave trace hash {h:016x}");
@@ -279,6 +287,7 @@ fn print_failure(
     name: &str,
     seed: u64,
     ov: &Overrides,
+    client: &str,
     f: &keepfresh_sim::world::Failure,
     tail: &[String],
 ) {
@@ -287,7 +296,7 @@ fn print_failure(
     for l in tail {
         println!("  {l}");
     }
-    println!("replay: {}", runner::replay_command(name, seed, ov));
+    println!("replay: {}", runner::replay_command(name, seed, ov, client));
 }
 
 fn suite(a: &RunArgs, strategy: Arc<dyn keepfresh_sim::strategy::ClientStrategy>) -> i32 {
@@ -318,7 +327,7 @@ fn suite(a: &RunArgs, strategy: Arc<dyn keepfresh_sim::strategy::ClientStrategy>
             let f = report::figures(&cfg, seed, &out);
             if let Some(fail) = &out.failure {
                 if !a.json {
-                    print_failure(sc.name, seed, &ov, fail, &out.tail);
+                    print_failure(sc.name, seed, &ov, strategy.name(), fail, &out.tail);
                 }
                 status = format!("FAIL seed {seed}: {}", fail.message);
                 if code == 0 {
@@ -331,7 +340,7 @@ fn suite(a: &RunArgs, strategy: Arc<dyn keepfresh_sim::strategy::ClientStrategy>
             println!("  {:<26} {:<9} {status}", sc.name, sc.reference);
         }
     }
-    let det = runner::determinism_check(&scenarios[0], first, &ov);
+    let det = runner::determinism_check(&scenarios[0], first, &ov, strategy.clone());
     if a.json {
         println!(
             "{}",
@@ -402,7 +411,7 @@ fn sweep(a: SweepArgs) -> i32 {
         let fails: Vec<_> = r
             .failures
             .iter()
-            .map(|f| serde_json::json!({"scenario": f.scenario, "seed": f.seed, "kind": f.failure.kind, "message": f.failure.message, "replay": runner::replay_command(f.scenario, f.seed, &Overrides::default())}))
+            .map(|f| serde_json::json!({"scenario": f.scenario, "seed": f.seed, "kind": f.failure.kind, "message": f.failure.message, "replay": runner::replay_command(f.scenario, f.seed, &Overrides::default(), &a.client)}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"runs": r.runs, "events": r.events, "wall_secs": wall, "events_per_busy_sec": r.events as f64 / r.busy.as_secs_f64().max(1e-9), "failures": fails})).expect("json"));
     } else {
@@ -420,19 +429,23 @@ fn sweep(a: SweepArgs) -> i32 {
                 f.seed,
                 f.failure.kind,
                 f.failure.message,
-                runner::replay_command(f.scenario, f.seed, &Overrides::default())
+                runner::replay_command(f.scenario, f.seed, &Overrides::default(), &a.client)
             );
         }
     }
     r.failures.first().map_or(0, |f| f.failure.kind.exit_code())
 }
 
-fn shrink(name: &str, seed: u64) -> i32 {
+fn shrink(name: &str, seed: u64, client: &str) -> i32 {
     let sc = match scenario::by_name(name) {
         Ok(s) => s,
         Err(e) => return usage(&e),
     };
-    match runner::shrink(&sc, seed) {
+    let strategy = match runner::strategy(client) {
+        Ok(s) => s,
+        Err(e) => return usage(&e),
+    };
+    match runner::shrink(&sc, seed, strategy) {
         None => {
             println!("{name} seed {seed} does not fail: nothing to shrink");
             0
@@ -440,7 +453,10 @@ fn shrink(name: &str, seed: u64) -> i32 {
         Some((ov, f)) => {
             println!("smallest failing world: {name} seed {seed}{}", ov.flags());
             println!("failure ({:?}): {}", f.kind, f.message);
-            println!("replay: {}", runner::replay_command(name, seed, &ov));
+            println!(
+                "replay: {}",
+                runner::replay_command(name, seed, &ov, client)
+            );
             f.kind.exit_code()
         }
     }

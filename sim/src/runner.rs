@@ -124,15 +124,21 @@ pub fn run_world(
     world::run(cfg, seed, strategy, trace)
 }
 
-/// The command that replays a run.
-pub fn replay_command(scenario: &str, seed: u64, overrides: &Overrides) -> String {
+/// The command that replays a run of `client` (a strategy name: `keepfresh` or the model of
+/// another client), exactly: the client is named unless it is keepfresh, the default.
+pub fn replay_command(scenario: &str, seed: u64, overrides: &Overrides, client: &str) -> String {
+    let client = if client == Keepfresh.name() {
+        String::new()
+    } else {
+        format!(" --client {client}")
+    };
     format!(
-        "cargo run --release -p keepfresh-sim -- replay --scenario {scenario} --seed {seed}{}",
+        "cargo run --release -p keepfresh-sim -- replay --scenario {scenario} --seed {seed}{client}{}",
         overrides.flags()
     )
 }
 
-/// Runs a seed twice and compares trace hashes.
+/// Runs a seed twice with `strategy` and compares trace hashes.
 ///
 /// # Errors
 /// Both hashes when they differ.
@@ -140,10 +146,11 @@ pub fn determinism_check(
     scenario: &Scenario,
     seed: u64,
     overrides: &Overrides,
+    strategy: Arc<dyn ClientStrategy>,
 ) -> Result<u64, String> {
     let cfg = resolve(scenario, seed, overrides)?;
-    let a = run_world(&cfg, seed, Arc::new(Keepfresh), false);
-    let b = run_world(&cfg, seed, Arc::new(Keepfresh), false);
+    let a = run_world(&cfg, seed, strategy.clone(), false);
+    let b = run_world(&cfg, seed, strategy, false);
     if a.trace_hash == b.trace_hash && a.events == b.events {
         Ok(a.trace_hash)
     } else {
@@ -239,12 +246,16 @@ pub fn sweep_with(
     r
 }
 
-/// Lowers callers, duration and fault kinds while the same kind of failure still reproduces.
-/// Returns the smallest overrides found and their failure.
-pub fn shrink(scenario: &Scenario, seed: u64) -> Option<(Overrides, world::Failure)> {
+/// Lowers callers, duration and fault kinds while the same kind of failure of `strategy` still
+/// reproduces. Returns the smallest overrides found and their failure.
+pub fn shrink(
+    scenario: &Scenario,
+    seed: u64,
+    strategy: Arc<dyn ClientStrategy>,
+) -> Option<(Overrides, world::Failure)> {
     let fails = |o: &Overrides| -> Option<world::Failure> {
         let cfg = resolve(scenario, seed, o).ok()?;
-        run_world(&cfg, seed, Arc::new(Keepfresh), false).failure
+        run_world(&cfg, seed, strategy.clone(), false).failure
     };
     let mut best = Overrides::default();
     let first = fails(&best)?;

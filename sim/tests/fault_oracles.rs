@@ -107,7 +107,7 @@ fn shrinking_can_switch_off_every_new_fault_kind() {
 fn new_scenarios_replay_to_the_same_trace() {
     for name in NEW_SCENARIOS {
         let sc = scenario::by_name(name).unwrap();
-        runner::determinism_check(&sc, 11, &Overrides::default()).unwrap();
+        runner::determinism_check(&sc, 11, &Overrides::default(), Arc::new(Keepfresh)).unwrap();
     }
 }
 

@@ -22,7 +22,7 @@ fn check_with(name: &str, seed: u64, overrides: &Overrides) {
             f.kind,
             f.message,
             out.tail.join("\n"),
-            runner::replay_command(name, seed, overrides)
+            runner::replay_command(name, seed, overrides, "keepfresh")
         );
     }
     assert!(
@@ -75,8 +75,52 @@ fn same_seed_same_trace_hash() {
         "lost-response-no-grace",
     ] {
         let sc = scenario::by_name(name).unwrap();
-        runner::determinism_check(&sc, 11, &Overrides::default()).unwrap();
+        runner::determinism_check(&sc, 11, &Overrides::default(), Arc::new(Keepfresh)).unwrap();
     }
+}
+
+/// A failing run of another client's model prints a replay line that names that client, and
+/// running the printed line reproduces the same failure; the determinism check and shrinking run
+/// that client too, not keepfresh.
+#[test]
+fn replays_of_other_clients_are_exact() {
+    let sc = scenario::by_name("stampede").unwrap();
+    let client = runner::strategy("no-dedup").unwrap();
+    let (seed, failure) = (1..20)
+        .find_map(|seed| {
+            let cfg = runner::resolve(&sc, seed, &Overrides::default()).ok()?;
+            runner::run_world(&cfg, seed, client.clone(), false)
+                .failure
+                .map(|f| (seed, f))
+        })
+        .expect("the no-dedup model fails the stampede");
+    let line = runner::replay_command(sc.name, seed, &Overrides::default(), "no-dedup");
+    assert!(line.contains("--client no-dedup"), "{line}");
+    let args: Vec<&str> = line
+        .split_once(" -- ")
+        .expect("cargo run ... -- ARGS")
+        .1
+        .split_whitespace()
+        .collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_keepfresh-sim"))
+        .args(&args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("strategy no-dedup"), "{stdout}");
+    assert!(
+        stdout.contains(&failure.message),
+        "replay did not reproduce: {stdout}"
+    );
+    assert_eq!(out.status.code(), Some(failure.kind.exit_code()));
+    // keepfresh passes the same world: a replay without --client would not reproduce it.
+    let cfg = runner::resolve(&sc, seed, &Overrides::default()).unwrap();
+    assert!(runner::run_world(&cfg, seed, Arc::new(Keepfresh), false)
+        .failure
+        .is_none());
+    runner::determinism_check(&sc, seed, &Overrides::default(), client.clone()).unwrap();
+    let (_, shrunk) = runner::shrink(&sc, seed, client).expect("still fails");
+    assert_eq!(shrunk.kind, failure.kind);
 }
 
 #[test]

@@ -9,8 +9,9 @@ use zeroize::Zeroizing;
 
 use super::error::{ApiKeyError, ApiKeyErrorKind};
 
-/// The most reserved up front for the file's content (a `.env` file is a few hundred bytes).
-const CAPACITY_CAP: usize = 1 << 20;
+/// The largest `.env` file read, and the most reserved up front for it (a `.env` file is a few
+/// hundred bytes).
+const CAPACITY_CAP: usize = crate::limits::MAX_DOTENV_BYTES;
 
 /// The value `variable` has in the `.env` file at `path` (the last definition wins, as when a
 /// shell sources the file), or `None` when the file does not define it. The whole file must
@@ -41,8 +42,13 @@ pub(super) fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, ApiKeyErro
     // cap keeps a huge file from reserving its size at once.
     let size = usize::try_from(meta.len()).map_or(CAPACITY_CAP, |n| n.min(CAPACITY_CAP));
     let mut content = Zeroizing::new(Vec::with_capacity(size + 1));
-    file.read_to_end(&mut content)
+    (&mut file)
+        .take(CAPACITY_CAP as u64 + 1)
+        .read_to_end(&mut content)
         .map_err(|e| io_error(path, e))?;
+    if content.len() > CAPACITY_CAP {
+        return Err(too_large(path));
+    }
     Ok(content)
 }
 
@@ -108,6 +114,18 @@ fn symlink(path: &Path) -> ApiKeyError {
         "{} is a symbolic link; refusing to read a secret through it: name the file itself",
         path.display()
     ))
+    .with_path(path)
+}
+
+fn too_large(path: &Path) -> ApiKeyError {
+    ApiKeyError::new(
+        ApiKeyErrorKind::Malformed,
+        format!(
+            "{} is larger than {} bytes: not a .env file",
+            path.display(),
+            CAPACITY_CAP
+        ),
+    )
     .with_path(path)
 }
 

@@ -424,7 +424,7 @@ async fn login(config: &Config, args: LoginArgs) -> Result<(), Failure> {
                     "Logged in as {}: access token {} expires {}, refresh token {}; saved to {spec}",
                     args.target.name,
                     tokens.access_token().fingerprint(),
-                    tokens.expires_at(),
+                    rfc3339(tokens.expires_at()),
                     tokens
                         .refresh_token()
                         .map_or("none issued".to_owned(), |r| r.fingerprint().to_string()),
@@ -507,7 +507,7 @@ async fn status(config: &Config, args: StatusArgs) -> Result<(), Failure> {
                     "name": name,
                     "store": spec,
                     "state": if left.is_positive() { "fresh" } else { "expired (refreshes on next use)" },
-                    "expires_at": t.expires_at().to_string(),
+                    "expires_at": rfc3339(t.expires_at()),
                     "expires_in_s": left.whole_seconds(),
                     "scope": t.scope(),
                     "issuer": section.issuer,
@@ -592,7 +592,7 @@ async fn refresh(config: &Config, target: Target) -> Result<(), Failure> {
         target.name,
         before.fingerprint(),
         after.fingerprint(),
-        after.expires_at()
+        rfc3339(after.expires_at())
     );
     Ok(())
 }
@@ -644,4 +644,14 @@ async fn logout_cmd(config: &Config, target: Target) -> Result<(), Failure> {
         }
         Err(e) => Err(format!("could not delete the tokens from {spec}: {e}")),
     }
+}
+
+/// A time as users read and parse it: RFC 3339 in UTC, whole seconds.
+fn rfc3339(t: time::OffsetDateTime) -> String {
+    let t = t
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
 }

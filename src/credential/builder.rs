@@ -3,9 +3,9 @@
 use std::fmt;
 use std::sync::{Arc, LazyLock, Weak};
 
-use super::engine::{self, After, Core, Inner};
+use super::engine::{self, After, Common, Core, Inner};
 use super::handle::Snapshot;
-use super::pooled::{Pooled, Scheduler, Timer};
+use super::pooled::{Scheduler, Timer};
 use super::{driver, store_io, Credential};
 use crate::error::Error;
 use crate::event::{Event, Listeners};
@@ -178,31 +178,30 @@ impl CredentialBuilder {
         &self.policy
     }
 
+    /// The refresher (a pool shares one [`Common`] among the credentials that use one).
+    pub(crate) fn refresher_ref(&self) -> &Arc<dyn Refresher> {
+        &self.refresher
+    }
+
     /// Builds a credential for a pool: on the pool's runtime (the builder's is ignored: the
-    /// pool's one scheduler reads one clock), sharing the pool's policy when the builder's is
-    /// equal to it, and timed by the pool's scheduler instead of a task of its own.
+    /// pool's one scheduler reads one clock), sharing the part that does not depend on its
+    /// tokens with the pool's other credentials of the same refresher and an equal policy, and
+    /// timed by the pool's scheduler instead of a task of its own.
     pub(crate) async fn build_pooled(self, pool: PoolParts) -> Result<Credential, Error> {
         self.build_in(Some(pool)).await
     }
 
     async fn build_in(self, pool: Option<PoolParts>) -> Result<Credential, Error> {
-        let (rt, policy, timer) = match pool {
+        let (common, timer) = match pool {
             None => {
                 let rt = match self.runtime {
                     Some(rt) => rt,
                     None => default_runtime()?,
                 };
-                (rt, Arc::new(self.policy), Timer::own())
+                let common = common(rt, self.refresher, Arc::new(self.policy), None);
+                (Arc::new(common), Timer::own())
             }
-            Some(pool) => {
-                let policy = if *pool.policy == self.policy {
-                    pool.policy
-                } else {
-                    Arc::new(self.policy)
-                };
-                let timer = Timer::Pooled(Pooled::new(pool.scheduler));
-                (pool.runtime, policy, timer)
-            }
+            Some(pool) => (pool.common, Timer::pooled()),
         };
         let inner = Arc::new(Inner {
             id: engine::next_id(),
@@ -214,26 +213,23 @@ impl CredentialBuilder {
                 #[cfg(feature = "metrics")]
                 stale_from: MonoTime::MAX,
             }),
-            core: Mutex::new(Core::new(&policy)),
-            rt,
-            refresher: self.refresher,
+            core: Mutex::new(Core::new(&common.policy)),
+            common,
             store: self.store,
-            policy,
             listeners: Listeners::default(),
             timer,
             #[cfg(feature = "metrics")]
             stale_served: Default::default(),
             name: shared_name(self.name),
-            spawn_job: driver::spawn,
         });
-        let limit = inner.policy.store_timeout();
+        let limit = inner.common.policy.store_timeout();
         let stored = match &inner.store {
-            Some(store) => store_io::store_op(&inner.rt, limit, store.load()).await?,
+            Some(store) => store_io::store_op(&inner.common.rt, limit, store.load()).await?,
             None => None,
         };
         let start = choose(stored, self.given, self.precedence);
         let mut after = After::default();
-        let now = inner.rt.now();
+        let now = inner.common.rt.now();
         if let Some(from_store) = start.contested {
             after.events.push(Event::InitialTokens {
                 at: now,
@@ -242,7 +238,9 @@ impl CredentialBuilder {
         }
         let mut version = start.version;
         if let (Some(store), Some(set), true) = (&inner.store, &start.set, start.save) {
-            version = match store_io::store_op(&inner.rt, limit, store.save(version, set)).await? {
+            version = match store_io::store_op(&inner.common.rt, limit, store.save(version, set))
+                .await?
+            {
                 SaveOutcome::Saved(v) => Some(v),
                 SaveOutcome::Conflict(_) => {
                     return Err(Error::store(crate::store::StoreError::new(
@@ -260,7 +258,7 @@ impl CredentialBuilder {
                     inner.authorize_locked(&mut core, set, version, false, &mut after)
                 }
                 (None, Some(rt)) => {
-                    core.refresh_only = Some(rt);
+                    core.active_mut().refresh_only = Some(rt);
                     // No access token: a grant that is already over, with a refresh token.
                     let grant = Grant::new(now, std::time::Duration::ZERO, true);
                     core.machine.handle(Input::Authorize { now, grant });
@@ -272,29 +270,47 @@ impl CredentialBuilder {
         inner.run_after(after);
         // The timer runs when time alone can start a refresh: eager mode and keep-alive. The
         // retry after an ambiguous answer starts it on demand.
-        if inner.policy.eager() || inner.policy.keep_alive().is_some() {
+        if inner.common.policy.eager() || inner.common.policy.keep_alive().is_some() {
             inner.start_timer();
         }
         Ok(Credential { inner })
     }
 }
 
-/// What a pool lends the credentials it builds.
+/// What a pool lends the credentials it builds: the part they share, its runtime and scheduler
+/// among it.
 pub(crate) struct PoolParts {
-    pub(crate) runtime: Runtime,
-    pub(crate) policy: Arc<RefreshPolicy>,
-    pub(crate) scheduler: Weak<dyn Scheduler>,
+    pub(crate) common: Arc<Common>,
+}
+
+/// The shared part of a credential that runs on `rt`, refreshes with `refresher` under
+/// `policy`, and is ticked by `scheduler` (a pool's) or by a timer task of its own.
+pub(crate) fn common(
+    rt: Runtime,
+    refresher: Arc<dyn Refresher>,
+    policy: Arc<RefreshPolicy>,
+    scheduler: Option<Weak<dyn Scheduler>>,
+) -> Common {
+    Common {
+        rt,
+        refresher,
+        policy,
+        scheduler,
+        spawn_job: driver::spawn,
+    }
 }
 
 const DEFAULT_NAME: &str = "credential";
 
 /// The name as the credential keeps it; credentials left with the default name share one copy.
-fn shared_name(name: String) -> Arc<str> {
-    static DEFAULT: LazyLock<Arc<str>> = LazyLock::new(|| Arc::from(DEFAULT_NAME));
+///
+/// An `Arc<String>`, not an `Arc<str>`: one word in every credential instead of two.
+fn shared_name(name: String) -> Arc<String> {
+    static DEFAULT: LazyLock<Arc<String>> = LazyLock::new(|| Arc::new(DEFAULT_NAME.to_owned()));
     if name == DEFAULT_NAME {
         DEFAULT.clone()
     } else {
-        name.into()
+        Arc::new(name)
     }
 }
 

@@ -32,7 +32,7 @@ pub(crate) fn spawn(inner: &Arc<Inner>, job: Job) {
         let span = tracing::info_span!("keepfresh.refresh", credential = %inner.name);
         task.instrument(span)
     };
-    inner.rt.spawn(Box::pin(task));
+    inner.common.rt.spawn(Box::pin(task));
 }
 
 /// Fails the flight in hand and frees the worker slot if the task dies (a panic, a dropped
@@ -51,12 +51,14 @@ impl Drop for Guard {
         {
             let mut core = self.inner.core.lock();
             self.inner.abort_flight(job.flight, &mut after, &mut core);
-            if let Driver::Busy(busy) = std::mem::replace(&mut core.driver, Driver::Idle) {
+            let driver = std::mem::take(&mut core.active_mut().driver);
+            if let Driver::Busy(busy) = driver {
                 if let Some(q) = busy.queued {
                     self.inner.abort_flight(q.flight, &mut after, &mut core);
                 }
                 after.complete.push(busy.idle);
             }
+            core.settle();
             let mut events = std::mem::take(&mut after.events);
             self.inner.publish_locked(&mut core, &mut events);
             after.events = events;
@@ -80,13 +82,13 @@ async fn work(guard: &mut Guard, first: Job) {
                 let poll_seed = core.rng.next_u64();
                 let mut start = Start::new(
                     job.flight,
-                    inner.rt.now(),
+                    inner.common.rt.now(),
                     core.tokens.clone(),
                     core.version,
                 )
                 .with_attempt(job.attempt, poll_seed)
-                .with_replaced(core.replaced.iter().cloned().collect());
-                if let Some(rt) = &core.refresh_only {
+                .with_replaced(core.replaced.iter().copied());
+                if let Some(rt) = core.refresh_only() {
                     start = start.with_refresh_token(rt.clone());
                 }
                 if let Some(c) = carry.clone() {
@@ -97,15 +99,15 @@ async fn work(guard: &mut Guard, first: Job) {
         };
         match start {
             Some(start) => {
-                let plan = Plan::new(inner.policy.clone(), inner.store.is_some(), start);
+                let plan = Plan::new(inner.common.policy.clone(), inner.store.is_some(), start);
                 next = run_plan(&inner, &job, plan).await;
             }
             None => {
                 // Superseded before it ran (a login). A lease handed over with it is given
                 // back: the set it protected was superseded too.
                 if let (Some(store), Some(lease)) = (&inner.store, carry.and_then(|c| c.lease)) {
-                    let limit = inner.policy.store_timeout();
-                    let _ = store_io::store_op(&inner.rt, limit, store.release(lease)).await;
+                    let limit = inner.common.policy.store_timeout();
+                    let _ = store_io::store_op(&inner.common.rt, limit, store.release(lease)).await;
                 }
             }
         }
@@ -113,18 +115,17 @@ async fn work(guard: &mut Guard, first: Job) {
             let mut after = After::default();
             {
                 let mut core = inner.core.lock();
-                let queued = match &mut core.driver {
-                    Driver::Busy(busy) => busy.queued.take(),
-                    Driver::Idle => None,
+                let queued = match core.active.as_deref_mut().map(|a| &mut a.driver) {
+                    Some(Driver::Busy(busy)) => busy.queued.take(),
+                    _ => None,
                 };
                 match queued {
                     Some(q) => next = Some((q, None)),
                     None => {
-                        if let Driver::Busy(busy) =
-                            std::mem::replace(&mut core.driver, Driver::Idle)
-                        {
+                        if let Driver::Busy(busy) = std::mem::take(&mut core.active_mut().driver) {
                             after.complete.push(busy.idle);
                         }
+                        core.settle();
                         // The flight in hand is over; nothing to fail on the way out.
                         guard.current = None;
                     }
@@ -137,8 +138,8 @@ async fn work(guard: &mut Guard, first: Job) {
 
 /// Runs `plan` to its end; returns the next job when the plan handed over to it.
 async fn run_plan(inner: &Arc<Inner>, job: &Job, mut plan: Plan) -> Option<(Job, Option<Carry>)> {
-    let rt = &inner.rt;
-    let limit = inner.policy.store_timeout();
+    let rt = &inner.common.rt;
+    let limit = inner.common.policy.store_timeout();
     let mut feedback = Feedback::Start;
     loop {
         if inner.core.lock().epoch != job.epoch {
@@ -155,7 +156,7 @@ async fn run_plan(inner: &Arc<Inner>, job: &Job, mut plan: Plan) -> Option<(Job,
                 if let Some(next) = take_over(inner, &mut plan) {
                     return Some(next);
                 }
-                let wake = match &inner.core.lock().driver {
+                let wake = match inner.core.lock().driver() {
                     Driver::Busy(busy) if plan.can_hand_over() => Some(busy.wake.clone()),
                     _ => None,
                 };
@@ -206,9 +207,11 @@ async fn run_plan(inner: &Arc<Inner>, job: &Job, mut plan: Plan) -> Option<(Job,
             Effect::Call(request) => {
                 let issued = rt.now();
                 let issued_wall = rt.wall();
-                let timeout = inner.policy.refresh_timeout();
+                let timeout = inner.common.policy.refresh_timeout();
                 let result =
-                    match store_io::call(rt, timeout, inner.refresher.as_ref(), request).await {
+                    match store_io::call(rt, timeout, inner.common.refresher.as_ref(), request)
+                        .await
+                    {
                         Called::Answer(r) => r,
                         Called::Panicked => {
                             inner.listeners.emit(vec![Event::RefresherPanicked {
@@ -234,7 +237,7 @@ fn take_over(inner: &Arc<Inner>, plan: &mut Plan) -> Option<(Job, Option<Carry>)
         return None;
     }
     let mut core = inner.core.lock();
-    let Driver::Busy(busy) = &mut core.driver else {
+    let Some(Driver::Busy(busy)) = core.active.as_deref_mut().map(|a| &mut a.driver) else {
         return None;
     };
     let job = busy.queued.take()?;

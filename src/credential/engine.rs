@@ -1,7 +1,6 @@
 //! The shell that feeds the [`Machine`], publishes its answers for lock-free readers and applies
 //! what refresh flights report.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -13,9 +12,10 @@ use time::OffsetDateTime;
 
 use super::cell::FlightCell;
 use super::handle::Snapshot;
-use super::pooled::Timer;
+use super::pooled::{Scheduler, Timer};
 use crate::error::Error;
 use crate::event::{Event, Listeners};
+use crate::flight::Replaced;
 use crate::machine::{Action, FlightId, Grant, Input, Machine, Phase, Refusal};
 use crate::policy::{JitterRng, RefreshPolicy};
 use crate::refresher::{RefreshError, Refresher};
@@ -36,17 +36,29 @@ pub(crate) struct Inner {
     pub(crate) id: u64,
     pub(crate) published: Published<Snapshot>,
     pub(crate) core: Mutex<Core>,
-    pub(crate) rt: Runtime,
-    pub(crate) refresher: Arc<dyn Refresher>,
+    /// What it shares with the credentials built alike (one copy for a pool's credentials).
+    pub(crate) common: Arc<Common>,
     pub(crate) store: Option<Arc<dyn TokenStore>>,
-    pub(crate) policy: Arc<RefreshPolicy>,
     pub(crate) listeners: Listeners,
-    /// Its own timer task, or the pool scheduler that ticks it.
+    /// Its own timer task, or its deadline in the pool scheduler that ticks it.
     pub(crate) timer: Timer,
     /// Tokens handed out past their refresh point since the metrics listener last looked.
     #[cfg(feature = "metrics")]
     pub(crate) stale_served: AtomicU64,
-    pub(crate) name: Arc<str>,
+    pub(crate) name: Arc<String>,
+}
+
+/// The part of a credential that does not depend on its tokens, store or name: a pool's
+/// credentials that use one refresher and an equal policy share one copy (88 bytes each saved,
+/// measured by the pool bench).
+pub(crate) struct Common {
+    pub(crate) rt: Runtime,
+    pub(crate) refresher: Arc<dyn Refresher>,
+    pub(crate) policy: Arc<RefreshPolicy>,
+    /// The pool scheduler that ticks these credentials (`None`: each runs its own timer task).
+    /// Weak: a credential handed out by a pool that is then dropped keeps working on demand,
+    /// but is no longer refreshed in the background.
+    pub(crate) scheduler: Option<Weak<dyn Scheduler>>,
     /// Starts the worker for a flight (the driver's entry point, given by the builder so that
     /// this module does not depend on the driver, which depends on it).
     pub(crate) spawn_job: fn(&Arc<Inner>, Job),
@@ -54,7 +66,9 @@ pub(crate) struct Inner {
 
 /// The one refresh worker of a credential: idle, or running plans one after another (boxed:
 /// an idle credential keeps one word for it).
+#[derive(Default)]
 pub(crate) enum Driver {
+    #[default]
     Idle,
     Busy(Box<Busy>),
 }
@@ -80,49 +94,124 @@ pub(crate) struct Core {
     pub(crate) machine: Machine,
     /// The current token set.
     pub(crate) tokens: Option<Arc<TokenSet>>,
-    /// A refresh token known without a token set (built from a refresh token alone).
-    pub(crate) refresh_only: Option<RefreshToken>,
     /// The store version this process's lineage expects: where the current set was read or
     /// written, or — while it is not durable — where its durable parent is.
     pub(crate) version: Option<Version>,
-    /// The machine's flight and the cell its waiters wait on.
-    pub(crate) flight: Option<(FlightId, Arc<FlightCell>)>,
-    /// Boxed: a credential that is not failing keeps one word for it.
-    pub(crate) last_error: Option<Box<RefreshError>>,
     /// Bumped by every login: flights started before it are cancelled.
     pub(crate) epoch: u64,
-    pub(crate) driver: Driver,
-    /// The generation whose save is owed.
-    pub(crate) persist_pending: Option<u64>,
+    /// What it keeps only while it refreshes, saves, fails or knows a refresh token alone.
+    pub(super) active: Option<Box<Active>>,
     pub(crate) rng: JitterRng,
-    pub(crate) published_key: (u64, MonoTime),
     /// The sets this process held and knows to be older than the set held, oldest first (at
     /// most [`REPLACED_KEPT`]): a store that shows one again is behind this process (see
     /// [`Start::replaced`]).
     ///
     /// [`Start::replaced`]: crate::flight::Start::replaced
-    pub(crate) replaced: VecDeque<Arc<TokenSet>>,
+    pub(crate) replaced: Vec<Replaced>,
 }
 
 /// How many replaced sets a credential remembers: further back than a lagging replica or a
 /// run of lost saves plausibly reaches.
 const REPLACED_KEPT: usize = 16;
 
+/// What a credential keeps only while it refreshes, saves, fails or is known by a refresh
+/// token alone: boxed, so that an idle credential keeps one word for it (72 bytes saved per
+/// idle credential, measured by the pool bench), and freed by [`Core::settle`] once it is all
+/// empty again.
+#[derive(Default)]
+pub(crate) struct Active {
+    /// A refresh token known without a token set (built from a refresh token alone).
+    pub(crate) refresh_only: Option<RefreshToken>,
+    /// The machine's flight and the cell its waiters wait on.
+    pub(crate) flight: Option<(FlightId, Arc<FlightCell>)>,
+    /// The error of the last failed refresh, while the machine backs off or waits for a login.
+    pub(crate) last_error: Option<RefreshError>,
+    /// The one refresh worker.
+    pub(crate) driver: Driver,
+    /// The generation whose save is owed.
+    pub(crate) persist_pending: Option<u64>,
+}
+
+impl Active {
+    fn is_empty(&self) -> bool {
+        self.refresh_only.is_none()
+            && self.flight.is_none()
+            && self.last_error.is_none()
+            && matches!(self.driver, Driver::Idle)
+            && self.persist_pending.is_none()
+    }
+}
+
+/// [`Core::driver`] of a credential with nothing active.
+static IDLE: Driver = Driver::Idle;
+
 impl Core {
     pub(crate) fn new(policy: &Arc<RefreshPolicy>) -> Self {
         Core {
             machine: Machine::shared(policy.clone()),
             tokens: None,
-            refresh_only: None,
             version: None,
-            flight: None,
-            last_error: None,
             epoch: 0,
-            driver: Driver::Idle,
-            persist_pending: None,
+            active: None,
             rng: policy.rng(),
-            published_key: (u64::MAX, MonoTime::ZERO),
-            replaced: VecDeque::new(),
+            replaced: Vec::new(),
+        }
+    }
+
+    /// The active part, allocated when first written.
+    pub(crate) fn active_mut(&mut self) -> &mut Active {
+        self.active.get_or_insert_with(Box::default)
+    }
+
+    /// Frees the active part once nothing in it is left (call after a change that can empty
+    /// it: a flight's end, a save's end, the driver going idle, a login).
+    pub(crate) fn settle(&mut self) {
+        if self.active.as_deref().is_some_and(Active::is_empty) {
+            self.active = None;
+        }
+    }
+
+    /// Whether the active part is allocated (tests: an idle credential must not keep it).
+    #[cfg(test)]
+    pub(crate) fn has_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    pub(crate) fn refresh_only(&self) -> Option<&RefreshToken> {
+        self.active.as_deref()?.refresh_only.as_ref()
+    }
+
+    pub(crate) fn flight(&self) -> Option<&(FlightId, Arc<FlightCell>)> {
+        self.active.as_deref()?.flight.as_ref()
+    }
+
+    pub(crate) fn take_flight(&mut self) -> Option<(FlightId, Arc<FlightCell>)> {
+        self.active.as_deref_mut()?.flight.take()
+    }
+
+    pub(crate) fn last_error(&self) -> Option<&RefreshError> {
+        self.active.as_deref()?.last_error.as_ref()
+    }
+
+    pub(crate) fn persist_pending(&self) -> Option<u64> {
+        self.active.as_deref()?.persist_pending
+    }
+
+    pub(crate) fn take_persist_pending(&mut self) -> Option<u64> {
+        self.active.as_deref_mut()?.persist_pending.take()
+    }
+
+    pub(crate) fn driver(&self) -> &Driver {
+        self.active.as_deref().map_or(&IDLE, |a| &a.driver)
+    }
+
+    /// Clears what a new token set makes moot: the refresh token known alone, an owed save and
+    /// the last error.
+    pub(crate) fn clear_for_new_set(&mut self) {
+        if let Some(a) = self.active.as_deref_mut() {
+            a.refresh_only = None;
+            a.persist_pending = None;
+            a.last_error = None;
         }
     }
 
@@ -133,7 +222,7 @@ impl Core {
     /// true, newer set look older, and the process would refuse it.
     pub(crate) fn install(&mut self, set: Arc<TokenSet>, newer: bool) {
         let new_access = set.access_token();
-        self.replaced.retain(|r| r.access_token() != new_access);
+        self.replaced.retain(|r| !r.has_access_token(new_access));
         if let Some(old) = self.tokens.replace(set) {
             if newer && self.tokens.as_deref() != Some(&*old) {
                 self.retire(old);
@@ -143,13 +232,17 @@ impl Core {
 
     /// Remembers `set` as older than anything this process holds from now on.
     pub(crate) fn retire(&mut self, set: Arc<TokenSet>) {
-        if self.replaced.iter().any(|r| **r == *set) {
+        let set = Replaced::of(&set);
+        if self.replaced.contains(&set) {
             return;
         }
         if self.replaced.len() == REPLACED_KEPT {
-            self.replaced.pop_front();
+            // Sixteen of 24 bytes: shifting them is cheaper than a ring buffer's extra word.
+            self.replaced.remove(0);
         }
-        self.replaced.push_back(set);
+        // Exact: a credential that refreshed once keeps 24 bytes, not a first growth to four.
+        self.replaced.reserve_exact(1);
+        self.replaced.push(set);
     }
 }
 
@@ -191,7 +284,7 @@ impl Inner {
     /// wakes waiters, then emits.
     pub(crate) fn run_after(self: &Arc<Self>, after: After) {
         if let Some(job) = after.spawn {
-            (self.spawn_job)(self, job);
+            (self.common.spawn_job)(self, job);
         }
         for cell in after.complete {
             cell.complete();
@@ -203,11 +296,11 @@ impl Inner {
         let mut after = After::default();
         let step = {
             let mut core = self.core.lock();
-            let now = self.rt.now();
+            let now = self.common.rt.now();
             let action = self.feed(&mut core, Input::Demand { now }, &mut after);
             match action {
                 Action::Serve => Step::Serve(self.published.load()),
-                Action::Wait => match &core.flight {
+                Action::Wait => match core.flight() {
                     Some((_, cell)) => Step::Wait(cell.clone()),
                     None => Step::Fail(Error::timeout()),
                 },
@@ -223,7 +316,7 @@ impl Inner {
         let mut after = After::default();
         {
             let mut core = self.core.lock();
-            let now = self.rt.now();
+            let now = self.common.rt.now();
             self.feed(&mut core, Input::Invalidate { now, generation }, &mut after);
             after.events.push(Event::Invalidated {
                 at: now,
@@ -240,7 +333,7 @@ impl Inner {
         let mut after = After::default();
         {
             let mut core = self.core.lock();
-            let now = self.rt.now();
+            let now = self.common.rt.now();
             self.feed(&mut core, Input::Tick { now }, &mut after);
         }
         self.run_after(after);
@@ -264,8 +357,9 @@ impl Inner {
         *timer = Some(tx);
         drop(timer);
         let weak = Arc::downgrade(self);
-        self.rt
-            .spawn(Box::pin(timer_loop(weak, self.rt.clone(), rx)));
+        self.common
+            .rt
+            .spawn(Box::pin(timer_loop(weak, self.common.rt.clone(), rx)));
     }
 
     /// Tells the timer the machine changed, so it re-reads the next deadline.
@@ -292,7 +386,7 @@ impl Inner {
 
     fn begin_flight(&self, core: &mut Core, id: FlightId, now: MonoTime, after: &mut After) {
         let cell = FlightCell::new();
-        core.flight = Some((id, cell));
+        core.active_mut().flight = Some((id, cell));
         after.started = true;
         let job = Job {
             flight: id,
@@ -304,9 +398,10 @@ impl Inner {
             flight: id,
             refresh_token: current_refresh_token(core).map(|r| r.fingerprint()),
         });
-        match &mut core.driver {
+        let active = core.active_mut();
+        match &mut active.driver {
             Driver::Idle => {
-                core.driver = Driver::Busy(Box::new(Busy {
+                active.driver = Driver::Busy(Box::new(Busy {
                     queued: None,
                     wake: FlightCell::new(),
                     idle: FlightCell::new(),
@@ -328,8 +423,10 @@ impl Inner {
     /// machine's transitions into events. Called after every input, with the core locked.
     pub(crate) fn publish_locked(&self, core: &mut Core, events: &mut Vec<Event>) {
         let key = (core.machine.generation(), core.machine.fast_path_until());
-        if key != core.published_key {
-            core.published_key = key;
+        let current = self.published.load();
+        // The first snapshot (owner 0) is a placeholder, always replaced.
+        if current.owner != self.id || (current.generation, current.fast_until) != key {
+            drop(current);
             self.published.store(Snapshot {
                 owner: self.id,
                 set: core.tokens.clone(),
@@ -363,29 +460,29 @@ impl Inner {
         login: bool,
         after: &mut After,
     ) {
-        let now = self.rt.now();
-        let grant = grant_for(&set, now, self.rt.wall());
+        let now = self.common.rt.now();
+        let grant = grant_for(&set, now, self.common.rt.wall());
         core.install(set, login);
-        core.refresh_only = None;
         if version.is_some() {
             core.version = version;
         }
-        core.persist_pending = None;
-        core.last_error = None;
+        core.clear_for_new_set();
         core.machine.handle(Input::Authorize { now, grant });
-        if let Some((_, cell)) = core.flight.take() {
+        if let Some((_, cell)) = core.take_flight() {
             after.complete.push(cell);
         }
+        core.settle();
         self.publish_locked(core, &mut after.events);
     }
 
     /// Wakes the waiters of `flight` once the machine has its result.
     pub(crate) fn end_flight(&self, core: &mut Core, flight: FlightId, after: &mut After) {
-        if core.flight.as_ref().is_some_and(|(f, _)| *f == flight) {
-            if let Some((_, cell)) = core.flight.take() {
+        if core.flight().is_some_and(|(f, _)| *f == flight) {
+            if let Some((_, cell)) = core.take_flight() {
                 after.complete.push(cell);
             }
         }
+        core.settle();
     }
 
     /// Fails `flight` because its task could not run or died; callers get an error instead of
@@ -396,7 +493,7 @@ impl Inner {
         after: &mut After,
         core: &mut Core,
     ) {
-        let now = self.rt.now();
+        let now = self.common.rt.now();
         if core.machine.flight() == Some(flight) {
             let error = RefreshError::transient("the refresh task ended without a result");
             after.events.push(Event::FlightAborted { at: now, flight });
@@ -406,7 +503,7 @@ impl Inner {
                 class: error.class(),
                 retry_after: None,
             });
-            core.last_error = Some(Box::new(error));
+            core.active_mut().last_error = Some(error);
         }
         self.end_flight(core, flight, after);
     }
@@ -416,7 +513,7 @@ pub(crate) fn current_refresh_token(core: &Core) -> Option<&RefreshToken> {
     core.tokens
         .as_deref()
         .and_then(|t| t.refresh_token())
-        .or(core.refresh_only.as_ref())
+        .or(core.refresh_only())
 }
 
 pub(crate) fn refusal_error(core: &Core, refusal: Refusal) -> Error {
@@ -425,8 +522,7 @@ pub(crate) fn refusal_error(core: &Core, refusal: Refusal) -> Error {
         Refusal::Reauth(reason) => Error::reauth(reason),
         Refusal::BackingOff { until, last_error } => {
             let error = core
-                .last_error
-                .as_deref()
+                .last_error()
                 .cloned()
                 .unwrap_or_else(|| RefreshError::new(last_error, "refresh failed"));
             Error::refresh(error, Some(until))

@@ -67,7 +67,7 @@ impl Inner {
     #[inline]
     pub(crate) fn try_fast(&self) -> Option<Token> {
         let snap = self.published.load();
-        let now = self.rt.now();
+        let now = self.common.rt.now();
         if now >= snap.fast_until {
             return None;
         }
@@ -77,24 +77,25 @@ impl Inner {
     }
 
     pub(crate) async fn token_slow(self: &Arc<Self>) -> Result<Token, Error> {
-        let start = self.rt.now();
-        let deadline = start.saturating_add(self.policy.wait_timeout());
+        let start = self.common.rt.now();
+        let deadline = start.saturating_add(self.common.policy.wait_timeout());
         let mut waited = false;
         let result = 'done: {
             for _ in 0..MAX_ROUNDS {
                 match self.demand() {
                     Step::Serve(snap) => {
                         #[cfg(feature = "metrics")]
-                        self.count_stale(&snap, self.rt.now());
+                        self.count_stale(&snap, self.common.rt.now());
                         break 'done Ok(Token { snap });
                     }
                     Step::Fail(e) => break 'done Err(e),
                     Step::Wait(cell) => {
                         waited = true;
-                        let timer = self.rt.sleep_until(deadline);
+                        let timer = self.common.rt.sleep_until(deadline);
                         if let Either::Right(_) = select(cell.wait(), timer).await {
-                            self.listeners
-                                .emit(vec![Event::WaitTimedOut { at: self.rt.now() }]);
+                            self.listeners.emit(vec![Event::WaitTimedOut {
+                                at: self.common.rt.now(),
+                            }]);
                             break 'done Err(Error::timeout());
                         }
                         // The refresh published its token: read it lock-free, like the hot
@@ -113,7 +114,7 @@ impl Inner {
             ))
         };
         if waited {
-            let at = self.rt.now();
+            let at = self.common.rt.now();
             self.listeners.emit(vec![Event::CallerWaited {
                 at,
                 waited: at.saturating_duration_since(start),

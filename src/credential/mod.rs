@@ -33,8 +33,9 @@ use crate::machine::{Input, Phase};
 use crate::store::SaveOutcome;
 use crate::token::TokenSet;
 
-pub(crate) use builder::PoolParts;
+pub(crate) use builder::{common as credential_common, PoolParts};
 pub use builder::{CredentialBuilder, Precedence};
+pub(crate) use engine::Common;
 pub use future::TokenFuture;
 pub use handle::{Status, Token};
 pub(crate) use pooled::{Rescheduled, Scheduler, WeakCredential, NO_WAKE};
@@ -224,7 +225,7 @@ impl Credential {
             expires_at: set.map(|s| s.expires_at()),
             access_token: set.map(|s| s.access_token().fingerprint()),
             refresh_token: engine::current_refresh_token(&core).map(|r| r.fingerprint()),
-            persist_pending: core.persist_pending.is_some(),
+            persist_pending: core.persist_pending().is_some(),
             store_version: core.version,
             closed: core.machine.is_closed(),
         }
@@ -320,9 +321,9 @@ impl Credential {
         let mut after = After::default();
         let idle = {
             let mut core = self.inner.core.lock();
-            let now = self.inner.rt.now();
+            let now = self.inner.common.rt.now();
             self.inner.feed(&mut core, Input::Close { now }, &mut after);
-            match &core.driver {
+            match core.driver() {
                 Driver::Busy(busy) => Some(busy.idle.clone()),
                 Driver::Idle => None,
             }
@@ -330,11 +331,11 @@ impl Credential {
         self.inner.run_after(after);
         self.inner.stop_timer();
         if let Some(idle) = idle {
-            let limit = self.inner.policy.lease_ttl();
-            let _ = store_io::timeout(&self.inner.rt, limit, idle.wait()).await;
+            let limit = self.inner.common.policy.lease_ttl();
+            let _ = store_io::timeout(&self.inner.common.rt, limit, idle.wait()).await;
         }
         let core = self.inner.core.lock();
-        if core.persist_pending.is_some() {
+        if core.persist_pending().is_some() {
             return Err(Error::store(crate::store::StoreError::new(
                 crate::store::StoreErrorKind::Io,
                 "shut down with a rotated token set that could not be saved",
@@ -391,10 +392,10 @@ impl Inner {
         set: &Arc<TokenSet>,
     ) -> Result<Option<crate::store::Version>, Error> {
         const MAX_ROUNDS: u32 = 4;
-        let limit = self.policy.store_timeout();
+        let limit = self.common.policy.store_timeout();
         let mut expected = self.core.lock().version;
         for _ in 0..MAX_ROUNDS {
-            match store_io::store_op(&self.rt, limit, store.save(expected, set)).await? {
+            match store_io::store_op(&self.common.rt, limit, store.save(expected, set)).await? {
                 SaveOutcome::Saved(v) => return Ok(Some(v)),
                 SaveOutcome::Conflict(held) => {
                     if let Some(h) = &held {
@@ -402,8 +403,9 @@ impl Inner {
                             return Ok(Some(h.version));
                         }
                     }
-                    self.listeners
-                        .emit(vec![Event::StoreConflict { at: self.rt.now() }]);
+                    self.listeners.emit(vec![Event::StoreConflict {
+                        at: self.common.rt.now(),
+                    }]);
                     expected = held.map(|h| h.version);
                 }
             }
@@ -463,7 +465,7 @@ mod tests {
                 .build(),
         )
         .expect("builds");
-        assert!(Arc::ptr_eq(&c.inner.refresher, &shared));
+        assert!(Arc::ptr_eq(&c.inner.common.refresher, &shared));
     }
 
     /// A caller waiting for a refresh holds the two-word `TokenFuture` plus the boxed slow
@@ -476,5 +478,51 @@ mod tests {
         let boxed = std::mem::size_of_val(&c.inner.token_slow());
         println!("waiting token(): {inline} B inline + {boxed} B boxed");
         assert!(inline + boxed <= 256, "{inline} + {boxed} bytes");
+    }
+
+    /// Polls `fut` to completion, running the clock's tasks between polls (no time passes).
+    fn drive<F: std::future::Future>(clock: &ManualClock, fut: F) -> F::Output {
+        use std::task::{Context, Poll, Waker};
+        let mut fut = std::pin::pin!(fut);
+        let mut cx = Context::from_waker(Waker::noop());
+        for _ in 0..1000 {
+            if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                return out;
+            }
+            clock.run_until_stalled();
+        }
+        panic!("the future made no progress");
+    }
+
+    /// What a credential keeps while it refreshes, saves or is known by a refresh token alone
+    /// is freed once all of that is over: an idle pooled credential must not carry it.
+    #[test]
+    fn an_idle_credential_frees_its_active_part() {
+        use crate::{AccessToken, RefreshToken, TokenResponse};
+        let clock = ManualClock::new();
+        let refresher = crate::refresher_fn(|_| async {
+            Ok(TokenResponse::new(AccessToken::new("a1"))
+                .with_refresh_token(RefreshToken::new("r1"))
+                .with_expires_in(3600))
+        });
+        let c = drive(
+            &clock,
+            Credential::builder(refresher)
+                .refresh_token(RefreshToken::new("r0"))
+                .store(crate::store::MemoryStore::new())
+                .runtime(Runtime::manual(&clock))
+                .build(),
+        )
+        .expect("builds");
+        assert!(
+            c.inner.core.lock().has_active(),
+            "known by a refresh token alone"
+        );
+        let token = drive(&clock, c.token()).expect("refreshed");
+        assert_eq!(token.secret(), "a1");
+        clock.run_until_stalled();
+        let core = c.inner.core.lock();
+        assert_eq!(core.persist_pending(), None, "saved");
+        assert!(!core.has_active(), "the active part outlived the refresh");
     }
 }

@@ -23,38 +23,26 @@ use crate::sync::Mutex;
 pub(crate) enum Timer {
     /// Its own timer task, started when first needed; the sender nudges it after the machine
     /// changed, and dropping the sender ends it.
-    Own(Mutex<Option<mpsc::UnboundedSender<()>>>),
-    /// A pool's scheduler: no task of its own.
-    Pooled(Pooled),
+    /// Boxed: pooled credentials, many more, keep one word for this variant.
+    Own(Box<Mutex<Option<mpsc::UnboundedSender<()>>>>),
+    /// A pool's scheduler ([`Common::scheduler`](super::engine::Common)), no task of its own.
+    /// The deadline the scheduler holds for this credential, in nanoseconds ([`NO_WAKE`]:
+    /// none); owned by the scheduler, kept here so that it can tell a current heap entry from a
+    /// stale one in O(1) without a map of its own.
+    Pooled(AtomicU64),
 }
 
 impl Timer {
     pub(crate) fn own() -> Self {
-        Timer::Own(Mutex::new(None))
+        Timer::Own(Box::new(Mutex::new(None)))
+    }
+
+    pub(crate) fn pooled() -> Self {
+        Timer::Pooled(AtomicU64::new(NO_WAKE))
     }
 }
 
-/// What a pooled credential keeps for its scheduler.
-pub(crate) struct Pooled {
-    /// Weak: a credential handed out by a pool that is then dropped keeps working on demand,
-    /// but is no longer refreshed in the background.
-    scheduler: Weak<dyn Scheduler>,
-    /// The deadline the scheduler holds for this credential, in nanoseconds (`u64::MAX`: none).
-    /// Owned by the scheduler, kept here so that it can tell a current heap entry from a stale
-    /// one in O(1) without a map of its own.
-    wake: AtomicU64,
-}
-
-impl Pooled {
-    pub(crate) fn new(scheduler: Weak<dyn Scheduler>) -> Self {
-        Pooled {
-            scheduler,
-            wake: AtomicU64::new(NO_WAKE),
-        }
-    }
-}
-
-/// [`Pooled::wake`] when nothing is scheduled.
+/// [`Timer::Pooled`] when nothing is scheduled.
 pub(crate) const NO_WAKE: u64 = u64::MAX;
 
 /// A pool's scheduler, as its credentials see it.
@@ -64,7 +52,7 @@ pub(crate) trait Scheduler: Send + Sync + 'static {
     /// Called with the credential's engine lock held, so that the reports of one credential
     /// arrive in order: it must not call back into any credential, nor start or wake a task;
     /// what it returns does that once the lock is released. `wake` is the credential's
-    /// [`Pooled::wake`].
+    /// deadline in [`Timer::Pooled`].
     fn reschedule(
         &self,
         credential: WeakCredential,
@@ -103,18 +91,18 @@ impl WeakCredential {
 impl Inner {
     /// Tells the pool's scheduler the next tick deadline (pooled credentials only).
     pub(crate) fn report_tick(self: &Arc<Self>) {
-        let Timer::Pooled(pooled) = &self.timer else {
+        let Timer::Pooled(wake) = &self.timer else {
             return;
         };
-        let Some(scheduler) = pooled.scheduler.upgrade() else {
+        let Some(scheduler) = self.common.scheduler.as_ref().and_then(Weak::upgrade) else {
             return;
         };
         let done = {
             let core = self.core.lock();
-            let at = core.machine.next_tick(self.rt.now());
+            let at = core.machine.next_tick(self.common.rt.now());
             // Under the engine lock: a report computed before a flight ended cannot overtake
             // the one the flight's end makes.
-            scheduler.reschedule(WeakCredential(Arc::downgrade(self)), &pooled.wake, at)
+            scheduler.reschedule(WeakCredential(Arc::downgrade(self)), wake, at)
         };
         if done.start {
             scheduler.start();
@@ -130,7 +118,7 @@ impl Credential {
     /// The deadline its scheduler holds for a pooled credential (`None` for a standalone one).
     pub(crate) fn pooled_wake(&self) -> Option<&AtomicU64> {
         match &self.inner.timer {
-            Timer::Pooled(p) => Some(&p.wake),
+            Timer::Pooled(wake) => Some(wake),
             Timer::Own(_) => None,
         }
     }

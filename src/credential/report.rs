@@ -17,7 +17,7 @@ impl Inner {
         let ambiguous = matches!(&report, Report::Failed { error, .. } if error.class() == crate::refresher::ErrorClass::Ambiguous);
         {
             let mut core = self.core.lock();
-            let now = self.rt.now();
+            let now = self.common.rt.now();
             if job.epoch != core.epoch {
                 // A login superseded this flight: nothing it reports applies any more.
                 return;
@@ -31,7 +31,7 @@ impl Inner {
                 Report::StoreBehind => after.events.push(Event::StoreBehind { at: now }),
                 Report::RefreshedFrom(set) if ours => core.retire(set),
                 Report::RefreshTokenRotated(rt) if ours && core.tokens.is_none() => {
-                    core.refresh_only = Some(rt);
+                    core.active_mut().refresh_only = Some(rt);
                 }
                 Report::LifetimeAdjusted { adjustment, used } => {
                     after.events.push(Event::LifetimeAdjusted {
@@ -48,7 +48,7 @@ impl Inner {
                 }
                 Report::SaveFailed { attempt, error } => {
                     let generation = core
-                        .persist_pending
+                        .persist_pending()
                         .unwrap_or(core.machine.generation() + 1);
                     after.events.push(Event::PersistFailed {
                         at: now,
@@ -67,8 +67,10 @@ impl Inner {
                 } if ours => {
                     let grant = Grant::new(issued, lifetime, set.refresh_token().is_some());
                     core.install(set.clone(), true);
-                    core.refresh_only = None;
-                    core.last_error = None;
+                    if let Some(a) = core.active.as_deref_mut() {
+                        a.refresh_only = None;
+                        a.last_error = None;
+                    }
                     core.machine.handle(Input::RefreshSucceeded {
                         now,
                         flight: job.flight,
@@ -89,12 +91,10 @@ impl Inner {
                 }
                 Report::Adopted(stored) if ours => {
                     let set = Arc::new(stored.tokens);
-                    let grant = grant_for(&set, now, self.rt.wall());
+                    let grant = grant_for(&set, now, self.common.rt.wall());
                     core.install(set.clone(), false);
-                    core.refresh_only = None;
                     core.version = Some(stored.version);
-                    core.last_error = None;
-                    core.persist_pending = None;
+                    core.clear_for_new_set();
                     core.machine.handle(Input::RefreshSucceeded {
                         now,
                         flight: job.flight,
@@ -129,12 +129,12 @@ impl Inner {
                         class: error.class(),
                         retry_after: error.retry_after(),
                     });
-                    core.last_error = Some(Box::new(error));
+                    core.active_mut().last_error = Some(error);
                     self.end_flight(&mut core, job.flight, &mut after);
                 }
                 Report::Durable { version } => {
                     core.version = Some(version);
-                    if let Some(generation) = core.persist_pending.take() {
+                    if let Some(generation) = core.take_persist_pending() {
                         after.events.push(Event::Persisted {
                             at: now,
                             generation,
@@ -142,8 +142,8 @@ impl Inner {
                         });
                     }
                 }
-                Report::Superseded(held) if core.persist_pending.is_some() => {
-                    core.persist_pending = None;
+                Report::Superseded(held) if core.persist_pending().is_some() => {
+                    core.take_persist_pending();
                     {
                         after.events.push(Event::SaveSuperseded {
                             at: now,
@@ -164,6 +164,7 @@ impl Inner {
                 // or an adopted set): dropped.
                 _ => {}
             }
+            core.settle();
             self.publish_locked(&mut core, &mut after.events);
         }
         self.run_after(after);
@@ -184,10 +185,10 @@ fn note_saved(
     after: &mut After,
 ) {
     if pending {
-        core.persist_pending = Some(generation);
+        core.active_mut().persist_pending = Some(generation);
         return;
     }
-    core.persist_pending = None;
+    core.take_persist_pending();
     if let Some(version) = version {
         core.version = Some(version);
         after.events.push(Event::Persisted {

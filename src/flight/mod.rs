@@ -76,9 +76,11 @@ use crate::store::{Lease, LeaseOutcome, SaveOutcome, StoreError, Stored, Version
 use crate::token::{TokenResponse, TokenSet};
 
 mod plan;
+mod replaced;
 mod rules;
 
 pub use plan::Plan;
+pub use replaced::Replaced;
 
 /// What a new plan starts from.
 #[derive(Clone, Debug)]
@@ -105,8 +107,8 @@ pub struct Start {
     /// Token sets this process held and knows to be older than `base` (it refreshed from them,
     /// or a login replaced them), oldest first. A stored set with one of their access tokens,
     /// or with one of their refresh tokens that `base` no longer carries, is older than `base`,
-    /// whatever its version says.
-    pub replaced: Vec<Arc<TokenSet>>,
+    /// whatever its version says. Remembered as keyed hashes ([`Replaced`]), not as the sets.
+    pub replaced: Vec<Replaced>,
 }
 
 impl Start {
@@ -144,8 +146,11 @@ impl Start {
     /// let s = Start::new(FlightId(1), MonoTime::ZERO, None, None).with_replaced(vec![old]);
     /// assert_eq!(s.replaced.len(), 1);
     /// ```
-    pub fn with_replaced(mut self, replaced: Vec<Arc<TokenSet>>) -> Self {
-        self.replaced = replaced;
+    pub fn with_replaced<R: Into<Replaced>>(
+        mut self,
+        replaced: impl IntoIterator<Item = R>,
+    ) -> Self {
+        self.replaced = replaced.into_iter().map(Into::into).collect();
         self
     }
 

@@ -534,10 +534,12 @@ impl Plan {
         let (access, refresh) = (stored.tokens.access_token(), stored.tokens.refresh_token());
         let ours_access = self.base().map(|b| b.access_token());
         let ours_refresh = self.refresh_token();
+        let refresh = refresh.filter(|_| refresh != ours_refresh);
+        let access = Some(access).filter(|a| Some(*a) != ours_access);
         self.start.replaced.iter().any(|r| {
-            **r == stored.tokens
-                || (Some(access) != ours_access && r.access_token() == access)
-                || (refresh.is_some() && refresh != ours_refresh && r.refresh_token() == refresh)
+            r.is_set(&stored.tokens)
+                || access.is_some_and(|a| r.has_access_token(a))
+                || refresh.is_some_and(|t| r.has_refresh_token(t))
         })
     }
 

@@ -1,10 +1,9 @@
 //! What a resource server's answer means for the token: RFC 6750 `WWW-Authenticate: Bearer`
 //! challenges, and the verdict a caller acts on (invalidate and retry once, step up, or nothing).
 
-/// The most a header is read; longer headers are truncated before parsing.
-const MAX_HEADER: usize = 8 * 1024;
-/// The most kept of one parameter value.
-const MAX_VALUE: usize = 512;
+use crate::limits::{
+    MAX_CHALLENGE_HEADER_BYTES as MAX_HEADER, MAX_CHALLENGE_VALUE_CHARS as MAX_VALUE,
+};
 
 /// The parameters of a `Bearer` challenge (RFC 6750 §3, plus MCP's `resource_metadata`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,7 +24,9 @@ pub struct BearerChallenge {
 /// Finds the first `Bearer` challenge in a `WWW-Authenticate` header value and reads its
 /// parameters. Unknown parameters are ignored, quoted strings may contain commas and escapes,
 /// other schemes in the same header are skipped. Never panics; `None` without a Bearer
-/// challenge.
+/// challenge. In `realm`, `error` and `error_description`, words that look like tokens (20 or
+/// more base64 / JWT characters with a letter and a digit) are replaced by `<redacted>`: a
+/// server may echo the token it rejected.
 ///
 /// ```
 /// use keepfresh::oauth::parse_bearer_challenge;
@@ -37,6 +38,10 @@ pub struct BearerChallenge {
 /// assert_eq!(c.error_description.as_deref(), Some(r#"needs "admin""#));
 /// assert!(parse_bearer_challenge(r#"Basic realm="x""#).is_none());
 /// assert_eq!(parse_bearer_challenge("Bearer").unwrap(), Default::default());
+/// let echoed = parse_bearer_challenge(
+///     r#"Bearer error="invalid_token", error_description="token eyJhbGciOi.eyJzdWIiOjEy.c2ln9 expired""#,
+/// ).unwrap();
+/// assert_eq!(echoed.error_description.as_deref(), Some("token <redacted> expired"));
 /// ```
 pub fn parse_bearer_challenge(header: &str) -> Option<BearerChallenge> {
     let mut end = header.len().min(MAX_HEADER);
@@ -78,7 +83,15 @@ pub fn parse_bearer_challenge(header: &str) -> Option<BearerChallenge> {
                 .take(MAX_VALUE)
                 .collect();
             if is_bearer {
-                let slot = match name.to_ascii_lowercase().as_str() {
+                let name = name.to_ascii_lowercase();
+                // Free text a server writes may echo the token it rejected: token-looking
+                // words are cut out (see `Redactor`); `scope` and `resource_metadata` are
+                // kept exact, the client acts on them.
+                let value = match name.as_str() {
+                    "realm" | "error" | "error_description" => super::redact_token_words(&value),
+                    _ => value,
+                };
+                let slot = match name.as_str() {
                     "realm" => &mut challenge.realm,
                     "error" => &mut challenge.error,
                     "error_description" => &mut challenge.error_description,

@@ -11,7 +11,7 @@ use reqwest::{redirect, Client, ClientBuilder, Url};
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
-use super::{parse_retry_after, parse_token_response, HttpAnswer};
+use super::{parse_retry_after, parse_token_response_redacting, HttpAnswer, Redactor};
 use crate::refresher::{ErrorClass, RefreshError, RefreshRequest, Refresher};
 use crate::secret::{ClientSecret, RefreshToken};
 use crate::token::TokenResponse;
@@ -191,7 +191,7 @@ impl HttpRefresher {
             resources: Vec::new(),
             timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
-            max_body_bytes: 64 * 1024,
+            max_body_bytes: crate::limits::MAX_TOKEN_RESPONSE_BYTES,
             allow_insecure_http: false,
             user_agent: concat!("keepfresh/", env!("CARGO_PKG_VERSION")).to_owned(),
             send_scope: true,
@@ -244,7 +244,10 @@ impl HttpRefresher {
     }
 
     fn form(&self, request: &RefreshRequest, refresh_token: &str) -> Zeroizing<String> {
-        let mut form = form_urlencoded::Serializer::new(String::new());
+        // Sized up front for the worst case (every byte percent-encoded): the serializer never
+        // reallocates, so no copy of the refresh token or client secret is left behind.
+        let capacity = self.form_capacity(request, refresh_token);
+        let mut form = form_urlencoded::Serializer::new(String::with_capacity(capacity));
         form.append_pair("grant_type", "refresh_token");
         form.append_pair("refresh_token", refresh_token);
         if let Some(scope) = request
@@ -259,6 +262,18 @@ impl HttpRefresher {
         }
         self.append_client(&mut form);
         Zeroizing::new(form.finish())
+    }
+
+    /// The longest the refresh form can be: every byte of every value percent-encoded, plus
+    /// the names and separators.
+    fn form_capacity(&self, request: &RefreshRequest, refresh_token: &str) -> usize {
+        let secret = self
+            .client_secret
+            .as_ref()
+            .map_or(0, |s| s.expose_secret().len());
+        let scope = request.scope.as_deref().map_or(0, str::len);
+        let resources: usize = self.resources.iter().map(|r| 3 * r.len() + 10).sum();
+        3 * (refresh_token.len() + secret + scope + self.client_id.len()) + resources + 128
     }
 
     /// The client's identification in a form body (all but `client_secret_basic`).
@@ -325,7 +340,15 @@ impl HttpRefresher {
                 "no revocation endpoint configured (revocation_url)",
             ));
         };
-        let mut form = form_urlencoded::Serializer::new(String::new());
+        let capacity = 3
+            * (token.expose_secret().len()
+                + self
+                    .client_secret
+                    .as_ref()
+                    .map_or(0, |s| s.expose_secret().len())
+                + self.client_id.len())
+            + 128;
+        let mut form = form_urlencoded::Serializer::new(String::with_capacity(capacity));
         form.append_pair("token", token.expose_secret());
         form.append_pair("token_type_hint", "refresh_token");
         self.append_client(&mut form);
@@ -348,12 +371,14 @@ impl HttpRefresher {
                 return Ok(());
             }
             let headers = response.headers().clone();
-            let mut body = Zeroizing::new(Vec::new());
+            // An error answer: small, but it may echo the token; kept in a zeroizing buffer.
+            let mut body = Zeroizing::new(Vec::with_capacity(4096));
             while let Ok(Some(chunk)) = response.chunk().await {
                 if body.len() + chunk.len() > self.max_body_bytes {
                     body.clear();
                     break;
                 }
+                reserve_zeroizing(&mut body, chunk.len(), self.max_body_bytes);
                 body.extend_from_slice(&chunk);
             }
             let content_type = headers
@@ -369,23 +394,20 @@ impl HttpRefresher {
                     "the revocation endpoint does not revoke refresh tokens (unsupported_token_type)",
                 ));
             }
-            Err(parse_token_response(HttpAnswer {
-                status,
-                content_type: content_type.as_deref(),
-                retry_after: retry_after(&headers),
-                body: &body,
-            })
+            Err(parse_token_response_redacting(
+                HttpAnswer {
+                    status,
+                    content_type: content_type.as_deref(),
+                    retry_after: retry_after(&headers),
+                    body: &body,
+                },
+                &self.redactor(token.expose_secret()),
+            )
             .err()
             .unwrap_or_else(|| RefreshError::transient(format!("revocation answered HTTP {status}"))))
         }
         .await;
-        result.map_err(|e| {
-            let secrets = [
-                Some(token.expose_secret()),
-                self.client_secret.as_ref().map(|s| s.expose_secret()),
-            ];
-            scrub(e, &secrets)
-        })
+        result.map_err(|e| scrub(e, &self.redactor(token.expose_secret())))
     }
 
     async fn exchange(&self, request: RefreshRequest) -> Result<TokenResponse, RefreshError> {
@@ -426,7 +448,12 @@ impl HttpRefresher {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
-        let mut body = Zeroizing::new(Vec::new());
+        // Sized up front (from Content-Length when sent) and grown by copying into a new
+        // zeroizing buffer: a reallocating Vec would leave copies of the tokens behind.
+        let initial = declared
+            .map_or(4096, |n| n as usize)
+            .min(self.max_body_bytes);
+        let mut body = Zeroizing::new(Vec::with_capacity(initial));
         let mut lost: Option<RefreshError> = None;
         if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
             lost = Some(too_large(status, self.max_body_bytes));
@@ -438,6 +465,7 @@ impl HttpRefresher {
                             lost = Some(too_large(status, self.max_body_bytes));
                             break;
                         }
+                        reserve_zeroizing(&mut body, chunk.len(), self.max_body_bytes);
                         body.extend_from_slice(&chunk);
                     }
                     Ok(None) => break,
@@ -456,34 +484,53 @@ impl HttpRefresher {
             // The status alone still classifies an error answer.
             body.clear();
         }
-        parse_token_response(HttpAnswer {
-            status,
-            content_type: content_type.as_deref(),
-            retry_after,
-            body: &body,
-        })
+        parse_token_response_redacting(
+            HttpAnswer {
+                status,
+                content_type: content_type.as_deref(),
+                retry_after,
+                body: &body,
+            },
+            &self.redactor(refresh_token.expose_secret()),
+        )
+    }
+
+    /// What to cut out of the provider's error text: the refresh token sent and the client
+    /// secret, in every form a request carries them.
+    fn redactor(&self, refresh_token: &str) -> Redactor {
+        let secret = self.client_secret.as_ref().map(|s| s.expose_secret());
+        Redactor::new(
+            std::iter::once(refresh_token).chain(secret),
+            secret.map(|s| (self.client_id.as_str(), s)),
+        )
     }
 }
 
 /// Replaces any secret the message contains.
-fn scrub(e: RefreshError, secrets: &[Option<&str>]) -> RefreshError {
-    let leaked = secrets
-        .iter()
-        .flatten()
-        .filter(|s| s.len() >= 4)
-        .any(|s| e.message().contains(*s));
-    if !leaked {
+fn scrub(e: RefreshError, redactor: &Redactor) -> RefreshError {
+    let message = redactor.apply(e.message());
+    if message == e.message() {
         return e;
-    }
-    let mut message = e.message().to_owned();
-    for s in secrets.iter().flatten().filter(|s| s.len() >= 4) {
-        message = message.replace(*s, "<redacted>");
     }
     let mut clean = RefreshError::new(e.class(), message);
     if let Some(ra) = e.retry_after() {
         clean = clean.with_retry_after(ra);
     }
     clean
+}
+
+/// Makes room for `extra` more bytes without a reallocation that would leave the old bytes
+/// behind: a new buffer of twice the size (at most `max`) takes a copy, and the old one is
+/// zeroized as it drops.
+fn reserve_zeroizing(buf: &mut Zeroizing<Vec<u8>>, extra: usize, max: usize) {
+    let needed = buf.len() + extra;
+    if needed <= buf.capacity() {
+        return;
+    }
+    let capacity = needed.max(buf.capacity() * 2).min(max.max(needed));
+    let mut grown = Zeroizing::new(Vec::with_capacity(capacity));
+    grown.extend_from_slice(buf);
+    *buf = grown;
 }
 
 fn too_large(status: u16, max: usize) -> RefreshError {
@@ -556,12 +603,10 @@ impl Refresher for HttpRefresher {
     async fn refresh(&self, request: RefreshRequest) -> Result<TokenResponse, RefreshError> {
         let refresh_token = request.refresh_token.clone();
         self.exchange(request).await.map_err(|e| {
-            // A provider may echo what it was sent in `error_description`.
-            let secrets = [
-                refresh_token.as_ref().map(|t| t.expose_secret()),
-                self.client_secret.as_ref().map(|s| s.expose_secret()),
-            ];
-            scrub(e, &secrets)
+            // A provider may echo what it was sent in `error_description`; the parser already
+            // redacted it there, this covers every other message.
+            let token = refresh_token.as_ref().map_or("", |t| t.expose_secret());
+            scrub(e, &self.redactor(token))
         })
     }
 }
@@ -912,4 +957,40 @@ pub async fn logout(store: &dyn crate::store::TokenStore, refresher: &HttpRefres
         }
     }
     Logout { revoked, cleared }
+}
+
+#[cfg(test)]
+mod zeroize_tests {
+    use super::*;
+    use crate::secret::RefreshToken;
+
+    /// The refresh form is written into a buffer sized for the worst case: it never
+    /// reallocates (a reallocation would leave an unzeroized copy of the refresh token).
+    #[test]
+    fn the_refresh_form_never_reallocates() {
+        let hostile = "ä ?&=+%/\u{1F600}".repeat(40);
+        let refresher = HttpRefresher::builder("https://auth.example.com/token", hostile.clone())
+            .client_secret(crate::ClientSecret::new(hostile.clone()))
+            .client_auth(ClientAuth::Post)
+            .resource(format!("https://mcp.example.com/{hostile}"))
+            .build()
+            .unwrap();
+        let mut request = RefreshRequest::new(Some(RefreshToken::new(hostile.clone())));
+        request.scope = Some(hostile.clone());
+        let form = refresher.form(&request, &hostile);
+        assert!(form.len() > 3 * hostile.len(), "every value is in the form");
+        assert_eq!(form.capacity(), refresher.form_capacity(&request, &hostile));
+    }
+
+    #[test]
+    fn a_growing_body_keeps_its_bytes() {
+        let mut buf = Zeroizing::new(Vec::with_capacity(4));
+        for chunk in [&b"abc"[..], b"defgh", b"ijklmnopqrstu"] {
+            reserve_zeroizing(&mut buf, chunk.len(), 1 << 20);
+            let before = buf.capacity();
+            buf.extend_from_slice(chunk);
+            assert_eq!(buf.capacity(), before, "extend never reallocates");
+        }
+        assert_eq!(&buf[..], b"abcdefghijklmnopqrstu");
+    }
 }

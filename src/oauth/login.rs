@@ -475,7 +475,7 @@ impl Login {
                 })?
                 .to_vec(),
         );
-        if bytes.len() > 64 * 1024 {
+        if bytes.len() > crate::limits::MAX_TOKEN_RESPONSE_BYTES {
             return Err(LoginError::Io(
                 "the token answer is larger than 64 KiB".into(),
             ));

@@ -102,7 +102,7 @@ impl CredentialPoolBuilder {
             me: me.clone(),
             shards: std::array::from_fn(|_| Mutex::new(Default::default())),
             bindings: Mutex::new(Default::default()),
-            policies: Mutex::new(Vec::new()),
+            commons: Mutex::new(Vec::new()),
             runtime,
             idle_timeout: self.idle_timeout,
             timers: Timers::default(),

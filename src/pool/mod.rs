@@ -23,10 +23,10 @@ use futures::channel::oneshot;
 use futures::future::{select, Either};
 
 use crate::credential::{
-    Credential, CredentialBuilder, PoolParts, Rescheduled, Scheduler, WeakCredential,
+    credential_common, Common, Credential, CredentialBuilder, PoolParts, Rescheduled, Scheduler,
+    WeakCredential,
 };
 use crate::error::Error;
-use crate::policy::RefreshPolicy;
 use crate::runtime::{MonoTime, Runtime};
 use crate::sync::Mutex;
 
@@ -39,9 +39,9 @@ use scheduler::{Notified, Timers, BATCH};
 /// The map is split in shards so that lookups for different keys rarely meet on one lock.
 const SHARDS: usize = 16;
 
-/// At most this many distinct policies are shared; a pool whose credentials use more gives
-/// the others a copy each.
-const SHARED_POLICIES: usize = 16;
+/// At most this many distinct (refresher, policy) pairs are shared; a pool whose credentials
+/// use more gives the others a copy each.
+const SHARED_COMMONS: usize = 16;
 
 /// Credentials by [`CredentialKey`], built once per key and refreshed in the background by one
 /// scheduler for the whole pool.
@@ -104,8 +104,8 @@ pub(crate) struct Shared {
     shards: [Mutex<Shard>; SHARDS],
     /// One copy of each key's issuer, client, resource and scopes, shared by every subject.
     bindings: Mutex<HashSet<Arc<Binding>>>,
-    /// One copy of each policy the credentials use.
-    policies: Mutex<Vec<Arc<RefreshPolicy>>>,
+    /// One copy of the part its credentials share, per refresher and policy they use.
+    commons: Mutex<Vec<Arc<Common>>>,
     runtime: Option<Runtime>,
     idle_timeout: Option<Duration>,
     timers: Timers,
@@ -256,7 +256,7 @@ impl CredentialPool {
         };
         let result = async {
             let builder = build().await?;
-            let parts = self.shared.parts(builder.policy_ref(), rt);
+            let parts = self.shared.parts(&builder, rt);
             builder.build_pooled(parts).await
         }
         .await;
@@ -503,26 +503,43 @@ impl Shared {
         key
     }
 
-    fn parts(&self, policy: &RefreshPolicy, runtime: Runtime) -> PoolParts {
-        let policy = {
-            let mut policies = self.policies.lock();
-            match policies.iter().find(|p| ***p == *policy) {
-                Some(p) => p.clone(),
-                None => {
-                    let p = Arc::new(policy.clone());
-                    if policies.len() < SHARED_POLICIES {
-                        policies.push(p.clone());
-                    }
-                    p
-                }
-            }
+    /// The shared part for a credential built by `builder`: the copy of an earlier credential
+    /// with the same refresher and an equal policy, else a new one (kept for sharing while
+    /// fewer than [`SHARED_COMMONS`] are).
+    fn parts(&self, builder: &CredentialBuilder, runtime: Runtime) -> PoolParts {
+        let same_refresher = |c: &Common| {
+            // The data pointers: vtable pointers of one type may differ between codegen units.
+            std::ptr::eq(
+                Arc::as_ptr(&c.refresher).cast::<()>(),
+                Arc::as_ptr(builder.refresher_ref()).cast::<()>(),
+            )
         };
-        let scheduler: Weak<dyn Scheduler> = self.me.clone();
-        PoolParts {
-            runtime,
-            policy,
-            scheduler,
+        let mut commons = self.commons.lock();
+        if let Some(c) = commons
+            .iter()
+            .find(|c| same_refresher(c) && *c.policy == *builder.policy_ref())
+        {
+            return PoolParts { common: c.clone() };
         }
+        // An equal policy kept for another refresher is shared too.
+        let policy = commons
+            .iter()
+            .find(|c| *c.policy == *builder.policy_ref())
+            .map_or_else(
+                || Arc::new(builder.policy_ref().clone()),
+                |c| c.policy.clone(),
+            );
+        let scheduler: Weak<dyn Scheduler> = self.me.clone();
+        let common = Arc::new(credential_common(
+            runtime,
+            builder.refresher_ref().clone(),
+            policy,
+            Some(scheduler),
+        ));
+        if commons.len() < SHARED_COMMONS {
+            commons.push(common.clone());
+        }
+        PoolParts { common }
     }
 
     /// Drops the shared bindings no key uses any more (evicted, removed, or left by a failed

@@ -9,8 +9,7 @@ use super::error::{shown, DiscoveryError, DiscoveryErrorKind};
 use super::urls::{check, parse_given, Query};
 use crate::oauth::http::is_loopback;
 
-/// The largest metadata document read or parsed: 256 KiB. Real documents are a few KiB.
-pub const MAX_METADATA_BYTES: usize = 256 * 1024;
+pub use crate::limits::MAX_METADATA_BYTES;
 
 /// An authorization server's metadata (RFC 8414 §2), vetted for an MCP client.
 ///

@@ -25,7 +25,7 @@ const FORMAT: u32 = 1;
 
 /// The largest document a local store reads; anything bigger is refused as corrupt. A token set
 /// is a few kilobytes at most, so a bigger file is not ours (or is an attack on memory).
-pub(crate) const MAX_DOCUMENT: usize = 1 << 20;
+pub(crate) const MAX_DOCUMENT: usize = crate::limits::MAX_STORE_DOCUMENT_BYTES;
 
 /// Where a local store keeps the bytes of its document. Every method blocks; the store calls
 /// them on a blocking thread.
