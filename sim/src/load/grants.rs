@@ -13,6 +13,9 @@ use keepfresh::{read_private_file, ApiKeyError, RefreshToken};
 /// At most this many grants are read from one source (a bound on memory and on the run).
 pub const MAX_GRANTS: usize = 100_000;
 
+/// The largest grants file read: room for [`MAX_GRANTS`] tokens of a few hundred bytes.
+pub const MAX_GRANTS_FILE_BYTES: usize = 64 << 20;
+
 /// Why a set of grants could not be read. Names files and line numbers, never a token.
 ///
 /// ```
@@ -157,7 +160,7 @@ pub fn parse_grants(content: &[u8]) -> Result<Vec<RefreshToken>, GrantsError> {
 /// assert_eq!(read_grants_file(&path).unwrap().len(), 2);
 /// ```
 pub fn read_grants_file(path: &Path) -> Result<Vec<RefreshToken>, GrantsError> {
-    let content = read_private_file(path).map_err(GrantsError::File)?;
+    let content = read_private_file(path, MAX_GRANTS_FILE_BYTES).map_err(GrantsError::File)?;
     parse_grants(content.as_bytes())
 }
 

@@ -987,8 +987,8 @@ pub(crate) fn secret_from(
 ) -> Result<Option<String>, String> {
     match file {
         Some(path) => {
-            let content =
-                keepfresh::read_private_file(path).map_err(|e| format!("{option}: {e}"))?;
+            let content = keepfresh::read_private_file(path, keepfresh::limits::MAX_TOKEN_BYTES)
+                .map_err(|e| format!("{option}: {e}"))?;
             let text = std::str::from_utf8(content.as_bytes())
                 .map_err(|_| format!("{option}: the file is not UTF-8"))?
                 .trim();

@@ -1069,21 +1069,12 @@ impl ProbeArgs {
     }
 
     fn external(&self, url: &str) -> Result<(Endpoint, Vec<RefreshToken>), String> {
-        let secret = match &self.client_secret_file {
-            Some(path) => {
-                let content = keepfresh::read_private_file(path)
-                    .map_err(|e| format!("--client-secret-file: {e}"))?;
-                let text = std::str::from_utf8(content.as_bytes())
-                    .map_err(|_| "--client-secret-file is not UTF-8".to_owned())?
-                    .trim()
-                    .to_owned();
-                Some(ClientSecret::new(text))
-            }
-            None => std::env::var("KEEPFRESH_CLIENT_SECRET")
-                .ok()
-                .filter(|s| !s.is_empty())
-                .map(ClientSecret::new),
-        };
+        let secret = crate::load::secret_from(
+            self.client_secret_file.as_deref(),
+            "KEEPFRESH_CLIENT_SECRET",
+            "--client-secret-file",
+        )?
+        .map(ClientSecret::new);
         let source = match (&self.grants_file, &self.mint_command) {
             (Some(p), _) => GrantSource::File(p.clone()),
             (None, Some(c)) => GrantSource::Mint {
