@@ -573,6 +573,7 @@ mod redactor_tests {
     }
 
     #[test]
+    #[cfg(feature = "http")]
     fn a_description_cut_to_length_keeps_no_prefix_of_a_secret() {
         let secret = "kfRT3x8Nc1Qa6Zt9Hm2Jv5Kd7Pg4Sb0U";
         let body = format!(
