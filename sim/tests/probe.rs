@@ -117,6 +117,32 @@ async fn strict_github_and_slack_revoke_the_family_and_the_concurrent_winners() 
     }
 }
 
+/// A provider that refuses a spent token but lets the grant live: "error only", and after a
+/// race the winner's chain survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuse_without_revocation_is_an_error_only() {
+    let config = ServeConfig::new("strict").reuse_revokes_family(false);
+    let r = run(config, &limits(), 6).await;
+    assert_eq!(
+        answer(&r, "reuse"),
+        &Answer::Reuse {
+            family_revoked: false
+        },
+        "{r}"
+    );
+    assert_eq!(concurrent(&r), (0, 0, 2), "{r}");
+    assert_eq!(
+        r.grants_spent, 1,
+        "nothing was revoked: one grant served throughout: {r}"
+    );
+    assert!(
+        !r.verdicts
+            .iter()
+            .any(|v| v.contains("revokes the whole grant")),
+        "{r}"
+    );
+}
+
 /// Grace windows longer than the search: accepted at every age, one live chain after a race.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn okta_auth0_and_xero_absorb_a_race_in_their_grace_window() {

@@ -51,6 +51,7 @@ pub struct ServeConfig {
     racy_reuse_check: bool,
     grace: Option<Duration>,
     stated_lifetime: Option<Duration>,
+    reuse_revokes_family: Option<bool>,
 }
 
 /// How the authorization endpoint answers, to test a client's login flow.
@@ -91,7 +92,21 @@ impl ServeConfig {
             racy_reuse_check: false,
             grace: None,
             stated_lifetime: None,
+            reuse_revokes_family: None,
         }
+    }
+
+    /// Overrides whether presenting a spent refresh token revokes the whole grant (`false`: the
+    /// reuse is refused, the grant lives on).
+    ///
+    /// ```
+    /// # use keepfresh_sim::http::ServeConfig;
+    /// let c = ServeConfig::new("strict").reuse_revokes_family(false);
+    /// assert!(!c.profile().unwrap().reuse_revokes_family);
+    /// ```
+    pub fn reuse_revokes_family(mut self, revokes: bool) -> Self {
+        self.reuse_revokes_family = Some(revokes);
+        self
     }
 
     /// Makes refresh answers state this `expires_in` whatever the access tokens' true lifetime
@@ -222,6 +237,9 @@ impl ServeConfig {
         let mut profile = Profile::by_name(&self.profile, self.access_lifetime)?;
         if let Some(grace) = self.grace {
             profile.grace = grace;
+        }
+        if let Some(revokes) = self.reuse_revokes_family {
+            profile.reuse_revokes_family = revokes;
         }
         Ok(profile)
     }
