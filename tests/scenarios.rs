@@ -1,5 +1,6 @@
-//! The failure scenarios of `SCENARIOS.md` as tokio integration tests: a scripted provider
-//! with strict rotation, the manual clock for time, events and gates for synchronisation.
+//! The failure scenarios of `docs/scenarios.md` (numbered as in its catalogue) as tokio
+//! integration tests: a scripted provider with strict rotation, the manual clock for time,
+//! events and gates for synchronisation.
 #![cfg(feature = "tokio")]
 
 mod common;

@@ -6,8 +6,9 @@
 //! - [`exec`]: our own single-threaded executor with virtual time; the engine runs on it through
 //!   its runtime traits, unchanged and without tokio;
 //! - [`provider`]: the mock authorization server and resource server as a pure model, with the
-//!   provider profiles of SCENARIOS.md as presets;
-//! - [`client`], [`store`]: the simulated network and the shared, faulty store;
+//!   provider profiles (`docs/scenarios.md`) as presets;
+//! - [`world::network`], [`world::faulty_store`]: the simulated network and the shared, faulty
+//!   store, parts of the world;
 //! - [`strategy`]: the seam that lets the same world run another client's refresh behaviour;
 //! - [`world`]: processes, callers, faults, the director and the invariant oracles;
 //! - [`scenario`]: the named scenarios, swarm runs and the fleet run;
@@ -20,7 +21,6 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 
-pub mod client;
 pub mod clients;
 pub mod compare;
 pub mod exec;
@@ -30,7 +30,6 @@ pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod scenario;
-pub mod store;
 pub mod strategy;
 pub mod world;
 

@@ -99,7 +99,7 @@ struct RunArgs {
     credentials: Option<usize>,
     /// Override: switch a fault kind off (repeatable).
     #[arg(long)]
-    disable_fault: Vec<String>,
+    disable_fault: Vec<keepfresh_sim::world::FaultKind>,
     /// Run the seed twice and compare trace hashes.
     #[arg(long)]
     check_determinism: bool,

@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use crate::rng::SimRng;
 use crate::scenario::{self, Scenario};
 use crate::strategy::{ClientStrategy, Keepfresh};
-use crate::world::{self, Outcome, WorldConfig};
+use crate::world::{self, FaultKind, Outcome, WorldConfig};
 
 /// Changes applied to a scenario's drawn world (from the command line or by shrinking).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -22,7 +22,7 @@ pub struct Overrides {
     /// Credentials.
     pub credentials: Option<usize>,
     /// Fault kinds switched off.
-    pub disable_faults: Vec<String>,
+    pub disable_faults: Vec<FaultKind>,
 }
 
 impl Overrides {
@@ -69,42 +69,11 @@ pub fn resolve(
         cfg.credentials = c;
     }
     for f in &overrides.disable_faults {
-        if !KNOWN_FAULTS.contains(&f.as_str()) {
-            return Err(format!(
-                "unknown fault kind {f:?}; known kinds: {}",
-                KNOWN_FAULTS.join(", ")
-            ));
-        }
-        cfg.disable_fault(f);
+        cfg.disable_fault(*f);
     }
     cfg.validate()?;
     Ok(cfg)
 }
-
-/// Fault kinds that `--disable-fault` accepts: the rates of [`world::Faults`] and the
-/// scheduled fault actions ([`world::ACTION_FAULTS`]).
-pub const KNOWN_FAULTS: [&str; 20] = [
-    "not_delivered",
-    "5xx",
-    "429",
-    "503",
-    "invalid_client",
-    "malformed",
-    "lost",
-    "store_write_fail",
-    "store_hang",
-    "lease_fail",
-    "lease_hang",
-    "load_fail",
-    "load_hang",
-    "save_lost",
-    "stale_read",
-    "listener_panics",
-    "store_outage",
-    "suspend",
-    "login",
-    "newer_write",
-];
 
 /// The strategy called `name`.
 ///
@@ -289,7 +258,7 @@ pub fn shrink(
     }
     for kind in base.active_faults() {
         let mut o = best.clone();
-        o.disable_faults.push(kind.to_owned());
+        o.disable_faults.push(kind);
         if let Some(f) = fails(&o) {
             if f.kind == first.kind {
                 best = o;

@@ -1,4 +1,4 @@
-//! The named scenarios of SCENARIOS.md that concern the engine, each a world recipe whose
+//! The named scenarios (described for users in `docs/scenarios.md`), each a world recipe whose
 //! parameters are drawn from the seed, plus swarm runs and the large fleet run.
 
 use std::time::Duration;
@@ -12,7 +12,8 @@ use crate::world::{Action, Faults, Initial, Pattern, ReauthExpect, WorldConfig};
 pub struct Scenario {
     /// Name used on the command line.
     pub name: &'static str,
-    /// SCENARIOS.md reference (section and number).
+    /// Catalogue number: a theme letter and a number (`A1`, `E21`), or `profiles`, `swarm` and
+    /// `target` for the worlds outside the catalogue (see `docs/scenarios.md`).
     pub reference: &'static str,
     /// One line on what it checks.
     pub summary: &'static str,
@@ -42,7 +43,7 @@ fn profile(name: &str) -> Profile {
     Profile::by_name(name, secs(H)).expect("known profile")
 }
 
-/// Every scenario, in SCENARIOS.md order.
+/// Every scenario, in catalogue order.
 pub fn all() -> Vec<Scenario> {
     vec![
         Scenario { name: "stampede", reference: "A1", summary: "N callers hit an expired token at once: exactly one token-endpoint call", in_suite: true, build: |r| {
@@ -299,13 +300,23 @@ pub fn all() -> Vec<Scenario> {
             c
         }},
         Scenario { name: "revoked-token-401", reference: "F25", summary: "the resource server rejects a token the engine thinks valid: invalidate, refresh once, retry once", in_suite: true, build: |r| {
+            // Tokens outlive the run: every refresh is caused by a 401 after the provider
+            // revoked the access tokens (an admin action), at 2 to 6 random times.
             let mut c = WorldConfig::base("revoked-token-401", Profile { at_lifetime: secs(8 * H), ..profile("github-user") });
-            c.processes = r.range(1, 2) as usize;
+            c.processes = r.range(1, 3) as usize;
             c.callers = r.range(10, 300) as usize;
             c.pattern = Pattern::Steady { mean: secs(20) };
             c.io_time = Duration::from_millis(r.range(10, 3000));
             c.duration = secs(3 * H);
-            c.max_calls_per_credential = Some(3 * H / 60 + 4);
+            let revocations = r.range(2, 6);
+            for _ in 0..revocations {
+                c.schedule.push((secs(r.range(10 * 60, 3 * H - 10 * 60)), Action::RevokeAccess { cred: 0 }));
+            }
+            c.schedule.sort_by_key(|(at, _)| *at);
+            // One refresh per revocation and process at most (each process learns of the
+            // revocation from its own 401), plus the start.
+            c.max_calls_per_credential = Some(revocations * c.processes as u64 + 2);
+            c.check_unauthorized_retries = true;
             c
         }},
         Scenario { name: "step-up-403", reference: "F26", summary: "403 insufficient_scope is a step-up, never a refresh: refreshes stay at one per token lifetime", in_suite: true, build: |r| {

@@ -1,9 +1,9 @@
-//! The fault kinds of SCENARIOS.md J38–K44 (store outages, lease and read faults, suspends,
-//! logins, writes that overtake a save retry, panicking listeners) and of a store that lies
-//! (saves acknowledged and lost, stale reads): they are off unless a scenario switches them on,
-//! shrinking can switch each off, their scenarios replay, and their oracles fire on clients that
-//! have the bugs they look for — independently of the engine, whose own handling of these
-//! faults the scenarios check (they are not in the CI corpus yet).
+//! The fault kinds of scenarios J38–K44 in `docs/scenarios.md` (store outages, lease and read
+//! faults, suspends, logins, writes that overtake a save retry, panicking listeners) and of a
+//! store that lies (saves acknowledged and lost, stale reads): they are off unless a scenario
+//! switches them on, shrinking can switch each off, their scenarios replay, and their oracles
+//! fire on clients that have the bugs they look for — independently of the engine, whose own
+//! handling of these faults the scenarios check (they are not in the CI corpus yet).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use keepfresh_sim::scenario;
 use keepfresh_sim::strategy::{
     ClientError, ClientStrategy, Health, Keepfresh, ProcessClient, ProcessContext, ServedToken,
 };
-use keepfresh_sim::world::{Action, Faults, Pattern, WorldConfig};
+use keepfresh_sim::world::{Action, FaultKind, Faults, Pattern, WorldConfig};
 use parking_lot::Mutex;
 
 const NEW_SCENARIOS: [&str; 7] = [
@@ -57,7 +57,7 @@ fn new_fault_kinds_are_off_unless_a_scenario_switches_them_on() {
                     "save_lost",
                     "stale_read",
                 ]
-                .contains(&kind),
+                .contains(&kind.name()),
                 "{} switched on {kind}",
                 sc.name
             );
@@ -86,11 +86,12 @@ fn shrinking_can_switch_off_every_new_fault_kind() {
         // Seed 4 draws every kind of each scenario, but store-lies draws both lies at seed 3.
         let seed = if name == "store-lies" { 3 } else { 4 };
         let cfg = runner::resolve(&sc, seed, &Overrides::default()).unwrap();
-        for kind in kinds {
+        let kinds: Vec<FaultKind> = kinds.iter().map(|k| k.parse().unwrap()).collect();
+        for kind in &kinds {
             assert!(cfg.active_faults().contains(kind), "{name}: {kind} not on");
         }
         let off = Overrides {
-            disable_faults: kinds.iter().map(|k| k.to_string()).collect(),
+            disable_faults: kinds.clone(),
             ..Overrides::default()
         };
         let cfg = runner::resolve(&sc, seed, &off).unwrap();
@@ -252,7 +253,7 @@ fn the_login_and_store_order_oracles_fire_on_clients_that_lose_a_login_or_go_bac
     .expect("the store goes back to the replaced grant");
     assert!(msg.contains("over the store of the newer grant"), "{msg}");
     let mut no_login = cfg.clone();
-    no_login.disable_fault("login");
+    no_login.disable_fault(FaultKind::Login);
     let msg = failure(
         &no_login,
         Arc::new(Buggy {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use keepfresh_sim::runner::{self, Overrides};
 use keepfresh_sim::scenario;
 use keepfresh_sim::strategy::Keepfresh;
+use keepfresh_sim::world::FaultKind;
 
 fn check(name: &str, seed: u64) {
     check_with(name, seed, &Overrides::default());
@@ -164,7 +165,7 @@ fn regression_lease_expired_while_save_retried() {
 /// seed found before they existed runs the world it ran then.
 fn check_without_store_lies(name: &str, seed: u64) {
     let o = Overrides {
-        disable_faults: vec!["save_lost".into(), "stale_read".into()],
+        disable_faults: vec![FaultKind::SaveLost, FaultKind::StaleRead],
         ..Overrides::default()
     };
     check_with(name, seed, &o);

@@ -1,6 +1,6 @@
 //! aws-smithy's `LazyCache` (identity cache), as a behaviour model of an OAuth refresh.
 //!
-//! Facts modelled (CLIENT-MODELS.md):
+//! Facts modelled (see also `docs/client-models.md`):
 //! - **dedup**: a `OnceCell`-style single load; errors are *not* shared, so each waiter, when
 //!   its turn comes, loads again;
 //! - **refresh-ahead**: a buffer of 5–10 s before expiry (jittered per load, from the seed);

@@ -1,6 +1,6 @@
 //! `golang.org/x/oauth2`'s `ReuseTokenSource`, as a behaviour model.
 //!
-//! Facts modelled (CLIENT-MODELS.md):
+//! Facts modelled (see also `docs/client-models.md`):
 //! - **dedup**: one mutex, held across the network call;
 //! - **refresh-ahead**: the token counts as expired 10 s before its expiry (`expiryDelta`), no
 //!   jitter, and only when a caller asks;

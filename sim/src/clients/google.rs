@@ -1,6 +1,6 @@
 //! google-auth (Python), user credentials on the synchronous path, as a behaviour model.
 //!
-//! Facts modelled (CLIENT-MODELS.md):
+//! Facts modelled (see also `docs/client-models.md`):
 //! - **dedup**: none on the sync path: every caller that sees a stale token refreshes;
 //! - **refresh-ahead**: the token counts as expired 3 min 45 s before its expiry;
 //! - **while refreshing**: the calling request refreshes itself (the optional background

@@ -1,6 +1,6 @@
 //! The MCP Python SDK's client-side OAuth (`OAuthClientProvider`), as a behaviour model.
 //!
-//! Facts modelled (CLIENT-MODELS.md):
+//! Facts modelled (see also `docs/client-models.md`):
 //! - **dedup**: one lock per process, held across the *whole* request: from asking for the
 //!   token until the caller's request is finished (long SSE streams included). The token a
 //!   caller receives carries the lock guard; the world drops it when the request ends;

@@ -1,6 +1,6 @@
 //! The MCP TypeScript SDK's client-side OAuth, as a behaviour model.
 //!
-//! Facts modelled (CLIENT-MODELS.md):
+//! Facts modelled (see also `docs/client-models.md`):
 //! - **dedup**: none;
 //! - **refresh-ahead**: none: the stored access token is sent until the resource server
 //!   answers 401 (expired tokens included);

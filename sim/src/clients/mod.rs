@@ -2,12 +2,12 @@
 //! world can run a user's current client and keepfresh side by side (`keepfresh-sim compare`,
 //! `--client NAME`).
 //!
-//! Each model reproduces what `../shared/CLIENT-MODELS.md` records from the library's source
-//! (versions of 2025–2026): in-process deduplication, refresh-ahead window, what callers do
-//! while a refresh runs, what happens when a refresh fails while the token is still valid,
-//! persistence, the reaction to a resource-server 401, and behaviour across processes. These
-//! are models of *behaviour*, written from that table; no library code is copied. Each module
-//! documents the facts it encodes and the consequences the comparison shows.
+//! Each model reproduces what the library's source shows (versions of 2025–2026): in-process
+//! deduplication, refresh-ahead window, what callers do while a refresh runs, what happens when
+//! a refresh fails while the token is still valid, persistence, the reaction to a
+//! resource-server 401, and behaviour across processes. These are models of *behaviour*; no
+//! library code is copied. Each module documents the facts it encodes and the consequences the
+//! comparison shows; `docs/client-models.md` describes every model for users.
 //!
 //! | name | module | reproduces |
 //! |---|---|---|
@@ -70,49 +70,38 @@ use crate::strategy::{
     ClientError, ClientStrategy, Keepfresh, LogLine, ProcessContext, ServedToken,
 };
 
-/// Every strategy name `--client` accepts, keepfresh first.
-pub const NAMES: [&str; 9] = [
-    "keepfresh",
-    "golang-oauth2",
-    "aws-lazy-cache",
-    "yup-oauth2",
-    "rmcp",
-    "mcp-typescript",
-    "mcp-python",
-    "google-auth",
-    "no-dedup",
-];
+/// Every strategy, keepfresh first: the one list (`--client` names are their
+/// [`ClientStrategy::name`]s).
+pub fn all() -> Vec<Arc<dyn ClientStrategy>> {
+    vec![
+        Arc::new(Keepfresh),
+        Arc::new(golang::GolangOauth2),
+        Arc::new(aws::AwsLazyCache),
+        Arc::new(yup::YupOauth2),
+        Arc::new(rmcp::Rmcp),
+        Arc::new(mcp_ts::McpTypescript),
+        Arc::new(mcp_python::McpPython),
+        Arc::new(google::GoogleAuth),
+        Arc::new(nodedup::NoDedup),
+    ]
+}
+
+/// Every strategy name `--client` accepts, in [`all`] order.
+pub fn names() -> Vec<&'static str> {
+    all().iter().map(|s| s.name()).collect()
+}
 
 /// The strategy called `name`.
 ///
 /// # Errors
 /// The list of known names when `name` is not one of them.
 pub fn by_name(name: &str) -> Result<Arc<dyn ClientStrategy>, String> {
-    Ok(match name {
-        "keepfresh" => Arc::new(Keepfresh),
-        "golang-oauth2" => Arc::new(golang::GolangOauth2),
-        "aws-lazy-cache" => Arc::new(aws::AwsLazyCache),
-        "yup-oauth2" => Arc::new(yup::YupOauth2),
-        "rmcp" => Arc::new(rmcp::Rmcp),
-        "mcp-typescript" => Arc::new(mcp_ts::McpTypescript),
-        "mcp-python" => Arc::new(mcp_python::McpPython),
-        "google-auth" => Arc::new(google::GoogleAuth),
-        "no-dedup" => Arc::new(nodedup::NoDedup),
-        other => {
-            return Err(format!(
-                "unknown client {other:?}; known clients: {}",
-                NAMES.join(", ")
-            ))
-        }
+    all().into_iter().find(|s| s.name() == name).ok_or_else(|| {
+        format!(
+            "unknown client {name:?}; known clients: {}",
+            names().join(", ")
+        )
     })
-}
-
-/// Every strategy, in [`NAMES`] order.
-pub fn all() -> Vec<Arc<dyn ClientStrategy>> {
-    NAMES
-        .iter()
-        .map(|n| by_name(n).expect("every listed name resolves"))
-        .collect()
 }
 
 /// The HTTP client timeout every model puts on one token-endpoint call.

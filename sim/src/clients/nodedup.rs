@@ -1,6 +1,6 @@
 //! The no-dedup baseline: the refresh logic most hand-written clients start with.
 //!
-//! Facts modelled (CLIENT-MODELS.md, last row):
+//! Facts modelled (see also `docs/client-models.md`):
 //! - **dedup**: none: every caller that sees a stale token refreshes;
 //! - **refresh-ahead**: a fixed window of [`WINDOW`] before expiry, only when a caller asks;
 //! - **while refreshing**: each caller refreshes;

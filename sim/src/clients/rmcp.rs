@@ -1,6 +1,6 @@
 //! rmcp 3.11 (the MCP Rust SDK), client side, as a behaviour model.
 //!
-//! Facts modelled (CLIENT-MODELS.md):
+//! Facts modelled (see also `docs/client-models.md`):
 //! - **dedup**: a mutex around the whole authorization manager; a caller that saw a token
 //!   needing refresh refreshes once after acquiring it, *without re-checking*: every caller
 //!   that queued during a refresh refreshes again, serially;

@@ -1,6 +1,6 @@
 //! yup-oauth2, as a behaviour model.
 //!
-//! Facts modelled (CLIENT-MODELS.md):
+//! Facts modelled (see also `docs/client-models.md`):
 //! - **dedup**: none: every caller that sees a stale token refreshes, with the same refresh
 //!   token, concurrently;
 //! - **refresh-ahead**: 60 s before expiry, no jitter, only when a caller asks;

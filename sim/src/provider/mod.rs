@@ -4,7 +4,7 @@
 //! The model holds no clock of its own: every call passes the true simulated time, and the
 //! provider's skew only changes the wall-clock values it writes into answers (`issued_at`,
 //! `Retry-After` dates). Transport faults (latency, 5xx, 429, lost answers) are decided by the
-//! caller of the model, [`crate::client::ProviderClient`]; the model answers as an honest
+//! caller of the model, [`crate::world::network::ProviderClient`]; the model answers as an honest
 //! server would.
 
 mod profile;
@@ -325,6 +325,20 @@ impl Provider {
     /// The family a refresh token belongs to (spent ones included), for revocation.
     pub fn family_of(&self, rt: &str) -> Option<FamilyId> {
         self.rts.get(rt).map(|r| r.family)
+    }
+
+    /// Revokes every access token of `family` issued so far (its refresh tokens stay valid):
+    /// the resource server answers 401 for them from now on.
+    pub fn revoke_access_tokens(&mut self, family: FamilyId) {
+        let Some(f) = self.families.get_mut(family) else {
+            return;
+        };
+        f.any_access_revoked = true;
+        for at in f.access_tokens.clone() {
+            if let Some(r) = self.ats.get_mut(&at) {
+                r.revoked = true;
+            }
+        }
     }
 
     /// Why a family was revoked, if it was.

@@ -1,5 +1,5 @@
-//! The documented behaviour of real providers (SCENARIOS.md's profile table) as presets of the
-//! mock authorization server.
+//! The documented behaviour of real providers as presets of the mock authorization server
+//! (described for users in `docs/scenarios.md`, "Provider profiles").
 
 use std::time::Duration;
 

@@ -15,8 +15,8 @@ use keepfresh::store::{
 use keepfresh::TokenSet;
 use parking_lot::Mutex;
 
+use super::State;
 use crate::exec::{ExecHandle, Group};
-use crate::world::State;
 
 /// One process's view of a [`MemoryStore`] shared with the other processes of a credential.
 pub struct FaultyStore {
@@ -77,9 +77,16 @@ impl FaultyStore {
         self.exec.sleep(d).await;
     }
 
-    fn write_fault(&self) -> WriteFault {
+    fn write_fault(&self, tokens: &TokenSet) -> WriteFault {
         let mut s = self.state.lock();
-        if std::mem::take(&mut s.crash_on_save[self.proc]) {
+        // The armed crash hits the save of a set the provider answered this process with —
+        // between the answer and its save — not a save of tokens it already had (the start-up
+        // save of a builder, a login).
+        let answered = s.delivered[self.cred]
+            .iter()
+            .any(|d| d.proc == self.proc && d.access == tokens.access_token().expose_secret());
+        if s.crash_on_save[self.proc] && answered {
+            s.crash_on_save[self.proc] = false;
             return WriteFault::Crash;
         }
         if s.healed {
@@ -237,7 +244,7 @@ impl TokenStore for FaultyStore {
         tokens: &TokenSet,
     ) -> Result<SaveOutcome, StoreError> {
         self.delay().await;
-        let fault = self.write_fault();
+        let fault = self.write_fault(tokens);
         if let WriteFault::Lost = fault {
             if let Some(outcome) = self.lose(expected, tokens) {
                 return Ok(outcome);

@@ -9,9 +9,9 @@ use keepfresh::oauth::{parse_retry_after, parse_token_response, HttpAnswer};
 use keepfresh::{RefreshError, RefreshRequest, Refresher, TokenResponse};
 use parking_lot::Mutex;
 
+use super::State;
 use crate::exec::ExecHandle;
 use crate::provider::{Answer, CallOutcome};
-use crate::world::State;
 
 /// A [`Refresher`] that reaches the mock provider through the simulated network.
 pub struct ProviderClient {
