@@ -220,12 +220,6 @@ impl Provider {
         self.racy_window = window;
     }
 
-    /// Overrides the profile's grace window (a rotated refresh token stays redeemable this
-    /// long).
-    pub fn set_grace(&mut self, grace: Duration) {
-        self.profile.grace = grace;
-    }
-
     /// The profile.
     pub fn profile(&self) -> &Profile {
         &self.profile
