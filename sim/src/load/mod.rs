@@ -10,9 +10,9 @@
 //! (calls that overlapped another one, or that presented an already rotated refresh token),
 //! the callers' waits and their errors.
 //!
-//! [`fleet`] loads the token endpoint itself instead: many grants (from [`grants`]), one
-//! credential each, at a target rate or concurrency; [`processes`] runs the bursts in real OS
-//! processes sharing a store.
+//! [`fleet`](crate::load::fleet) loads the token endpoint itself instead: many grants (from
+//! [`grants`](crate::load::grants)), one credential each, at a target rate or concurrency;
+//! [`processes`](crate::load::processes) runs the bursts in real OS processes sharing a store.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
