@@ -124,7 +124,7 @@ mod token;
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
-pub use apikey::{ApiKey, ApiKeyError, ApiKeyErrorKind, KeyHeader};
+pub use apikey::{read_private_file, ApiKey, ApiKeyError, ApiKeyErrorKind, KeyHeader, PrivateFile};
 pub use auth_header::{AuthHeader, AuthSource, Rejection};
 pub use credential::{Credential, CredentialBuilder, Precedence, Status, Token, TokenFuture};
 pub use error::Error;

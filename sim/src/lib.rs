@@ -13,6 +13,7 @@
 //! - [`world`]: processes, callers, faults, the director and the invariant oracles;
 //! - [`scenario`]: the named scenarios, swarm runs and the fleet run;
 //! - [`report`]: readable and JSON summaries and the SVG plot;
+//! - [`plot`]: charts with axes, ticks, units and legends (plotters, SVG);
 //! - [`runner`]: running, replaying, sweeping, shrinking and the determinism self-check.
 //!
 //! One seed decides the workload, the faults, the latencies, the engine's jitter and the order
@@ -23,6 +24,7 @@
 pub mod clients;
 pub mod compare;
 pub mod exec;
+pub mod plot;
 pub mod provider;
 pub mod report;
 pub mod rng;
@@ -37,3 +39,7 @@ pub mod http;
 /// Load mode, generating half: bursts of callers through real engines (feature `load`).
 #[cfg(feature = "load")]
 pub mod load;
+/// What a real token endpoint does with refresh tokens, found by spending a few (feature
+/// `load`).
+#[cfg(feature = "load")]
+pub mod probe;

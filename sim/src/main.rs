@@ -55,6 +55,10 @@ enum Command {
     /// built-in mock provider or any RFC 6749 token endpoint (--token-url).
     #[cfg(feature = "load")]
     Load(keepfresh_sim::load::LoadArgs),
+    /// Find out what a token endpoint does with refresh tokens (rotation, reuse, grace window,
+    /// access-token lifetime, concurrent refreshes) by spending a budget of them.
+    #[cfg(feature = "load")]
+    Probe(keepfresh_sim::probe::ProbeArgs),
     /// Serve the mock provider alone over HTTP on a loopback port until Ctrl-C.
     #[cfg(feature = "load")]
     Serve(keepfresh_sim::http::ServeArgs),
@@ -149,6 +153,8 @@ fn main() -> ExitCode {
         Command::Compare(a) => keepfresh_sim::compare::main(a),
         #[cfg(feature = "load")]
         Command::Load(a) => return keepfresh_sim::load::run_load(a),
+        #[cfg(feature = "load")]
+        Command::Probe(a) => return keepfresh_sim::probe::run_probe(a),
         #[cfg(feature = "load")]
         Command::Serve(a) => return keepfresh_sim::http::run_serve(a),
         #[cfg(feature = "load")]

@@ -179,6 +179,7 @@ async fn the_resource_endpoint_rejects_revoked_tokens_over_http() {
 fn sim(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_keepfresh-sim"))
         .args(args)
+        .env("KEEPFRESH_REFRESH_TOKEN", "r")
         .output()
         .expect("run keepfresh-sim")
 }
@@ -231,8 +232,6 @@ fn cli_bad_input_is_a_clear_error() {
                 "https://a.example/token",
                 "--client-id",
                 "c",
-                "--refresh-token",
-                "r",
                 "--processes",
                 "2",
                 "--separate-stores",
@@ -246,8 +245,6 @@ fn cli_bad_input_is_a_clear_error() {
                 "http://192.0.2.1/token",
                 "--client-id",
                 "c",
-                "--refresh-token",
-                "r",
             ],
             "only allowed for loopback",
         ),

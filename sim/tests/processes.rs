@@ -77,8 +77,13 @@ async fn a_second_run_continues_from_the_store_and_burns_nothing() {
     let dir = private_dir();
     let spec = format!("file:{}", dir.path().join("t.json").display());
     let url = server.token_url();
+    // The refresh token comes from a private file, never from the command line.
+    let rt_file = dir.path().join("rt");
+    std::fs::write(&rt_file, format!("{first_rt}\n")).unwrap();
+    std::fs::set_permissions(&rt_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let rt_file = rt_file.display().to_string();
     let args = |bursts: &'static str| {
-        let (spec, url, rt) = (spec.clone(), url.clone(), first_rt.clone());
+        let (spec, url, rt) = (spec.clone(), url.clone(), rt_file.clone());
         move || {
             load(&[
                 "--store",
@@ -93,7 +98,7 @@ async fn a_second_run_continues_from_the_store_and_burns_nothing() {
                 &url,
                 "--client-id",
                 "c",
-                "--refresh-token",
+                "--refresh-token-file",
                 &rt,
             ])
         }

@@ -20,13 +20,14 @@ pub(super) fn lookup(
     path: &Path,
     variable: &str,
 ) -> Result<Option<Zeroizing<String>>, ApiKeyError> {
-    let content = read_private(path).map_err(|e| e.with_variable(variable))?;
+    let content = read_private(path, CAPACITY_CAP).map_err(|e| e.with_variable(variable))?;
     parse(&content, variable).map_err(|problem| problem.into_error(path).with_variable(variable))
 }
 
 /// Opens and reads the file after checking that it is a regular file, not a symbolic link,
-/// and (on Unix) owned by the effective user with no group or other permission bits.
-fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, ApiKeyError> {
+/// and (on Unix) owned by the effective user with no group or other permission bits; a file
+/// larger than `cap` bytes is refused.
+pub(super) fn read_private(path: &Path, cap: usize) -> Result<Zeroizing<Vec<u8>>, ApiKeyError> {
     let meta = std::fs::symlink_metadata(path).map_err(|e| io_error(path, e))?;
     if meta.file_type().is_symlink() {
         return Err(symlink(path));
@@ -40,14 +41,14 @@ fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, ApiKeyError> {
     check_private(path, &meta)?;
     // Sized up front so the buffer is not reallocated (which would leave unwiped copies); the
     // cap keeps a huge file from reserving its size at once.
-    let size = usize::try_from(meta.len()).map_or(CAPACITY_CAP, |n| n.min(CAPACITY_CAP));
+    let size = usize::try_from(meta.len()).map_or(cap, |n| n.min(cap));
     let mut content = Zeroizing::new(Vec::with_capacity(size + 1));
     (&mut file)
-        .take(CAPACITY_CAP as u64 + 1)
+        .take(cap as u64 + 1)
         .read_to_end(&mut content)
         .map_err(|e| io_error(path, e))?;
-    if content.len() > CAPACITY_CAP {
-        return Err(too_large(path));
+    if content.len() > cap {
+        return Err(too_large(path, cap));
     }
     Ok(content)
 }
@@ -117,14 +118,10 @@ fn symlink(path: &Path) -> ApiKeyError {
     .with_path(path)
 }
 
-fn too_large(path: &Path) -> ApiKeyError {
+fn too_large(path: &Path, cap: usize) -> ApiKeyError {
     ApiKeyError::new(
         ApiKeyErrorKind::Malformed,
-        format!(
-            "{} is larger than {} bytes: not a .env file",
-            path.display(),
-            CAPACITY_CAP
-        ),
+        format!("{} is larger than {cap} bytes", path.display()),
     )
     .with_path(path)
 }

@@ -21,6 +21,58 @@ use crate::secret::Fingerprint;
 
 pub use error::{ApiKeyError, ApiKeyErrorKind};
 
+/// The content of a file that holds secrets, read by [`read_private_file`]: wiped on drop,
+/// never printed.
+pub struct PrivateFile(Zeroizing<Vec<u8>>);
+
+impl PrivateFile {
+    /// The file's bytes.
+    ///
+    /// See [`read_private_file`].
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PrivateFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PrivateFile({} bytes, redacted)", self.0.len())
+    }
+}
+
+/// Reads a file of secrets (refresh tokens, a client secret) of at most `max_bytes` with the
+/// checks of [`ApiKey::from_dotenv`]: a regular file, not a symbolic link, and on Unix owned by
+/// the effective user with no permission bits for group or others.
+///
+/// # Errors
+/// [`Io`](ApiKeyErrorKind::Io) when the file cannot be read;
+/// [`UnsafeFile`](ApiKeyErrorKind::UnsafeFile) when a check fails (the message says how to fix
+/// it, e.g. `chmod 600 PATH`); [`Malformed`](ApiKeyErrorKind::Malformed) when it is larger than
+/// `max_bytes`. Errors name the file, never its content.
+///
+/// ```
+/// use keepfresh::{read_private_file, ApiKeyErrorKind};
+/// # use std::io::Write;
+/// let path = std::env::temp_dir().join(format!("keepfresh-doc-private-{}", std::process::id()));
+/// std::fs::File::create(&path).unwrap().write_all(b"rt-1\nrt-2\n").unwrap();
+/// # #[cfg(unix)] {
+/// use std::os::unix::fs::PermissionsExt;
+/// std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+/// assert_eq!(read_private_file(&path, 1024)?.as_bytes(), b"rt-1\nrt-2\n");
+/// assert_eq!(read_private_file(&path, 4).unwrap_err().kind(), ApiKeyErrorKind::Malformed);
+/// std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+/// assert_eq!(read_private_file(&path, 1024).unwrap_err().kind(), ApiKeyErrorKind::UnsafeFile);
+/// # }
+/// # std::fs::remove_file(&path).unwrap();
+/// # Ok::<(), keepfresh::ApiKeyError>(())
+/// ```
+pub fn read_private_file(
+    path: impl AsRef<Path>,
+    max_bytes: usize,
+) -> Result<PrivateFile, ApiKeyError> {
+    dotenv::read_private(path.as_ref(), max_bytes).map(PrivateFile)
+}
+
 /// An API key: a secret that does not expire and cannot be refreshed, presented in a header
 /// (by default `Authorization: Bearer <key>`; see [`KeyHeader`]).
 ///

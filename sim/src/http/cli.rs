@@ -44,6 +44,19 @@ pub struct ServeArgs {
     /// Share of token calls answered 503 with Retry-After (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     pub unavailable_rate: f64,
+    /// Time the token storage takes to write a rotation (ms); delays every refresh answer.
+    #[arg(long, default_value_t = 0)]
+    pub storage_latency_ms: u64,
+    /// A non-atomic reuse check: two refreshes of one token inside the storage latency both
+    /// succeed and fork the grant (needs --storage-latency-ms).
+    #[arg(long)]
+    pub racy_reuse_check: bool,
+    /// Override the profile's grace window for rotated refresh tokens (ms).
+    #[arg(long)]
+    pub grace_ms: Option<u64>,
+    /// State this `expires_in` (s) in refresh answers whatever the true access-token lifetime.
+    #[arg(long)]
+    pub stated_lifetime: Option<u64>,
     /// Stop by itself after this many seconds (default: run until Ctrl-C).
     #[arg(long)]
     pub duration: Option<u64>,
@@ -67,7 +80,17 @@ impl ServeArgs {
                 Duration::from_millis(self.latency_min_ms),
                 Duration::from_millis(self.latency_max_ms),
             )
-            .unavailable_rate(self.unavailable_rate);
+            .unavailable_rate(self.unavailable_rate)
+            .storage_latency(Duration::from_millis(self.storage_latency_ms))
+            .racy_reuse_check(self.racy_reuse_check);
+        let config = match self.grace_ms {
+            Some(ms) => config.grace(Duration::from_millis(ms)),
+            None => config,
+        };
+        let config = match self.stated_lifetime {
+            Some(s) => config.stated_lifetime(Duration::from_secs(s)),
+            None => config,
+        };
         config.validate()?;
         Ok(config)
     }
@@ -83,6 +106,7 @@ impl ServeArgs {
 /// let args = ServeArgs {
 ///     port: 0, profile: "strict".into(), seed: 1, access_lifetime: 3600,
 ///     latency_min_ms: 0, latency_max_ms: 0, unavailable_rate: 0.0,
+///     storage_latency_ms: 0, racy_reuse_check: false, grace_ms: None, stated_lifetime: None,
 ///     duration: Some(0), json: true,
 /// };
 /// assert_eq!(run_serve(args), std::process::ExitCode::SUCCESS);

@@ -47,6 +47,11 @@ pub struct ServeConfig {
     latency: (Duration, Duration),
     unavailable_rate: f64,
     authorize: AuthorizeMode,
+    storage_latency: Duration,
+    racy_reuse_check: bool,
+    grace: Option<Duration>,
+    stated_lifetime: Option<Duration>,
+    reuse_revokes_family: Option<bool>,
 }
 
 /// How the authorization endpoint answers, to test a client's login flow.
@@ -83,7 +88,80 @@ impl ServeConfig {
             latency: (Duration::ZERO, Duration::ZERO),
             unavailable_rate: 0.0,
             authorize: AuthorizeMode::Consent,
+            storage_latency: Duration::ZERO,
+            racy_reuse_check: false,
+            grace: None,
+            stated_lifetime: None,
+            reuse_revokes_family: None,
         }
+    }
+
+    /// Overrides whether presenting a spent refresh token revokes the whole grant (`false`: the
+    /// reuse is refused, the grant lives on).
+    ///
+    /// ```
+    /// # use keepfresh_sim::http::ServeConfig;
+    /// let c = ServeConfig::new("strict").reuse_revokes_family(false);
+    /// assert!(!c.profile().unwrap().reuse_revokes_family);
+    /// ```
+    pub fn reuse_revokes_family(mut self, revokes: bool) -> Self {
+        self.reuse_revokes_family = Some(revokes);
+        self
+    }
+
+    /// Makes refresh answers state this `expires_in` whatever the access tokens' true lifetime
+    /// (a provider whose tokens die before, or after, the time it states).
+    ///
+    /// ```
+    /// # use keepfresh_sim::http::ServeConfig;
+    /// let c = ServeConfig::new("strict").stated_lifetime(std::time::Duration::from_secs(7200));
+    /// assert!(c.validate().is_ok());
+    /// ```
+    pub fn stated_lifetime(mut self, stated: Duration) -> Self {
+        self.stated_lifetime = Some(stated);
+        self
+    }
+
+    /// How long the server's token storage takes to write a rotation; every refresh answer is
+    /// delayed by it (default zero).
+    ///
+    /// ```
+    /// # use keepfresh_sim::http::ServeConfig;
+    /// let c = ServeConfig::new("strict").storage_latency(std::time::Duration::from_millis(20));
+    /// assert!(c.validate().is_ok());
+    /// ```
+    pub fn storage_latency(mut self, latency: Duration) -> Self {
+        self.storage_latency = latency;
+        self
+    }
+
+    /// Makes the reuse check non-atomic (default: atomic): the server reads a refresh token's
+    /// state, decides, and writes the rotation only after the storage latency, so two
+    /// refreshes of one token inside that window both succeed and fork the grant into two
+    /// live chains — what a certified server with slow storage does. Needs a storage latency.
+    ///
+    /// ```
+    /// # use keepfresh_sim::http::ServeConfig;
+    /// # use std::time::Duration;
+    /// assert!(ServeConfig::new("strict").racy_reuse_check(true).validate().is_err());
+    /// let c = ServeConfig::new("strict").racy_reuse_check(true).storage_latency(Duration::from_millis(20));
+    /// assert!(c.validate().is_ok());
+    /// ```
+    pub fn racy_reuse_check(mut self, racy: bool) -> Self {
+        self.racy_reuse_check = racy;
+        self
+    }
+
+    /// Overrides the profile's grace window for rotated refresh tokens.
+    ///
+    /// ```
+    /// # use keepfresh_sim::http::ServeConfig;
+    /// let c = ServeConfig::new("okta").grace(std::time::Duration::from_millis(800));
+    /// assert_eq!(c.profile().unwrap().grace.as_millis(), 800);
+    /// ```
+    pub fn grace(mut self, grace: Duration) -> Self {
+        self.grace = Some(grace);
+        self
     }
 
     /// How the authorization endpoint answers (default: consent).
@@ -156,7 +234,14 @@ impl ServeConfig {
     ///
     /// See the [type-level example](ServeConfig).
     pub fn profile(&self) -> Result<Profile, String> {
-        Profile::by_name(&self.profile, self.access_lifetime)
+        let mut profile = Profile::by_name(&self.profile, self.access_lifetime)?;
+        if let Some(grace) = self.grace {
+            profile.grace = grace;
+        }
+        if let Some(revokes) = self.reuse_revokes_family {
+            profile.reuse_revokes_family = revokes;
+        }
+        Ok(profile)
     }
 
     /// Checks the configuration.
@@ -181,6 +266,11 @@ impl ServeConfig {
         }
         if self.access_lifetime.is_zero() {
             return Err("access-token lifetime must be positive".into());
+        }
+        if self.racy_reuse_check && self.storage_latency.is_zero() {
+            return Err(
+                "a racy reuse check needs a storage latency (its race window); set one".into(),
+            );
         }
         Ok(())
     }
@@ -273,6 +363,7 @@ struct Model {
     provider: Provider,
     rng: SimRng,
     latency: (Duration, Duration),
+    storage_latency: Duration,
     unavailable_rate: f64,
     logins: u64,
     token_calls: u64,
@@ -334,13 +425,21 @@ impl HttpProvider {
     pub async fn start(config: ServeConfig, port: u16) -> Result<HttpProvider, String> {
         config.validate()?;
         let profile = config.profile()?;
+        let mut provider = Provider::new(profile, config.seed, 0);
+        if config.racy_reuse_check {
+            provider.set_racy_reuse_window(config.storage_latency);
+        }
+        if let Some(stated) = config.stated_lifetime {
+            provider.set_stated_lifetime(stated);
+        }
         let listener = std::net::TcpListener::bind(("127.0.0.1", port))
             .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
         let shared = Arc::new(Shared {
             model: Mutex::new(Model {
-                provider: Provider::new(profile, config.seed, 0),
+                provider,
                 rng: SimRng::new(config.seed ^ 0x6874_7470),
                 latency: config.latency,
+                storage_latency: config.storage_latency,
                 unavailable_rate: config.unavailable_rate,
                 logins: 0,
                 token_calls: 0,
@@ -560,7 +659,7 @@ impl Respond for TokenEndpoint {
         }
         m.token_calls += 1;
         let (lo, hi) = m.latency;
-        let delay = if hi > lo {
+        let mut delay = if hi > lo {
             let span = (hi - lo).as_nanos().min(u128::from(u64::MAX)) as u64;
             lo + Duration::from_nanos(m.rng.range(0, span))
         } else {
@@ -572,7 +671,10 @@ impl Respond for TokenEndpoint {
             oauth_error(503, "temporarily_unavailable", "try again later")
                 .insert_header("retry-after", "1")
         } else {
-            answer_template(m.provider.refresh(now, refresh_token.as_deref()))
+            let answer = m.provider.refresh(now, refresh_token.as_deref());
+            // The rotation is written before the answer leaves.
+            delay += m.storage_latency;
+            answer_template(answer)
         };
         template.set_delay(delay)
     }

@@ -9,6 +9,10 @@
 //! tokens). The report counts token-endpoint calls by outcome, refreshes, duplicate refreshes
 //! (calls that overlapped another one, or that presented an already rotated refresh token),
 //! the callers' waits and their errors.
+//!
+//! [`fleet`](crate::load::fleet) loads the token endpoint itself instead: many grants (from
+//! [`grants`](crate::load::grants)), one credential each, at a target rate or concurrency;
+//! [`processes`](crate::load::processes) runs the bursts in real OS processes sharing a store.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -27,6 +31,8 @@ use serde::Serialize;
 
 use crate::http::{HttpProvider, ServeConfig, ServerSummary};
 
+pub mod fleet;
+pub mod grants;
 pub mod processes;
 
 /// Where the load goes.
@@ -841,8 +847,9 @@ fn error_kind(e: &keepfresh::Error) -> String {
 ///
 /// Without `--token-url` the load goes to the built-in mock provider (`--profile`), started
 /// in-process on an ephemeral loopback port. With it, to that RFC 6749 token endpoint, with
-/// `--client-id`, `--refresh-token` (or `KEEPFRESH_REFRESH_TOKEN`) and optionally
-/// `--client-secret` (or `KEEPFRESH_CLIENT_SECRET`).
+/// `--client-id`, `KEEPFRESH_REFRESH_TOKEN` (or `--refresh-token-file`) and optionally
+/// `KEEPFRESH_CLIENT_SECRET` (or `--client-secret-file`): secrets never come from the command
+/// line, where other users of the machine can read them.
 ///
 /// ```
 /// use clap::Parser;
@@ -885,15 +892,17 @@ pub struct LoadArgs {
     /// Client id at --token-url.
     #[arg(long, requires = "token_url")]
     pub client_id: Option<String>,
-    /// Client secret at --token-url (prefer the KEEPFRESH_CLIENT_SECRET variable).
+    /// A private file holding the client secret at --token-url (else the
+    /// KEEPFRESH_CLIENT_SECRET variable, if set). Never on the command line.
     #[arg(long, requires = "token_url")]
-    pub client_secret: Option<String>,
+    pub client_secret_file: Option<std::path::PathBuf>,
     /// How the client secret is sent: basic or post.
     #[arg(long, default_value = "basic", value_parser = ["basic", "post"])]
     pub client_auth: String,
-    /// Refresh token to start from at --token-url (prefer KEEPFRESH_REFRESH_TOKEN).
+    /// A private file holding the refresh token to start from at --token-url (else the
+    /// KEEPFRESH_REFRESH_TOKEN variable). Never on the command line.
     #[arg(long, requires = "token_url")]
-    pub refresh_token: Option<String>,
+    pub refresh_token_file: Option<std::path::PathBuf>,
     /// RFC 8707 resource to send on every refresh (repeatable).
     #[arg(long)]
     pub resource: Vec<String>,
@@ -928,12 +937,219 @@ pub struct LoadArgs {
     /// Start this many real OS processes sharing --store instead of engines in this process.
     #[arg(long, requires = "store", conflicts_with_all = ["processes", "separate_stores", "check_resource"])]
     pub os_processes: Option<usize>,
+    /// Built-in provider: time its storage takes to write a rotation (ms).
+    #[arg(long, default_value_t = 0, conflicts_with = "token_url")]
+    pub storage_latency_ms: u64,
+    /// Built-in provider: a non-atomic reuse check (needs --storage-latency-ms).
+    #[arg(long, conflicts_with = "token_url")]
+    pub racy_reuse_check: bool,
+    /// Many grants, built-in provider: mint this many grants, one credential each.
+    #[arg(long, conflicts_with = "token_url")]
+    pub mock_grants: Option<usize>,
+    /// Many grants at --token-url: a private file of refresh tokens, one per line (else
+    /// KEEPFRESH_REFRESH_TOKENS, whitespace-separated).
+    #[arg(long, requires = "token_url", conflicts_with = "mint_command")]
+    pub grants_file: Option<std::path::PathBuf>,
+    /// Many grants at --token-url: a command that prints one new refresh token per run.
+    #[arg(long, requires = "token_url")]
+    pub mint_command: Option<String>,
+    /// Runs of --mint-command.
+    #[arg(long, default_value_t = 10)]
+    pub mint_count: usize,
+    /// Many grants: target requests per second (open loop: starts whatever the answers' speed).
+    #[arg(long, conflicts_with = "concurrency")]
+    pub rate: Option<f64>,
+    /// Many grants: callers at once (closed loop).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Many grants: seconds over which the pace grows from zero to its target.
+    #[arg(long, default_value_t = 0.0)]
+    pub ramp: f64,
+    /// Many grants: start no more than this many requests.
+    #[arg(long)]
+    pub max_requests: Option<u64>,
+    /// Many grants: the timeline's bucket (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub bucket_ms: u64,
+    /// Many grants: write an SVG plot of the run over time here.
+    #[arg(long)]
+    pub plot: Option<std::path::PathBuf>,
+    /// Many grants: live progress on standard error: auto (only on a terminal), always, never.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "never"])]
+    pub progress: String,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
+/// One secret from a private file (trimmed; the checks of [`keepfresh::read_private_file`]),
+/// else from the environment variable; `None` when neither gives one.
+pub(crate) fn secret_from(
+    file: Option<&std::path::Path>,
+    variable: &str,
+    option: &str,
+) -> Result<Option<String>, String> {
+    match file {
+        Some(path) => {
+            let content = keepfresh::read_private_file(path, keepfresh::limits::MAX_TOKEN_BYTES)
+                .map_err(|e| format!("{option}: {e}"))?;
+            let text = std::str::from_utf8(content.as_bytes())
+                .map_err(|_| format!("{option}: the file is not UTF-8"))?
+                .trim();
+            if text.is_empty() {
+                return Err(format!("{option}: the file is empty"));
+            }
+            Ok(Some(text.to_owned()))
+        }
+        None => Ok(std::env::var(variable).ok().filter(|s| !s.is_empty())),
+    }
+}
+
 impl LoadArgs {
+    /// The built-in provider these options describe.
+    fn serve_config(&self) -> ServeConfig {
+        ServeConfig::new(self.profile.clone().unwrap_or_else(|| "strict".into()))
+            .seed(self.seed)
+            .latency(
+                Duration::from_millis(self.latency_min_ms),
+                Duration::from_millis(self.latency_max_ms),
+            )
+            .unavailable_rate(self.unavailable_rate)
+            .storage_latency(Duration::from_millis(self.storage_latency_ms))
+            .racy_reuse_check(self.racy_reuse_check)
+    }
+
+    /// Whether these options ask for a many-grants run ([`fleet`]): a grant source, a rate or
+    /// a concurrency.
+    ///
+    /// ```
+    /// use clap::Parser;
+    /// use keepfresh_sim::load::LoadArgs;
+    /// #[derive(Parser)]
+    /// struct Cli {
+    ///     #[command(flatten)]
+    ///     load: LoadArgs,
+    /// }
+    /// let many = Cli::try_parse_from(["load", "--mock-grants", "100", "--rate", "50"]).unwrap();
+    /// assert!(many.load.many_grants());
+    /// assert!(many.load.fleet_config().is_ok());
+    /// assert!(!Cli::try_parse_from(["load"]).unwrap().load.many_grants());
+    /// ```
+    pub fn many_grants(&self) -> bool {
+        self.mock_grants.is_some()
+            || self.grants_file.is_some()
+            || self.mint_command.is_some()
+            || self.rate.is_some()
+            || self.concurrency.is_some()
+    }
+
+    /// The many-grants configuration these options describe.
+    ///
+    /// # Errors
+    /// Options of the burst mode (several processes, separate stores, the resource check, a
+    /// store), unreadable or unsafe grants, and the checks of [`fleet::FleetConfig::validate`].
+    ///
+    /// See [`many_grants`](Self::many_grants).
+    pub fn fleet_config(&self) -> Result<fleet::FleetConfig, String> {
+        if self.processes != 1 || self.separate_stores || self.check_resource {
+            return Err(
+                "--processes, --separate-stores and --check-resource are for burst runs; a \
+                 many-grants run has one credential per grant"
+                    .into(),
+            );
+        }
+        if self.store.is_some() || self.os_processes.is_some() {
+            return Err("--store and --os-processes are for burst runs".into());
+        }
+        let target = match &self.token_url {
+            None => {
+                fleet::FleetTarget::BuiltIn(self.serve_config(), self.mock_grants.unwrap_or(100))
+            }
+            Some(url) => {
+                let source = match (&self.grants_file, &self.mint_command) {
+                    (Some(p), _) => grants::GrantSource::File(p.clone()),
+                    (None, Some(c)) => grants::GrantSource::Mint {
+                        command: c.clone(),
+                        count: self.mint_count,
+                    },
+                    (None, None) => grants::GrantSource::Env("KEEPFRESH_REFRESH_TOKENS".into()),
+                };
+                let tokens = source.read().map_err(|e| match e {
+                    grants::GrantsError::Empty if matches!(source, grants::GrantSource::Env(_)) => {
+                        "a many-grants run at --token-url needs --grants-file, --mint-command or \
+                         KEEPFRESH_REFRESH_TOKENS"
+                            .to_owned()
+                    }
+                    other => other.to_string(),
+                })?;
+                let endpoint = crate::probe::Endpoint {
+                    token_url: url.clone(),
+                    client_id: self
+                        .client_id
+                        .clone()
+                        .ok_or("--token-url needs --client-id")?,
+                    client_secret: self.client_secret()?,
+                    client_auth: if self.client_auth == "post" {
+                        ClientAuth::Post
+                    } else {
+                        ClientAuth::Basic
+                    },
+                    resources: self.resource.clone(),
+                    scope: self.scope.clone(),
+                    resource_url: None,
+                };
+                // Fail early on a URL the refresher would refuse.
+                HttpRefresher::builder(url.clone(), "load")
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                fleet::FleetTarget::External(endpoint, tokens)
+            }
+        };
+        let pace = match (self.rate, self.concurrency) {
+            (Some(r), _) => fleet::Pace::Rate(r),
+            (None, Some(c)) => fleet::Pace::Concurrency(c),
+            (None, None) => fleet::Pace::Concurrency(8),
+        };
+        let ramp = Duration::try_from_secs_f64(self.ramp)
+            .map_err(|_| "--ramp must be a non-negative number of seconds".to_owned())?;
+        let config = fleet::FleetConfig::default()
+            .target(target)
+            .pace(pace)
+            .ramp(ramp)
+            .duration(Duration::from_secs(self.duration))
+            .max_requests(self.max_requests)
+            .caller_timeout(Duration::from_secs(self.caller_timeout))
+            .bucket(Duration::from_millis(self.bucket_ms));
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The client secret: `--client-secret-file`, else `KEEPFRESH_CLIENT_SECRET`.
+    ///
+    /// # Errors
+    /// A secret file that fails the private-file checks, is not UTF-8 or is empty.
+    pub fn client_secret(&self) -> Result<Option<ClientSecret>, String> {
+        Ok(secret_from(
+            self.client_secret_file.as_deref(),
+            "KEEPFRESH_CLIENT_SECRET",
+            "--client-secret-file",
+        )?
+        .map(ClientSecret::new))
+    }
+
+    /// The refresh token to start from: `--refresh-token-file`, else
+    /// `KEEPFRESH_REFRESH_TOKEN`.
+    ///
+    /// # Errors
+    /// As for [`client_secret`](Self::client_secret).
+    pub fn refresh_token(&self) -> Result<Option<String>, String> {
+        secret_from(
+            self.refresh_token_file.as_deref(),
+            "KEEPFRESH_REFRESH_TOKEN",
+            "--refresh-token-file",
+        )
+    }
+
     /// The load configuration these options describe.
     ///
     /// # Errors
@@ -946,15 +1162,7 @@ impl LoadArgs {
                 if !self.resource.is_empty() {
                     return Err("--resource is for --token-url targets".into());
                 }
-                Target::BuiltIn(
-                    ServeConfig::new(self.profile.clone().unwrap_or_else(|| "strict".into()))
-                        .seed(self.seed)
-                        .latency(
-                            Duration::from_millis(self.latency_min_ms),
-                            Duration::from_millis(self.latency_max_ms),
-                        )
-                        .unavailable_rate(self.unavailable_rate),
-                )
+                Target::BuiltIn(self.serve_config())
             }
             Some(url) => {
                 let client_id = self
@@ -962,11 +1170,8 @@ impl LoadArgs {
                     .clone()
                     .ok_or("--token-url needs --client-id")?;
                 let refresh_token = self
-                    .refresh_token
-                    .clone()
-                    .or_else(|| std::env::var("KEEPFRESH_REFRESH_TOKEN").ok())
-                    .filter(|s| !s.is_empty())
-                    .ok_or("--token-url needs --refresh-token or KEEPFRESH_REFRESH_TOKEN")?;
+                    .refresh_token()?
+                    .ok_or("--token-url needs --refresh-token-file or KEEPFRESH_REFRESH_TOKEN")?;
                 let mut ext =
                     ExternalTarget::new(url.clone(), client_id, RefreshToken::new(refresh_token))
                         .client_auth(if self.client_auth == "post" {
@@ -974,13 +1179,8 @@ impl LoadArgs {
                         } else {
                             ClientAuth::Basic
                         });
-                if let Some(secret) = self
-                    .client_secret
-                    .clone()
-                    .or_else(|| std::env::var("KEEPFRESH_CLIENT_SECRET").ok())
-                    .filter(|s| !s.is_empty())
-                {
-                    ext = ext.client_secret(ClientSecret::new(secret));
+                if let Some(secret) = self.client_secret()? {
+                    ext = ext.client_secret(secret);
                 }
                 for r in &self.resource {
                     ext = ext.resource(r.clone());
@@ -1030,11 +1230,21 @@ impl LoadArgs {
 /// ```
 pub fn run_load(args: LoadArgs) -> std::process::ExitCode {
     use std::process::ExitCode;
+    if args.many_grants() {
+        return run_many(&args);
+    }
     if let Some(n) = args.os_processes {
         return run_processes(&args, n);
     }
     if args.store.is_some() {
         eprintln!("keepfresh-sim load: --store is for --os-processes runs");
+        return ExitCode::from(2);
+    }
+    if args.plot.is_some() {
+        eprintln!(
+            "keepfresh-sim load: --plot is for many-grants runs (--mock-grants, --grants-file, \
+             --mint-command, --rate or --concurrency)"
+        );
         return ExitCode::from(2);
     }
     let config = match args.config() {
@@ -1048,6 +1258,38 @@ pub fn run_load(args: LoadArgs) -> std::process::ExitCode {
         Ok(report) => print_report(args.json, &report, report.healthy()),
         Err(code) => code,
     }
+}
+
+fn run_many(args: &LoadArgs) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let config = match args.fleet_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("keepfresh-sim load: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let progress = match (args.progress.as_str(), terminal) {
+        ("never", _) | ("auto", false) => fleet::Progress::Off,
+        (_, true) => fleet::Progress::InPlace,
+        (_, false) => fleet::Progress::Lines,
+    };
+    let report = match on_runtime("load", fleet::run_fleet(config, progress)) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    if let Some(path) = &args.plot {
+        let written = report
+            .plot()
+            .map_err(|e| e.to_string())
+            .and_then(|svg| std::fs::write(path, svg).map_err(|e| e.to_string()));
+        if let Err(e) = written {
+            eprintln!("keepfresh-sim load: cannot write {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    }
+    print_report(args.json, &report, report.healthy())
 }
 
 fn run_processes(args: &LoadArgs, n: usize) -> std::process::ExitCode {

@@ -194,6 +194,7 @@ fn refresher(
     client_id: &str,
     client_auth: &str,
     resources: &[String],
+    secret: Option<keepfresh::ClientSecret>,
 ) -> Result<HttpRefresher, String> {
     let mut b = HttpRefresher::builder(token_url.to_owned(), client_id.to_owned()).client_auth(
         if client_auth == "post" {
@@ -202,11 +203,8 @@ fn refresher(
             keepfresh::oauth::ClientAuth::Basic
         },
     );
-    if let Some(secret) = std::env::var("KEEPFRESH_CLIENT_SECRET")
-        .ok()
-        .filter(|s| !s.is_empty())
-    {
-        b = b.client_secret(keepfresh::ClientSecret::new(secret));
+    if let Some(secret) = secret {
+        b = b.client_secret(secret);
     }
     for r in resources {
         b = b.resource(r.clone());
@@ -269,11 +267,7 @@ pub async fn run(
             )
         }
         Some(url) => {
-            let rt = args
-                .refresh_token
-                .clone()
-                .or_else(|| std::env::var("KEEPFRESH_REFRESH_TOKEN").ok())
-                .filter(|s| !s.is_empty());
+            let rt = args.refresh_token()?;
             let id = args
                 .client_id
                 .clone()
@@ -292,6 +286,7 @@ pub async fn run(
     )
     .await?;
 
+    let client_secret = args.client_secret()?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let mut workers = Vec::with_capacity(processes);
     for index in 0..processes {
@@ -305,9 +300,9 @@ pub async fn run(
             .args(["--bursts", &args.bursts.to_string()])
             .args(["--caller-timeout", &args.caller_timeout.to_string()])
             .args(["--index", &index.to_string()]);
-        if let Some(secret) = &args.client_secret {
+        if let Some(secret) = &client_secret {
             // Workers read it from the environment, never from their command line.
-            cmd.env("KEEPFRESH_CLIENT_SECRET", secret);
+            cmd.env("KEEPFRESH_CLIENT_SECRET", secret.expose_secret());
         }
         for r in &args.resource {
             cmd.args(["--resource", r]);
@@ -436,9 +431,15 @@ async fn seed(
         return Ok(0);
     }
     let rt = refresh_token.ok_or(
-        "the store is empty: give the refresh token to start from (--refresh-token or KEEPFRESH_REFRESH_TOKEN)",
+        "the store is empty: give the refresh token to start from (KEEPFRESH_REFRESH_TOKEN or --refresh-token-file)",
     )?;
-    let refresher = refresher(token_url, client_id, &args.client_auth, &args.resource)?;
+    let refresher = refresher(
+        token_url,
+        client_id,
+        &args.client_auth,
+        &args.resource,
+        args.client_secret()?,
+    )?;
     let epoch = time::OffsetDateTime::UNIX_EPOCH;
     let credential = Credential::builder(refresher)
         .tokens(TokenSet::new(
@@ -470,6 +471,11 @@ pub async fn worker(args: WorkerArgs) -> Result<(), String> {
         &args.client_id,
         &args.client_auth,
         &args.resource,
+        // Handed over by the parent in the environment, never on the command line.
+        std::env::var("KEEPFRESH_CLIENT_SECRET")
+            .ok()
+            .filter(|s| !s.is_empty())
+            .map(keepfresh::ClientSecret::new),
     )?;
     let timeout = Duration::from_secs(args.caller_timeout);
     let credential = Credential::builder(Counted {

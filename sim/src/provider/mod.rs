@@ -178,6 +178,11 @@ pub struct Provider {
     pub outcomes: BTreeMap<CallOutcome, u64>,
     /// Commits (rotations or new access tokens) per family.
     pub issued: u64,
+    /// How long a rotation takes to reach the storage the reuse check reads (zero: the check
+    /// and the rotation are one atomic step).
+    racy_window: Duration,
+    /// `expires_in` to state instead of the true lifetime (a provider whose tokens die early).
+    stated_lifetime: Option<Duration>,
 }
 
 impl Provider {
@@ -195,7 +200,24 @@ impl Provider {
             replays: Vec::new(),
             outcomes: BTreeMap::new(),
             issued: 0,
+            racy_window: Duration::ZERO,
+            stated_lifetime: None,
         }
+    }
+
+    /// Makes answers state `expires_in` as `stated` whatever the access tokens' true lifetime:
+    /// a provider that overstates (tokens die early) or understates it.
+    pub fn set_stated_lifetime(&mut self, stated: Duration) {
+        self.stated_lifetime = Some(stated);
+    }
+
+    /// Makes the reuse check non-atomic: a rotation is written to the storage the check reads
+    /// only `window` after it was decided, as on a server that reads the token's state, answers,
+    /// and writes with storage latency in between. Two refreshes of one token less than
+    /// `window` apart then both succeed, each with a refresh token of its own: the grant forks
+    /// into two live chains. Zero (the default) restores the atomic check.
+    pub fn set_racy_reuse_window(&mut self, window: Duration) {
+        self.racy_window = window;
     }
 
     /// The profile.
@@ -449,7 +471,8 @@ impl Provider {
             }
         }
         let mut grace_hit = false;
-        if let Some(superseded) = rec.superseded_at {
+        // With a racy check, a rotation not yet written is invisible: the token looks unused.
+        if let Some(superseded) = rec.superseded_at.filter(|s| *s <= now) {
             if now.saturating_duration_since(superseded) <= self.profile.grace
                 && !self.profile.grace.is_zero()
             {
@@ -487,8 +510,10 @@ impl Provider {
             // Inside the grace window the provider hands out the family's newest refresh token.
             self.families[family].current_rt.clone()
         } else if self.profile.rotate && !self.rng.chance(self.profile.omit_refresh_token) {
+            let visible = now.saturating_add(self.racy_window);
             if let Some(r) = self.rts.get_mut(rt) {
-                r.superseded_at = Some(now);
+                // A racy second rotation does not move the first write later.
+                r.superseded_at = Some(r.superseded_at.map_or(visible, |s| s.min(visible)));
             }
             Some(self.issue_refresh(family, now))
         } else if self.profile.omit_refresh_token > 0.0 {
@@ -511,7 +536,10 @@ impl Provider {
         rt: Option<&str>,
         outcome: CallOutcome,
     ) -> Answer {
-        let lifetime = self.profile.at_lifetime.as_secs() as i64;
+        let lifetime = self
+            .stated_lifetime
+            .unwrap_or(self.profile.at_lifetime)
+            .as_secs() as i64;
         let mut fields: Vec<(&str, serde_json::Value)> =
             vec![("access_token", at.into()), ("token_type", "Bearer".into())];
         match self.profile.expires {
@@ -676,6 +704,25 @@ mod tests {
         assert_eq!(okta.family_revoked(fam), None);
         assert!(parse(&okta.refresh(t(100), Some(&rt))).is_err());
         assert!(okta.family_revoked(fam).is_some());
+    }
+
+    #[test]
+    fn a_racy_reuse_check_forks_the_grant_inside_its_window_only() {
+        let t = |ms| MonoTime::from_duration(Duration::from_millis(ms));
+        let mut p = Provider::new(Profile::strict(Duration::from_secs(3600)), 1, 0);
+        p.set_racy_reuse_window(Duration::from_millis(20));
+        let (fam, _, rt, _) = p.login(t(0));
+        let rt = rt.unwrap();
+        let a = parse(&p.refresh(t(100), Some(&rt))).unwrap();
+        let b = parse(&p.refresh(t(110), Some(&rt))).unwrap();
+        let (a, b) = (a.refresh_token().unwrap(), b.refresh_token().unwrap());
+        assert_ne!(a.expose_secret(), b.expose_secret(), "two chains");
+        assert!(parse(&p.refresh(t(200), Some(a.expose_secret()))).is_ok());
+        assert!(parse(&p.refresh(t(200), Some(b.expose_secret()))).is_ok());
+        assert_eq!(p.family_revoked(fam), None, "the fork is silent");
+        // Once the write has landed, reuse is caught as before.
+        assert!(parse(&p.refresh(t(300), Some(&rt))).is_err());
+        assert!(p.family_revoked(fam).is_some());
     }
 
     #[test]
