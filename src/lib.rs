@@ -104,6 +104,8 @@ mod error;
 pub mod event;
 pub mod flight;
 pub mod machine;
+#[cfg(feature = "rmcp")]
+pub mod mcp;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 #[cfg(feature = "middleware")]
