@@ -7,9 +7,10 @@ Subcommands (each prints one JSON object on stdout):
          client per server process, all started at once, the workers spread over them);
   call   one call of one tool: its isError and structuredContent.
 
---log FILE writes the client's session log (the `mcp` and `httpx2` loggers at DEBUG, plus
-one line per call outcome kind); bearer tokens given on the command line are replaced by
-<redacted> in it.
+--log FILE writes the client's session log: the `mcp` and `httpx2` loggers at DEBUG for
+`call`, at WARNING for `load` (a thousand concurrent calls would spend their time logging),
+plus the driver's own lines (connection, protocol version, first outcome of each kind,
+summary). Bearer tokens given on the command line are replaced by <redacted> in it.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Redact(logging.Filter):
         return True
 
 
-def setup_log(path: str | None, secrets: list[str]) -> logging.Logger:
+def setup_log(path: str | None, secrets: list[str], verbose: bool) -> logging.Logger:
     log = logging.getLogger("drive")
     if path is None:
         log.addHandler(logging.NullHandler())
@@ -51,8 +52,9 @@ def setup_log(path: str | None, secrets: list[str]) -> logging.Logger:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(logging.INFO)
-    for name in ("mcp", "httpx2", "drive"):
-        logging.getLogger(name).setLevel(logging.DEBUG)
+    for name in ("mcp", "httpx2"):
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.WARNING)
+    log.setLevel(logging.DEBUG)
     return log
 
 
@@ -178,7 +180,7 @@ def main() -> int:
         parser.error("--url is required for http")
     if args.transport == "stdio" and not args.command:
         parser.error("the server command is required for stdio")
-    log = setup_log(args.log, args.token or [])
+    log = setup_log(args.log, args.token or [], verbose=args.command_name == "call")
     run = load if args.command_name == "load" else call
     print(json.dumps(asyncio.run(run(args, log))), flush=True)
     return 0

@@ -5,7 +5,8 @@
 //!
 //! Gated: set `KEEPFRESH_MCP_E2E=1` (`.ci/test-all` does, in its own step). The Python
 //! interpreter is `KEEPFRESH_MCP_PYTHON` or `target/mcp-venv/bin/python`; the load lasts
-//! `KEEPFRESH_MCP_E2E_SECONDS` (30 by default).
+//! `KEEPFRESH_MCP_E2E_SECONDS` (30 by default). With `KEEPFRESH_MCP_E2E_KEEP=1` the scratch
+//! directories (server and client logs) are kept and their paths printed.
 //!
 //! What is checked, against what the mock provider saw:
 //! - every tool call succeeds, in both protocol modes over Streamable HTTP (the legacy
@@ -66,6 +67,15 @@ struct World {
     rt: tokio::runtime::Runtime,
     provider: HttpProvider,
     dir: tempfile::TempDir,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if std::env::var("KEEPFRESH_MCP_E2E_KEEP").as_deref() == Ok("1") {
+            let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+            eprintln!("kept {}", dir.keep().display());
+        }
+    }
 }
 
 impl World {
