@@ -11,8 +11,8 @@ use http::{HeaderName, HeaderValue};
 use rmcp::model::ClientJsonRpcMessage;
 use rmcp::transport::common::client_side_sse::BoxedSseResponse;
 use rmcp::transport::streamable_http_client::{
-    InsufficientScopeError, StreamableHttpClient, StreamableHttpError,
-    StreamableHttpPostResponse, StreamableHttpResponseLimits,
+    InsufficientScopeError, StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
+    StreamableHttpResponseLimits,
 };
 
 use crate::auth_header::{AuthHeader, AuthSource};
@@ -270,7 +270,9 @@ where
                         challenge, e,
                     )))
                 })?;
-                call(Some(token_of(&next))).await.map_err(|e| step_up(e, &next))
+                call(Some(token_of(&next)))
+                    .await
+                    .map_err(|e| step_up(e, &next))
             }
             other => other.map_err(|e| step_up(e, &sent)),
         }

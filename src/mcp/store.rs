@@ -295,7 +295,12 @@ impl<S: TokenStore> CredentialStore for RmcpStore<S> {
             (state.version, state.known, state.guarded)
         };
         if !known {
-            expected = self.store.load().await.map_err(store_error)?.map(|s| s.version);
+            expected = self
+                .store
+                .load()
+                .await
+                .map_err(store_error)?
+                .map(|s| s.version);
         }
         for _ in 0..SAVE_ATTEMPTS {
             match self.store.save(expected, &set).await.map_err(store_error)? {
@@ -357,7 +362,11 @@ impl<S: TokenStore> CredentialStore for RmcpStore<S> {
             return Ok(());
         };
         if stored.tokens.refresh_token() == Some(&rejected)
-            && self.store.clear(stored.version).await.map_err(store_error)?
+            && self
+                .store
+                .clear(stored.version)
+                .await
+                .map_err(store_error)?
         {
             self.remember(None);
         }

@@ -224,8 +224,14 @@ impl fmt::Display for ToolAuthError {
             ToolAuthError::Reauthorize {
                 reason: Some(reason),
                 login,
-            } => write!(f, "authorization with the upstream API is needed ({reason}): {login}"),
-            ToolAuthError::Reauthorize { reason: None, login } => write!(
+            } => write!(
+                f,
+                "authorization with the upstream API is needed ({reason}): {login}"
+            ),
+            ToolAuthError::Reauthorize {
+                reason: None,
+                login,
+            } => write!(
                 f,
                 "authorization with the upstream API is needed (never authorized): {login}"
             ),

@@ -25,7 +25,11 @@ pub type Users = Arc<HashMap<[u8; 32], User>>;
 /// An axum middleware (`axum::middleware::from_fn_with_state`): a known bearer token puts
 /// its [`User`] into the request's extensions (rmcp hands them to the tools) and is
 /// removed; anything else is answered 401 with a Bearer challenge.
-pub async fn authenticate(State(users): State<Users>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(
+    State(users): State<Users>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let user = request
         .headers()
         .get(AUTHORIZATION)

@@ -295,8 +295,7 @@ pub fn token_digest(token: &str) -> String {
 /// # Errors
 /// An unreadable or malformed file, a bad user name or digest.
 pub fn read_users(path: &Path) -> Result<HashMap<[u8; 32], User>, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let entries: HashMap<String, String> =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut users = HashMap::new();

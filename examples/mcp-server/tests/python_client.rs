@@ -87,7 +87,9 @@ impl World {
             .unwrap();
         let provider = rt
             .block_on(HttpProvider::start(
-                ServeConfig::new("strict").seed(seed).access_lifetime(LIFETIME),
+                ServeConfig::new("strict")
+                    .seed(seed)
+                    .access_lifetime(LIFETIME),
                 0,
             ))
             .unwrap();
@@ -223,7 +225,11 @@ fn strings(args: &[&str]) -> Vec<String> {
 fn assert_all_ok(run: &Value) {
     let calls = run["calls"].as_u64().unwrap();
     assert!(calls > 0, "no call was made: {run}");
-    assert_eq!(run["ok"].as_u64().unwrap(), calls, "not every call succeeded: {run}");
+    assert_eq!(
+        run["ok"].as_u64().unwrap(),
+        calls,
+        "not every call succeeded: {run}"
+    );
 }
 
 /// One refresh per token generation: every refresh the provider saw was a first redemption
@@ -235,7 +241,10 @@ fn assert_one_refresh_per_generation(summary: &ServerSummary, families: u64) {
         ok, summary.token_calls,
         "a refresh was not answered ok: {summary:?}"
     );
-    assert_eq!(summary.replays, 0, "a refresh token was replayed: {summary:?}");
+    assert_eq!(
+        summary.replays, 0,
+        "a refresh token was replayed: {summary:?}"
+    );
     assert!(
         summary.revoked_families.is_empty(),
         "a family was revoked: {summary:?}"
@@ -249,7 +258,11 @@ fn assert_one_refresh_per_generation(summary: &ServerSummary, families: u64) {
 /// No secret in `log`: none of the mock's tokens, none of the MCP bearer tokens.
 fn assert_no_secret(log: &Path) {
     let text = std::fs::read_to_string(log).unwrap();
-    assert!(!text.is_empty(), "{} is empty: nothing was checked", log.display());
+    assert!(
+        !text.is_empty(),
+        "{} is empty: nothing was checked",
+        log.display()
+    );
     for (n, line) in text.lines().enumerate() {
         assert!(
             !line.contains(MOCK_SECRET) && !line.contains(MCP_SECRET),
@@ -281,24 +294,39 @@ fn http_both_protocol_modes_under_load() {
     world.authorize(&world.path("tokens/alice.json"));
     world.authorize(&world.path("tokens/bob.json"));
     let server_log = world.path("server.log");
-    let (_server, url) =
-        start_http_server(&world, &[("alice", alice.clone()), ("bob", bob.clone())], &server_log);
+    let (_server, url) = start_http_server(
+        &world,
+        &[("alice", alice.clone()), ("bob", bob.clone())],
+        &server_log,
+    );
 
     let mut refreshes_before = 0;
     for mode in ["legacy", "2026-07-28"] {
         let client_log = world.path(&format!("client-{mode}.log"));
         let mut args = strings(&["load", "--transport", "http", "--mode", mode, "--url", &url]);
         args.extend(strings(&["--token", &alice, "--token", &bob]));
-        args.extend(strings(&["--concurrency", "1000", "--duration", &seconds()]));
+        args.extend(strings(&[
+            "--concurrency",
+            "1000",
+            "--duration",
+            &seconds(),
+        ]));
         args.extend(["--log".into(), client_log.display().to_string()]);
         let run = drive(&args, &world.path(&format!("driver-{mode}.stderr")));
         let summary = world.summary();
         report(&format!("http {mode}"), &run, &summary);
         assert_all_ok(&run);
-        let expected = if mode == "legacy" { "2025-11-25" } else { "2026-07-28" };
+        let expected = if mode == "legacy" {
+            "2025-11-25"
+        } else {
+            "2026-07-28"
+        };
         assert_eq!(run["protocol_versions"][0], expected, "{run}");
         assert_one_refresh_per_generation(&summary, 2);
-        assert!(summary.token_calls > refreshes_before, "no refresh in the {mode} run");
+        assert!(
+            summary.token_calls > refreshes_before,
+            "no refresh in the {mode} run"
+        );
         refreshes_before = summary.token_calls;
         assert_no_secret(&client_log);
     }
@@ -317,10 +345,27 @@ fn stdio_three_processes_on_one_file_under_load() {
     let stderr = world.path("driver-stdio.stderr");
     let client_log = world.path("client-stdio.log");
 
-    let mut args = strings(&["load", "--transport", "stdio", "--mode", "legacy", "--servers", "3"]);
-    args.extend(strings(&["--concurrency", "1000", "--duration", &seconds()]));
+    let mut args = strings(&[
+        "load",
+        "--transport",
+        "stdio",
+        "--mode",
+        "legacy",
+        "--servers",
+        "3",
+    ]);
+    args.extend(strings(&[
+        "--concurrency",
+        "1000",
+        "--duration",
+        &seconds(),
+    ]));
     args.extend(strings(&["--env", "RUST_LOG", "debug"]));
-    args.extend(["--log".into(), client_log.display().to_string(), "--".into()]);
+    args.extend([
+        "--log".into(),
+        client_log.display().to_string(),
+        "--".into(),
+    ]);
     args.push(env!("CARGO_BIN_EXE_mcp-server-stdio").into());
     args.extend(["--store".into(), store.display().to_string()]);
     args.extend(world.upstream_args());
@@ -355,7 +400,11 @@ fn step_up_and_reauthorization_errors() {
     let dave = world.authorize(&world.path("tokens/dave.json"));
     world.revoke(&dave);
     let server_log = world.path("server.log");
-    let users = [("alice", token("alice")), ("carol", token("carol")), ("dave", token("dave"))];
+    let users = [
+        ("alice", token("alice")),
+        ("carol", token("carol")),
+        ("dave", token("dave")),
+    ];
     let (_server, url) = start_http_server(&world, &users, &server_log);
 
     let call = |user: &str, tool: &str, mode: &str| {
@@ -363,7 +412,10 @@ fn step_up_and_reauthorization_errors() {
         let mut args = strings(&["call", "--transport", "http", "--mode", mode, "--url", &url]);
         args.extend(["--token".into(), token(user), "--tool".into(), tool.into()]);
         args.extend(["--log".into(), log.display().to_string()]);
-        let answer = drive(&args, &world.path(&format!("driver-{user}-{tool}-{mode}.stderr")));
+        let answer = drive(
+            &args,
+            &world.path(&format!("driver-{user}-{tool}-{mode}.stderr")),
+        );
         assert_no_secret(&log);
         answer
     };
@@ -377,19 +429,27 @@ fn step_up_and_reauthorization_errors() {
         assert_eq!(ok["is_error"], false, "{ok}");
         assert_eq!(ok["structured"]["user"], "alice", "{ok}");
         // Never authorized upstream: the login instruction.
-        let body =
-            structured_error(&call("carol", "read_resource", mode), "reauthorization_required");
+        let body = structured_error(
+            &call("carol", "read_resource", mode),
+            "reauthorization_required",
+        );
         assert_eq!(body["reason"], "never_authorized", "{body}");
         assert_eq!(body["login"], LOGIN);
         // The grant was revoked upstream: the refresh is refused, the login instruction.
-        let body =
-            structured_error(&call("dave", "read_resource", mode), "reauthorization_required");
+        let body = structured_error(
+            &call("dave", "read_resource", mode),
+            "reauthorization_required",
+        );
         assert_eq!(body["reason"], "invalid_grant", "{body}");
         assert_eq!(body["login"], LOGIN);
     }
     let summary = world.summary();
     // Dave's one refused refresh; his family had been revoked by the test itself.
-    assert_eq!(summary.calls_by_outcome.get("invalid_grant"), Some(&1), "{summary:?}");
+    assert_eq!(
+        summary.calls_by_outcome.get("invalid_grant"),
+        Some(&1),
+        "{summary:?}"
+    );
     assert_eq!(summary.replays, 0, "{summary:?}");
     assert_no_secret(&server_log);
 

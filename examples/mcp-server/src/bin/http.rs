@@ -11,7 +11,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use keepfresh_mcp_example::{inbound, init_logging, read_users, Stores, Upstream, UpstreamArgs, UpstreamTools};
+use keepfresh_mcp_example::{
+    inbound, init_logging, read_users, Stores, Upstream, UpstreamArgs, UpstreamTools,
+};
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 
@@ -46,15 +48,18 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<(), String> {
     let users = Arc::new(read_users(&args.users)?);
-    let upstream = Arc::new(Upstream::new(&args.upstream, Stores::PerUser(args.store_dir))?);
+    let upstream = Arc::new(Upstream::new(
+        &args.upstream,
+        Stores::PerUser(args.store_dir),
+    )?);
     let service = StreamableHttpService::new(
         move || Ok(UpstreamTools::for_http(upstream.clone())),
         LocalSessionManager::default().into(),
         StreamableHttpServerConfig::default(),
     );
-    let app = axum::Router::new()
-        .nest_service("/mcp", service)
-        .layer(axum::middleware::from_fn_with_state(users, inbound::authenticate));
+    let app = axum::Router::new().nest_service("/mcp", service).layer(
+        axum::middleware::from_fn_with_state(users, inbound::authenticate),
+    );
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
