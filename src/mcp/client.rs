@@ -53,20 +53,19 @@ use crate::oauth::{parse_bearer_challenge, BearerChallenge};
 /// # Examples
 /// ```no_run
 /// use keepfresh::mcp::CredentialHttpClient;
-/// use keepfresh::oauth::HttpRefresher;
-/// use keepfresh::store::FileStore;
-/// use keepfresh::Credential;
+/// use keepfresh::store::MemoryStore;
+/// use keepfresh::{refresher_fn, Credential, RefreshError};
 /// use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 /// use rmcp::transport::StreamableHttpClientTransport;
 /// use rmcp::ServiceExt;
 ///
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let refresher = HttpRefresher::builder("https://auth.example.com/token", "my-mcp-client")
-///     .resource("https://mcp.example.com/mcp")
-///     .build()?;
+/// // With feature `http`: `oauth::HttpRefresher` for the MCP server's authorization server,
+/// // with the MCP server as its `resource`; with `file`: a `FileStore` the user's processes share.
+/// let refresher = refresher_fn(|_| async { Err(RefreshError::transient("stand-in")) });
 /// let credential = Credential::builder(refresher)
-///     .store(FileStore::open("/home/me/.config/my-app/mcp-tokens.json")?)
+///     .store(MemoryStore::new())
 ///     .build()
 ///     .await?;
 ///

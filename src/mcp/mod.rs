@@ -21,22 +21,26 @@
 //! use std::sync::Arc;
 //! use keepfresh::mcp::ToolAuthError;
 //! use keepfresh::middleware::AuthMiddleware;
-//! use keepfresh::oauth::HttpRefresher;
 //! use keepfresh::pool::{CredentialKey, CredentialPool};
-//! use keepfresh::store::FileStore;
-//! use keepfresh::Credential;
+//! use keepfresh::store::MemoryStore;
+//! use keepfresh::{Credential, Refresher};
 //! use rmcp::model::{CallToolResult, ContentBlock};
 //!
 //! const LOGIN: &str = "Connect your account: open https://mcp.example.com/connect";
 //!
 //! /// A tool body: `user` is who the server authenticated (never their MCP token);
-//! /// `refresher` was built once at startup.
-//! async fn list_repos(pool: &CredentialPool, refresher: &HttpRefresher, user: &str) -> CallToolResult {
+//! /// `refresher` (`oauth::HttpRefresher`, feature `http`) was built once at startup.
+//! async fn list_repos(
+//!     pool: &CredentialPool,
+//!     refresher: &(impl Refresher + Clone),
+//!     user: &str,
+//! ) -> CallToolResult {
 //!     let key = CredentialKey::new("https://github.com", "my-mcp-server").subject(user);
 //!     let credential = match pool
 //!         .get_or_build(&key, || async {
-//!             let store = FileStore::open(format!("/var/lib/mcp/tokens/{user}.json"))?;
-//!             Ok(Credential::builder(refresher.clone()).store(store))
+//!             // The user's store: `FileStore` (feature `file`) on a desktop, `RedisStore`
+//!             // (feature `redis`) for replicas.
+//!             Ok(Credential::builder(refresher.clone()).store(MemoryStore::new()))
 //!         })
 //!         .await
 //!     {
@@ -78,8 +82,8 @@
 //! # Stores
 //! | where the server runs | store |
 //! |---|---|
-//! | a desktop (stdio servers the MCP client starts, often several at once) | [`FileStore`](crate::store::FileStore) (or the encrypted file / keyring stores): the user's processes share one file and take turns through its lease |
-//! | replicas behind a load balancer (Streamable HTTP) | [`RedisStore`](crate::store::RedisStore): every replica sees the same tokens, one refresh across all of them |
+//! | a desktop (stdio servers the MCP client starts, often several at once) | `FileStore` (or the encrypted file and keyring stores; features `file`, `encrypted`, `keyring`): the user's processes share one file and take turns through its lease |
+//! | replicas behind a load balancer (Streamable HTTP) | `RedisStore` (feature `redis`): every replica sees the same tokens, one refresh across all of them |
 //! | one process, tokens re-obtained at start | [`MemoryStore`](crate::store::MemoryStore) |
 
 mod client;

@@ -62,10 +62,16 @@ const SAVE_ATTEMPTS: usize = 3;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
-/// let store = RmcpStore::new(MemoryStore::new(), "my-client").issuer("https://auth.example.com");
-/// assert!(store.load().await.unwrap().is_none());
-/// // MemoryStore has no leases (one process): no guard.
-/// assert!(store.acquire_refresh_guard().await.unwrap().is_none());
+/// let shared = MemoryStore::new(); // clones share content and lease, like two processes' stores
+/// let first = RmcpStore::new(shared.clone(), "my-client").issuer("https://auth.example.com");
+/// let second = RmcpStore::new(shared, "my-client")
+///     .lease_wait(std::time::Duration::from_millis(20));
+/// assert!(first.load().await.unwrap().is_none());
+///
+/// // The refresh guard is the store's lease: while one holds it, the other waits (here, gives up).
+/// let guard = first.acquire_refresh_guard().await.unwrap();
+/// assert!(guard.is_some());
+/// assert!(second.acquire_refresh_guard().await.is_err());
 /// # }
 /// ```
 pub struct RmcpStore<S> {
