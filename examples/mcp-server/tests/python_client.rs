@@ -463,25 +463,34 @@ fn step_up_and_reauthorization_errors() {
         .unwrap();
     assert!(!output.status.success(), "an unknown token was let in");
 
-    // Over stdio: the step-up, and re-authorization for an empty token file.
-    let stdio = |store: &Path, tool: &str| {
-        let mut args = strings(&["call", "--transport", "stdio", "--mode", "legacy"]);
+    // Over stdio, in both modes: the step-up, and re-authorization for an empty token file.
+    let stdio = |store: &Path, tool: &str, mode: &str| {
+        let mut args = strings(&["call", "--transport", "stdio", "--mode", mode]);
         args.extend(["--tool".into(), tool.into(), "--".into()]);
         args.push(env!("CARGO_BIN_EXE_mcp-server-stdio").into());
         args.extend(["--store".into(), store.display().to_string()]);
         args.extend(world.upstream_args());
-        let stderr = world.path(&format!("driver-stdio-{tool}.stderr"));
+        let stderr = world.path(&format!("driver-stdio-{tool}-{mode}.stderr"));
         let answer = drive(&args, &stderr);
         assert_no_secret(&stderr);
         answer
     };
     let desktop = world.path("desktop/upstream.json");
     world.authorize(&desktop);
-    let body = structured_error(&stdio(&desktop, "admin_report"), "insufficient_scope");
-    assert_eq!(body["scopes"], serde_json::json!(["admin"]), "{body}");
-    let body = structured_error(
-        &stdio(&world.path("nobody/upstream.json"), "read_resource"),
-        "reauthorization_required",
-    );
-    assert_eq!(body["reason"], "never_authorized", "{body}");
+    for mode in ["legacy", "2026-07-28"] {
+        let answer = stdio(&desktop, "admin_report", mode);
+        let expected = if mode == "legacy" {
+            "2025-11-25"
+        } else {
+            "2026-07-28"
+        };
+        assert_eq!(answer["protocol_version"], expected, "{answer}");
+        let body = structured_error(&answer, "insufficient_scope");
+        assert_eq!(body["scopes"], serde_json::json!(["admin"]), "{body}");
+        let body = structured_error(
+            &stdio(&world.path("nobody/upstream.json"), "read_resource", mode),
+            "reauthorization_required",
+        );
+        assert_eq!(body["reason"], "never_authorized", "{body}");
+    }
 }
