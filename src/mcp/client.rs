@@ -85,13 +85,41 @@ pub struct CredentialHttpClient<C = reqwest::Client> {
     credential: Credential,
 }
 
+/// Redirects an MCP request may follow: rmcp's own default. Only 307 and 308 keep the method
+/// and the JSON-RPC body; another origin would be sent the session id and custom headers.
+const MAX_REDIRECTS: usize = 10;
+
 impl CredentialHttpClient<reqwest::Client> {
-    /// Requests through a new `reqwest::Client` with its defaults (connections pooled,
-    /// redirects followed up to 10 times), authorized by `credential`.
+    /// Requests through a new `reqwest::Client` configured as rmcp's transport configures its
+    /// own: same-origin 307 and 308 redirects followed (up to 10), any other redirect handed
+    /// back as it is, and no idle connections kept (rmcp's measure against delayed-ACK
+    /// stalls); authorized by `credential`.
+    ///
+    /// # Panics
+    /// When the TLS backend cannot be initialized, as `reqwest::Client::new` does.
     ///
     /// See the [type-level example](CredentialHttpClient#examples).
     pub fn new(credential: Credential) -> Self {
-        Self::with_client(reqwest::Client::new(), credential)
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let keeps_body = matches!(attempt.status().as_u16(), 307 | 308);
+            let same_origin = attempt
+                .previous()
+                .first()
+                .is_some_and(|first| first.origin() == attempt.url().origin());
+            if !keeps_body || !same_origin {
+                attempt.stop()
+            } else if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+            } else {
+                attempt.follow()
+            }
+        });
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .redirect(redirects)
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Self::with_client(http, credential)
     }
 }
 

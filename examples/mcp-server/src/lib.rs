@@ -164,14 +164,17 @@ impl Upstream {
         })
     }
 
+    fn key(&self, user: &User) -> CredentialKey {
+        CredentialKey::new(self.issuer.clone(), self.client_id.clone())
+            .resource(self.api_url.clone())
+            .subject(user.name())
+    }
+
     /// `user`'s credential: built on first use from their token file, then shared by every
     /// tool call of theirs.
     async fn credential(&self, user: &User) -> Result<Credential, ToolAuthError> {
-        let key = CredentialKey::new(self.issuer.clone(), self.client_id.clone())
-            .resource(self.api_url.clone())
-            .subject(user.name());
         self.pool
-            .get_or_build(&key, || async {
+            .get_or_build(&self.key(user), || async {
                 let store = FileStore::open(self.stores.path(user))?;
                 Ok(Credential::builder(self.refresher.clone())
                     .store(store)
@@ -214,6 +217,11 @@ impl Upstream {
 
     fn failed(&self, user: &User, error: ToolAuthError) -> CallToolResult {
         tracing::info!(user = ?user, error = error.code(), "tool call not authorized upstream");
+        if let ToolAuthError::Reauthorize { .. } = error {
+            // Forget the credential: once the user has authorized again (a new token file),
+            // their next call builds it anew from the file.
+            self.pool.remove(&self.key(user));
+        }
         error.into_call_tool_result()
     }
 }

@@ -15,7 +15,8 @@
 //!   token redeemed twice would be answered `invalid_grant` and revoke the family), no
 //!   replay, no revoked family — also with three stdio servers started at once on one file;
 //! - no secret in any server log (the mock's tokens all carry a marker; the MCP tokens too);
-//! - the step-up and re-authorization paths end in the structured tool errors.
+//! - the step-up and re-authorization paths end in the structured tool errors, and a user who
+//!   authorizes again is served on their next call.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -397,13 +398,18 @@ fn step_up_and_reauthorization_errors() {
     let world = World::new(13);
     let token = |name: &str| format!("{MCP_SECRET}{name}-{}", std::process::id());
     world.authorize(&world.path("tokens/alice.json"));
-    let dave = world.authorize(&world.path("tokens/dave.json"));
-    world.revoke(&dave);
+    // Dave disconnects the app at the provider: one revoked grant per mode (a refused refresh
+    // clears his token file, so a second call would find no grant at all).
+    for dave in ["dave-legacy", "dave-2026-07-28"] {
+        let grant = world.authorize(&world.path(&format!("tokens/{dave}.json")));
+        world.revoke(&grant);
+    }
     let server_log = world.path("server.log");
     let users = [
         ("alice", token("alice")),
         ("carol", token("carol")),
-        ("dave", token("dave")),
+        ("dave-legacy", token("dave-legacy")),
+        ("dave-2026-07-28", token("dave-2026-07-28")),
     ];
     let (_server, url) = start_http_server(&world, &users, &server_log);
 
@@ -437,17 +443,25 @@ fn step_up_and_reauthorization_errors() {
         assert_eq!(body["login"], LOGIN);
         // The grant was revoked upstream: the refresh is refused, the login instruction.
         let body = structured_error(
-            &call("dave", "read_resource", mode),
+            &call(&format!("dave-{mode}"), "read_resource", mode),
             "reauthorization_required",
         );
         assert_eq!(body["reason"], "invalid_grant", "{body}");
         assert_eq!(body["login"], LOGIN);
     }
+    // Both authorize again (new grants in their token files): their next calls go through.
+    world.authorize(&world.path("tokens/carol.json"));
+    world.authorize(&world.path("tokens/dave-legacy.json"));
+    for user in ["carol", "dave-legacy"] {
+        let ok = call(user, "read_resource", "2026-07-28");
+        assert_eq!(ok["is_error"], false, "{ok}");
+        assert_eq!(ok["structured"]["user"], user, "{ok}");
+    }
     let summary = world.summary();
-    // Dave's one refused refresh; his family had been revoked by the test itself.
+    // One refused refresh per revoked grant (the test revoked those families itself).
     assert_eq!(
         summary.calls_by_outcome.get("invalid_grant"),
-        Some(&1),
+        Some(&2),
         "{summary:?}"
     );
     assert_eq!(summary.replays, 0, "{summary:?}");
