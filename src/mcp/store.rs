@@ -52,7 +52,9 @@ const SAVE_ATTEMPTS: usize = 3;
 /// generation use [`CredentialHttpClient`](super::CredentialHttpClient) with a
 /// [`Credential`](crate::Credential) instead.
 ///
-/// Only the `Debug` of the configuration is shown; tokens never are.
+/// Only the `Debug` of the configuration is shown; tokens never are. rmcp's credential types
+/// hold the tokens as plain `String`s, which are not zeroed when dropped (keepfresh's own
+/// copies are).
 ///
 /// # Examples
 /// ```
