@@ -65,6 +65,9 @@
 //! - `middleware` (feature `middleware`): `reqwest-middleware` and `tower` middleware that
 //!   attach the header, refresh once and retry once on a 401, and report a 403
 //!   `insufficient_scope` as a step-up;
+//! - `mcp` (feature `rmcp`): keepfresh in MCP servers and clients built on rmcp 3.11 — tool
+//!   errors for step-up and re-authorization, rmcp's Streamable HTTP client transport with its
+//!   token from a [`Credential`], and rmcp's `CredentialStore` over any store;
 //! - [`pool`]: many credentials keyed by issuer, client, resource, scopes and subject;
 //! - [`event`]: what a credential reports;
 //! - `metrics` (feature `metrics`): counters, histograms and gauges through the `metrics`
@@ -83,6 +86,7 @@
 //! | `http` | no | `oauth::HttpRefresher`: the RFC 6749 refresh grant over HTTP (reqwest + rustls), no automatic retries, transport failures classified as transient or ambiguous; `oauth::discovery`: protected-resource and authorization-server metadata, issuer and resource checked, PKCE S256 required |
 //! | `encrypted` | no | `store::EncryptedFileStore`: the file store's document sealed with XChaCha20-Poly1305, bound to the credential's identity; `store::Key` from the environment, a key file or the keyring; key rotation |
 //! | `middleware` | no | `middleware::AuthMiddleware` (reqwest-middleware 0.5) and `middleware::AuthLayer` (tower 0.5): the header attached and marked sensitive, one refresh and one retry on a 401 `invalid_token`, `StepUpRequired` on a 403 `insufficient_scope` |
+//! | `rmcp` | no | `mcp::ToolAuthError` (step-up and re-authorization as structured MCP tool errors), `mcp::CredentialHttpClient` (rmcp's Streamable HTTP client transport authorized by a [`Credential`]: exact invalidation and one retry on a 401, rmcp's step-up on a 403 `insufficient_scope`), `mcp::RmcpStore` (rmcp's `CredentialStore` over any `TokenStore`, its refresh guard the store's lease); implies `middleware` |
 //! | `keyring` | no | `store::KeyringStore`: tokens in the OS keyring (Secret Service, Keychain, Credential Manager), too-big sets in an encrypted file; `Key::from_keyring` |
 //! | `redis` | no | `store::RedisStore`: a store shared by replicas through Redis (compare-and-swap scripts, fenced leases, pub/sub wake-ups) |
 //! | `redis-tls` | no | `rediss://` URLs for `RedisStore`, over rustls and aws-lc-rs (the same stack as `http`) |
@@ -105,6 +109,8 @@ pub mod event;
 pub mod flight;
 pub mod limits;
 pub mod machine;
+#[cfg(feature = "rmcp")]
+pub mod mcp;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 #[cfg(feature = "middleware")]

@@ -168,6 +168,9 @@ pub fn run_serve(args: ServeArgs) -> ExitCode {
             println!(
                 "  GET  {uri}/resource  protected resource (401 for expired or revoked tokens)"
             );
+            println!(
+                "  GET  {uri}/resource/admin  needs the admin scope: 403 insufficient_scope for live tokens"
+            );
             println!("  GET  {uri}/.well-known/oauth-authorization-server");
             match args.duration {
                 Some(s) => println!("  stopping after {s} s"),

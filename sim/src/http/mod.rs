@@ -8,6 +8,7 @@
 //! | `POST /token` | RFC 6749 §6 refresh grant (form-encoded, `grant_type=refresh_token`), answered by the model of the chosen profile: rotation, reuse detection, grace windows, vendor error styles |
 //! | `POST /login` | a new grant (token family), answered like a token response: how a client gets its first refresh token |
 //! | `GET /resource` | a protected resource: 200 for a live access token, 401 `invalid_token` for an unknown, expired or revoked one |
+//! | `GET /resource/admin` | a resource that needs the `admin` scope, which no grant of the mock holds: 403 `insufficient_scope` (`scope="admin"`) for a live access token, 401 as above otherwise (a step-up to test) |
 //! | `GET /authorize` | authorization code + PKCE (S256) with auto-consent: redirects to `redirect_uri` with `code`, `state` and `iss` (RFC 9207); [`AuthorizeMode`](crate::http::AuthorizeMode) makes it deny, send a wrong `iss` or not support PKCE |
 //! | `POST /token` with `grant_type=authorization_code` | redeems a code once, checking `redirect_uri`, `client_id` and the PKCE verifier: a new grant |
 //! | `POST /revoke` | RFC 7009: revokes the family of a refresh token (200 whatever the token) |
@@ -471,7 +472,18 @@ impl HttpProvider {
             .await;
         Mock::given(method("GET"))
             .and(path("/resource"))
-            .respond_with(ResourceEndpoint(shared.clone()))
+            .respond_with(ResourceEndpoint {
+                shared: shared.clone(),
+                needs_admin: false,
+            })
+            .mount(&server)
+            .await;
+        Mock::given(method("GET"))
+            .and(path("/resource/admin"))
+            .respond_with(ResourceEndpoint {
+                shared: shared.clone(),
+                needs_admin: true,
+            })
             .mount(&server)
             .await;
         let issuer = server.uri();
@@ -846,7 +858,11 @@ impl Respond for LoginEndpoint {
     }
 }
 
-struct ResourceEndpoint(Arc<Shared>);
+struct ResourceEndpoint {
+    shared: Arc<Shared>,
+    /// `/resource/admin`: a live token still lacks the scope, since no grant carries `admin`.
+    needs_admin: bool,
+}
 
 impl Respond for ResourceEndpoint {
     fn respond(&self, request: &Request) -> ResponseTemplate {
@@ -862,7 +878,11 @@ impl Respond for ResourceEndpoint {
         let Some(token) = bearer else {
             return ResponseTemplate::new(401).insert_header("www-authenticate", "Bearer");
         };
-        match self.0.resource(token) {
+        match self.shared.resource(token) {
+            (200, _) if self.needs_admin => ResponseTemplate::new(403).insert_header(
+                "www-authenticate",
+                "Bearer error=\"insufficient_scope\", scope=\"admin\"",
+            ),
             (200, _) => ResponseTemplate::new(200).set_body_json(serde_json::json!({"ok": true})),
             (403, _) => ResponseTemplate::new(403)
                 .insert_header("www-authenticate", "Bearer error=\"insufficient_scope\""),
