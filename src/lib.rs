@@ -103,6 +103,9 @@ mod credential;
 mod error;
 pub mod event;
 pub mod flight;
+/// Fuzzing entry points: not part of the API (see the module's documentation).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod machine;
 #[cfg(feature = "metrics")]
 pub mod metrics;

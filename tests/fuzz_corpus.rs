@@ -48,3 +48,37 @@ fn www_authenticate_corpus() {
 fn flight_corpus() {
     assert!(replay("flight", drivers::flight) >= 3);
 }
+
+#[cfg(feature = "http")]
+#[test]
+fn discovery_corpus() {
+    assert!(replay("discovery", drivers::discovery) >= 8);
+}
+
+#[cfg(feature = "login")]
+#[test]
+fn login_callback_corpus() {
+    assert!(replay("login_callback", drivers::login_callback) >= 6);
+}
+
+#[cfg(feature = "file")]
+#[test]
+fn store_document_corpus() {
+    assert!(replay("store_document", drivers::store_document) >= 6);
+}
+
+#[cfg(feature = "encrypted")]
+#[test]
+fn sealed_store_corpus() {
+    assert!(replay("sealed_store", drivers::sealed_store) >= 6);
+}
+
+#[test]
+fn store_spec_corpus() {
+    assert!(replay("store_spec", drivers::store_spec) >= 8);
+}
+
+#[test]
+fn dotenv_corpus() {
+    assert!(replay("dotenv", drivers::dotenv) >= 6);
+}

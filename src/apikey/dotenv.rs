@@ -143,13 +143,13 @@ fn shell_quote(path: &Path) -> String {
 
 /// What went wrong inside the file, by line.
 #[derive(Debug, PartialEq, Eq)]
-enum Problem {
+pub(crate) enum Problem {
     Malformed { line: usize },
     NotUnicode { line: usize },
 }
 
 impl Problem {
-    fn into_error(self, path: &Path) -> ApiKeyError {
+    pub(crate) fn into_error(self, path: &Path) -> ApiKeyError {
         match self {
             Problem::Malformed { line } => ApiKeyError::new(
                 ApiKeyErrorKind::Malformed,
@@ -172,7 +172,7 @@ impl Problem {
 
 /// Parses the whole of `content` with dotenvy and keeps the last value of `variable`; every
 /// other value is wiped as soon as it is read.
-fn parse(content: &[u8], variable: &str) -> Result<Option<Zeroizing<String>>, Problem> {
+pub(crate) fn parse(content: &[u8], variable: &str) -> Result<Option<Zeroizing<String>>, Problem> {
     let content = content.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(content);
     let mut lines = LineFeed::new(content);
     let mut found = None;

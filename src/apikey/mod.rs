@@ -5,7 +5,7 @@
 //! - `dotenv`: reading one variable from a `.env` file, with the file checks;
 //! - `error`: [`ApiKeyError`].
 
-mod dotenv;
+pub(crate) mod dotenv;
 mod error;
 
 use std::fmt;
