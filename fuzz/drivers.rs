@@ -412,7 +412,12 @@ pub fn discovery(data: &[u8]) {
             "{what}: no host"
         );
     };
-    let quotable = identifier.contains(MARKER);
+    // Errors may quote the identifier (without its control characters).
+    let quotable = identifier
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect::<String>()
+        .contains(MARKER);
     let check_error = |e: &keepfresh::oauth::discovery::DiscoveryError| {
         let message = e.to_string();
         assert!(
@@ -701,13 +706,24 @@ fn redis_password(s: &str) -> Option<&str> {
 }
 
 /// `.env` files: the value of `KEY`. Checks: a malformed file is reported at a line that
-/// exists, and no error quotes the file (a value marked `s3cr3t` never shows).
+/// exists, no error quotes the file (a value marked `s3cr3t` never shows), and substitutions
+/// do not blow a small file up into a huge value.
 pub fn dotenv(data: &[u8]) {
     match keepfresh::fuzzing::dotenv_value(data, "KEY") {
-        Ok(Some(_)) => assert!(
-            data.windows(3).any(|w| w == b"KEY"),
-            "a value found for a variable the file does not name"
-        ),
+        Ok(Some(value)) => {
+            assert!(
+                data.windows(3).any(|w| w == b"KEY"),
+                "a value found for a variable the file does not name"
+            );
+            // `$NAME` substitutions chained through the file must not multiply its size
+            // without bound (`B=$A$A…`, `C=$B$B…`: eight-fold per line).
+            assert!(
+                value.len() <= 8 << 20,
+                "a {}-byte value from a {}-byte file",
+                value.len(),
+                data.len()
+            );
+        }
         Ok(None) => {}
         Err(e) => {
             let lines = data.iter().filter(|&&b| b == b'\n').count() + 1;

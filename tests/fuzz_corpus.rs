@@ -82,3 +82,13 @@ fn store_spec_corpus() {
 fn dotenv_corpus() {
     assert!(replay("dotenv", drivers::dotenv) >= 6);
 }
+
+/// Regression: `$NAME` substitutions chained through a 150-byte `.env` file (`B=$A$A…`,
+/// `C=$B$B…`, eight-fold per line) made a 33 MB value; three more lines make gigabytes. Found
+/// with the `dotenv` target (an out-of-memory abort at 1 GiB).
+#[test]
+fn dotenv_substitution_blowup() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus/dotenv/regression-substitution-blowup");
+    drivers::dotenv(&std::fs::read(path).expect("the regression input"));
+}
