@@ -531,7 +531,7 @@ pub fn login_callback(data: &[u8]) {
     let (path, query) = login_request_target(data);
     assert!(!path.contains(' ') && !query.contains(' '));
     assert!(!path.contains('?'));
-    let require_iss = data.len() % 2 == 0;
+    let require_iss = data.len().is_multiple_of(2);
     let (mut state, mut iss, mut error, mut code) = (None, None, false, None);
     for (k, v) in form_urlencoded::parse(query.as_bytes()) {
         match k.as_ref() {
