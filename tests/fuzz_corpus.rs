@@ -84,8 +84,8 @@ fn dotenv_corpus() {
 }
 
 /// Regression: `$NAME` substitutions chained through a 150-byte `.env` file (`B=$A$A…`,
-/// `C=$B$B…`, eight-fold per line) made a 33 MB value; three more lines make gigabytes. Found
-/// with the `dotenv` target (an out-of-memory abort at 1 GiB).
+/// `C=$B$B…`, eight-fold per line) made a 33 MB value; two more lines made the `dotenv` target
+/// abort at its 1 GiB memory limit.
 #[test]
 fn dotenv_substitution_blowup() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
