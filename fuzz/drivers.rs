@@ -672,14 +672,16 @@ pub fn store_spec(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    // Only a spec that is a URL has a password (`file:` paths and `keyring:` names are shown
-    // as they are).
+    // Only a spec that is a URL has a password (`file:` and `encrypted-file:` paths, key
+    // sources and `keyring:` names are shown as they are, even when they contain `://`).
     let trimmed = text.trim();
     let url_like = trimmed.find("://").is_some_and(|i| {
-        i > 0
-            && trimmed[..i]
+        let scheme = &trimmed[..i];
+        !scheme.is_empty()
+            && scheme
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            && !["memory", "file", "encrypted-file", "keyring"].contains(&scheme)
     });
     let password_marked = url_like
         && text.matches(MARKER).count() == 1
