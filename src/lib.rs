@@ -108,6 +108,9 @@ mod error;
 pub mod event;
 pub mod flight;
 pub mod limits;
+/// Fuzzing entry points: not part of the API (see the module's documentation).
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod machine;
 #[cfg(feature = "rmcp")]
 pub mod mcp;

@@ -1,5 +1,7 @@
 #![no_main]
 
+// Each target uses one of the shared drivers.
+#[allow(dead_code)]
 #[path = "../drivers.rs"]
 mod drivers;
 

@@ -1,6 +1,7 @@
 //! Reads one variable from a `.env` file that only its owner can read, without touching the
 //! process environment.
 
+use std::cell::Cell;
 use std::fs::{File, Metadata};
 use std::io::{self, Read};
 use std::path::Path;
@@ -12,6 +13,11 @@ use super::error::{ApiKeyError, ApiKeyErrorKind};
 /// The largest `.env` file read, and the most reserved up front for it (a `.env` file is a few
 /// hundred bytes).
 const CAPACITY_CAP: usize = crate::limits::MAX_DOTENV_BYTES;
+
+/// The most the file's values may take together, with their `$NAME` substitutions expanded
+/// (dotenvy keeps every value for the substitutions below it): 4 MiB. Without a bound a chain
+/// of substitutions (`B=$A$A…`, `C=$B$B…`) multiplies a few hundred bytes into gigabytes.
+const MAX_EXPANDED: usize = 4 << 20;
 
 /// The value `variable` has in the `.env` file at `path` (the last definition wins, as when a
 /// shell sources the file), or `None` when the file does not define it. The whole file must
@@ -158,13 +164,21 @@ fn shell_quote(path: &Path) -> String {
 
 /// What went wrong inside the file, by line.
 #[derive(Debug, PartialEq, Eq)]
-enum Problem {
-    Malformed { line: usize },
-    NotUnicode { line: usize },
+pub(crate) enum Problem {
+    Malformed {
+        line: usize,
+    },
+    NotUnicode {
+        line: usize,
+    },
+    /// Its values, substitutions expanded, could exceed [`MAX_EXPANDED`] at this line.
+    TooLarge {
+        line: usize,
+    },
 }
 
 impl Problem {
-    fn into_error(self, path: &Path) -> ApiKeyError {
+    pub(crate) fn into_error(self, path: &Path) -> ApiKeyError {
         match self {
             Problem::Malformed { line } => ApiKeyError::new(
                 ApiKeyErrorKind::Malformed,
@@ -180,6 +194,16 @@ impl Problem {
                 format!("line {line} of {} is not valid UTF-8", path.display()),
             )
             .with_line(line),
+            Problem::TooLarge { line } => ApiKeyError::new(
+                ApiKeyErrorKind::Malformed,
+                format!(
+                    "at line {line} of {}, the values with their $NAME substitutions expanded \
+                     could take more than {MAX_EXPANDED} bytes (substitutions that repeat each \
+                     other?); the line is not shown, as it may hold a secret",
+                    path.display()
+                ),
+            )
+            .with_line(line),
         }
         .with_path(path)
     }
@@ -187,14 +211,16 @@ impl Problem {
 
 /// Parses the whole of `content` with dotenvy and keeps the last value of `variable`; every
 /// other value is wiped as soon as it is read.
-fn parse(content: &[u8], variable: &str) -> Result<Option<Zeroizing<String>>, Problem> {
+pub(crate) fn parse(content: &[u8], variable: &str) -> Result<Option<Zeroizing<String>>, Problem> {
     let content = content.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(content);
-    let mut lines = LineFeed::new(content);
+    let budget = Budget::new();
+    let mut lines = LineFeed::new(content, &budget);
     let mut found = None;
     let mut failure = None;
     for item in dotenvy::from_read_iter(&mut lines) {
         match item {
             Ok((name, value)) => {
+                budget.entry_read(value.len());
                 let value = Zeroizing::new(value);
                 if name == variable {
                     found = Some(value);
@@ -205,6 +231,11 @@ fn parse(content: &[u8], variable: &str) -> Result<Option<Zeroizing<String>>, Pr
                 break;
             }
         }
+    }
+    if lines.over_budget {
+        return Err(Problem::TooLarge {
+            line: lines.last_line,
+        });
     }
     match failure {
         None => Ok(found),
@@ -232,20 +263,67 @@ fn parse(content: &[u8], variable: &str) -> Result<Option<Zeroizing<String>>, Pr
 
 /// Hands the content to dotenvy at most one line per read. dotenvy reads through a
 /// `BufReader`, which asks for more only once its buffer is used up, so `last_line` is always
-/// the line dotenvy is working on: the line number its errors lack.
+/// the line dotenvy is working on: the line number its errors lack. A line that could take
+/// the values past [`MAX_EXPANDED`] is not handed over: the read fails.
 struct LineFeed<'a> {
     rest: &'a [u8],
     newlines: usize,
     last_line: usize,
+    budget: &'a Budget,
+    over_budget: bool,
 }
 
 impl<'a> LineFeed<'a> {
-    fn new(content: &'a [u8]) -> Self {
+    fn new(content: &'a [u8], budget: &'a Budget) -> Self {
         LineFeed {
             rest: content,
             newlines: 0,
             last_line: 1,
+            budget,
+            over_budget: false,
         }
+    }
+}
+
+/// What the values dotenvy has produced and keeps take, and at most what the entry it is
+/// reading can take: its lines, each `$` expanded to the longest value it could name (a value
+/// above it or a variable of the process environment). Checked before dotenvy sees a line.
+struct Budget {
+    /// The values produced so far, together.
+    used: Cell<usize>,
+    /// The longest value a `$NAME` can expand to so far.
+    longest: Cell<usize>,
+    /// The bound on the entry being read.
+    pending: Cell<usize>,
+}
+
+impl Budget {
+    fn new() -> Budget {
+        let longest_env = std::env::vars_os().map(|(_, v)| v.len()).max().unwrap_or(0);
+        Budget {
+            used: Cell::new(0),
+            longest: Cell::new(longest_env),
+            pending: Cell::new(0),
+        }
+    }
+
+    /// Whether dotenvy may read `line`: the bound of the entry it belongs to stays within
+    /// [`MAX_EXPANDED`].
+    fn admit(&self, line: &[u8]) -> bool {
+        let dollars = line.iter().filter(|&&b| b == b'$').count();
+        let pending = dollars
+            .saturating_mul(self.longest.get())
+            .saturating_add(line.len())
+            .saturating_add(self.pending.get());
+        self.pending.set(pending);
+        self.used.get().saturating_add(pending) <= MAX_EXPANDED
+    }
+
+    /// dotenvy produced a value of `len` bytes: it ends the entry being read.
+    fn entry_read(&self, len: usize) {
+        self.used.set(self.used.get().saturating_add(len));
+        self.longest.set(self.longest.get().max(len));
+        self.pending.set(0);
     }
 }
 
@@ -259,6 +337,11 @@ impl Read for LineFeed<'_> {
         let n = line_end.min(buf.len());
         if n == 0 {
             return Ok(0);
+        }
+        if !self.budget.admit(&self.rest[..n]) {
+            self.over_budget = true;
+            self.last_line = self.newlines + 1;
+            return Err(io::Error::other("the expanded values exceed the limit"));
         }
         buf[..n].copy_from_slice(&self.rest[..n]);
         self.last_line = self.newlines + 1;
@@ -322,6 +405,30 @@ mod tests {
             value(&format!("A={long}\n"), "A").unwrap().as_deref(),
             Some(long.as_str())
         );
+    }
+
+    /// Substitutions work; a chain that multiplies the values is refused at the line that
+    /// would take them past the limit, before dotenvy expands it.
+    #[test]
+    fn substitutions_are_bounded() {
+        assert_eq!(
+            value("A=ab\nK=\"${A}-${A}\"\nL=$K-$A\n", "L")
+                .unwrap()
+                .as_deref(),
+            Some("ab-ab-ab")
+        );
+        let mut content = format!("A={}\n", "x".repeat(1000));
+        for (prev, name) in ["A", "B", "C", "D", "E", "F"]
+            .iter()
+            .zip(["B", "C", "D", "E", "F", "G"])
+        {
+            content.push_str(&format!("{name}={}\n", format!("${prev}").repeat(8)));
+        }
+        // A: 1 kB, B: 8 kB, C: 64 kB, D: 512 kB, E would be 4 MB.
+        assert_eq!(value(&content, "A"), Err(Problem::TooLarge { line: 5 }));
+        let e = Problem::TooLarge { line: 5 }.into_error(Path::new("x.env"));
+        assert_eq!(e.kind(), ApiKeyErrorKind::Malformed);
+        assert_eq!(e.line(), Some(5));
     }
 
     #[test]

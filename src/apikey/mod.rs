@@ -5,7 +5,7 @@
 //! - `dotenv`: reading one variable from a `.env` file, with the file checks;
 //! - `error`: [`ApiKeyError`].
 
-mod dotenv;
+pub(crate) mod dotenv;
 mod error;
 
 use std::fmt;
@@ -199,7 +199,8 @@ impl ApiKey {
     /// - [`UnsafeFile`](ApiKeyErrorKind::UnsafeFile): a symbolic link, not a regular file,
     ///   owned by another user, or with group or other permission bits;
     /// - [`Malformed`](ApiKeyErrorKind::Malformed): a line is not valid `.env` syntax (anywhere
-    ///   in the file, not only at `variable`); [`ApiKeyError::line`] says which;
+    ///   in the file, not only at `variable`), or its `$NAME` substitutions could take the
+    ///   file's values past 4 MiB; [`ApiKeyError::line`] says which;
     /// - [`NotUnicode`](ApiKeyErrorKind::NotUnicode): a line is not valid UTF-8;
     /// - [`Missing`](ApiKeyErrorKind::Missing): the file does not define `variable`;
     /// - [`Empty`](ApiKeyErrorKind::Empty), [`InvalidCharacter`](ApiKeyErrorKind::InvalidCharacter):

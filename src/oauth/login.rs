@@ -354,14 +354,7 @@ impl Login {
                     Ok(n) => head.extend_from_slice(&buf[..n]),
                 }
             }
-            let line = String::from_utf8_lossy(&head);
-            let target = line
-                .lines()
-                .next()
-                .and_then(|l| l.strip_prefix("GET "))
-                .and_then(|l| l.split(' ').next())
-                .unwrap_or("");
-            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let (path, query) = request_target(&head);
             if path != self.options.redirect_path {
                 let _ = sock
                     .write_all(
@@ -382,46 +375,7 @@ impl Login {
 
     /// Checks the redirect's parameters and redeems the code.
     async fn redeem(&self, query: &str) -> Result<TokenSet, LoginError> {
-        let mut code = None;
-        let mut state = None;
-        let mut iss = None;
-        let mut error = None;
-        let mut description = None;
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            match k.as_ref() {
-                "code" => code = Some(Zeroizing::new(v.into_owned())),
-                "state" => state = Some(Zeroizing::new(v.into_owned())),
-                "iss" => iss = Some(v.into_owned()),
-                "error" => error = Some(sanitize(&v)),
-                "error_description" => description = Some(sanitize(&v)),
-                _ => {}
-            }
-        }
-        // The state first: an error redirect with a forged state is not this login's either.
-        let state_ok = state.as_deref().is_some_and(|s| {
-            use subtle::ConstantTimeEq as _;
-            bool::from(s.as_bytes().ct_eq(self.state.as_bytes()))
-        });
-        if !state_ok {
-            return Err(LoginError::StateMismatch);
-        }
-        // RFC 9207: an `iss` present must match exactly (also on error redirects), and a server
-        // that advertises the parameter must send it.
-        let iss_ok = match &iss {
-            Some(iss) => iss == &self.issuer,
-            None => !self.require_iss,
-        };
-        if !iss_ok {
-            return Err(LoginError::IssuerMismatch {
-                expected: self.issuer.clone(),
-            });
-        }
-        if let Some(error) = error {
-            return Err(LoginError::Denied { error, description });
-        }
-        let Some(code) = code else {
-            return Err(LoginError::BadRedirect("no code in the redirect".into()));
-        };
+        let code = check_redirect(query, &self.state, &self.issuer, self.require_iss)?;
         self.exchange(&code).await
     }
 
@@ -507,6 +461,71 @@ impl Login {
         }
         Ok(set)
     }
+}
+
+/// The path and the query of the request line at the start of `head` (`GET /path?query HTTP/1.1`),
+/// both empty when it is not a `GET`.
+pub(crate) fn request_target(head: &[u8]) -> (String, String) {
+    let line = String::from_utf8_lossy(head);
+    let target = line
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("GET "))
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or("");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    (path.to_owned(), query.to_owned())
+}
+
+/// Checks a redirect's query against the login's `state`, the issuer (RFC 9207 `iss`, required
+/// when the server advertises it) and an error the server sent; the code to redeem otherwise.
+pub(crate) fn check_redirect(
+    query: &str,
+    expected_state: &str,
+    issuer: &str,
+    require_iss: bool,
+) -> Result<Zeroizing<String>, LoginError> {
+    let mut code = None;
+    let mut state = None;
+    let mut iss = None;
+    let mut error = None;
+    let mut description = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "code" => code = Some(Zeroizing::new(v.into_owned())),
+            "state" => state = Some(Zeroizing::new(v.into_owned())),
+            "iss" => iss = Some(v.into_owned()),
+            "error" => error = Some(sanitize(&v)),
+            "error_description" => description = Some(sanitize(&v)),
+            _ => {}
+        }
+    }
+    // The state first: an error redirect with a forged state is not this login's either.
+    let state_ok = state.as_deref().is_some_and(|s| {
+        use subtle::ConstantTimeEq as _;
+        bool::from(s.as_bytes().ct_eq(expected_state.as_bytes()))
+    });
+    if !state_ok {
+        return Err(LoginError::StateMismatch);
+    }
+    // RFC 9207: an `iss` present must match exactly (also on error redirects), and a server
+    // that advertises the parameter must send it.
+    let iss_ok = match &iss {
+        Some(iss) => iss == issuer,
+        None => !require_iss,
+    };
+    if !iss_ok {
+        return Err(LoginError::IssuerMismatch {
+            expected: issuer.to_owned(),
+        });
+    }
+    if let Some(error) = error {
+        return Err(LoginError::Denied { error, description });
+    }
+    let Some(code) = code else {
+        return Err(LoginError::BadRedirect("no code in the redirect".into()));
+    };
+    Ok(code)
 }
 
 /// A short, printable copy of a server-provided string.

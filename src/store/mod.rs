@@ -4,13 +4,13 @@
 #[cfg(feature = "contract")]
 pub mod contract;
 #[cfg(feature = "encrypted")]
-mod encrypted;
+pub(crate) mod encrypted;
 #[cfg(feature = "file")]
 mod file;
 #[cfg(feature = "keyring")]
 mod keyring;
 #[cfg(feature = "file")]
-mod local;
+pub(crate) mod local;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
