@@ -107,10 +107,10 @@ mod credential;
 mod error;
 pub mod event;
 pub mod flight;
-pub mod limits;
 /// Fuzzing entry points: not part of the API (see the module's documentation).
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
 pub mod machine;
 #[cfg(feature = "rmcp")]
 pub mod mcp;
