@@ -39,9 +39,9 @@ use crate::world::WorldConfig;
 /// Command-line arguments of `keepfresh-sim compare`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct CompareArgs {
-    /// Scenario name (see `list`).
-    #[arg(long)]
-    pub scenario: String,
+    /// The scenario: `--scenario NAME` or `--scenario-file PATH` (one is required).
+    #[command(flatten)]
+    pub scenario: scenario::ScenarioArgs,
     /// First seed.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -237,15 +237,16 @@ pub fn compare(
         scenario: scenario.name.to_owned(),
         seed,
         seeds,
-        command: command(scenario.name, seed, seeds, overrides),
+        command: command(scenario, seed, seeds, overrides),
         rows,
     })
 }
 
 /// The command line that reproduces a comparison.
-pub fn command(scenario: &str, seed: u64, seeds: u64, overrides: &Overrides) -> String {
+pub fn command(scenario: &Scenario, seed: u64, seeds: u64, overrides: &Overrides) -> String {
     let mut c = format!(
-        "cargo run --release -p keepfresh-sim -- compare --scenario {scenario} --seed {seed}"
+        "cargo run --release -p keepfresh-sim -- compare {} --seed {seed}",
+        scenario.selector()
     );
     if seeds != 1 {
         let _ = write!(c, " --seeds {seeds}");
@@ -457,8 +458,9 @@ pub fn main(a: CompareArgs) -> i32 {
         eprintln!("error: {m}");
         2
     };
-    let sc = match scenario::by_name(&a.scenario) {
-        Ok(s) => s,
+    let sc = match a.scenario.pick() {
+        Ok(Some(s)) => s,
+        Ok(None) => return fail("compare needs --scenario NAME or --scenario-file PATH".into()),
         Err(e) => return fail(e),
     };
     if a.seeds == 0 {

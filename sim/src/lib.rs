@@ -30,6 +30,7 @@ pub mod report;
 pub mod rng;
 pub mod runner;
 pub mod scenario;
+pub mod scenario_file;
 pub mod strategy;
 pub mod world;
 

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use keepfresh_sim::report;
 use keepfresh_sim::runner::{self, Overrides};
-use keepfresh_sim::scenario::{self, Scenario};
+use keepfresh_sim::scenario::{self, Scenario, ScenarioArgs};
+use keepfresh_sim::scenario_file::ScenarioFile;
 use keepfresh_sim::world::FailureKind;
 
 /// Deterministic simulation of the keepfresh token-refresh engine.
@@ -38,9 +39,9 @@ enum Command {
     Sweep(SweepArgs),
     /// Shrink a failing seed: fewer callers, shorter duration, fewer fault kinds.
     Shrink {
-        /// Scenario name.
-        #[arg(long)]
-        scenario: String,
+        /// The scenario: `--scenario NAME` or `--scenario-file PATH`.
+        #[command(flatten)]
+        scenario: ScenarioArgs,
         /// Seed.
         #[arg(long)]
         seed: u64,
@@ -48,6 +49,9 @@ enum Command {
         #[arg(long = "client", alias = "strategy", default_value = "keepfresh")]
         client: String,
     },
+    /// Scenario files: print a built-in scenario as a file to start from, or check a file.
+    #[command(subcommand)]
+    Scenario(ScenarioCommand),
     /// Run every client strategy (keepfresh and the models of other clients) on the identical
     /// world and print one comparison table.
     Compare(keepfresh_sim::compare::CompareArgs),
@@ -68,11 +72,29 @@ enum Command {
     LoadWorker(keepfresh_sim::load::processes::WorkerArgs),
 }
 
+#[derive(Subcommand, Debug)]
+enum ScenarioCommand {
+    /// Print the world a built-in scenario draws for a seed, as a scenario file (TOML).
+    Show {
+        /// Scenario name (see `list`).
+        name: String,
+        /// The seed whose draws are written out.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Check a scenario file and print the world it describes.
+    Check {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+}
+
 #[derive(Args, Debug, Default)]
 struct RunArgs {
-    /// Scenario name (see `list`); without it, the default suite.
-    #[arg(long)]
-    scenario: Option<String>,
+    /// The scenario (`--scenario NAME` or `--scenario-file PATH`); without one, the default
+    /// suite.
+    #[command(flatten)]
+    scenario: ScenarioArgs,
     /// Seed (default: 1 for the suite's first seed, otherwise required for replay).
     #[arg(long)]
     seed: Option<u64>,
@@ -123,9 +145,10 @@ struct SweepArgs {
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     jobs: usize,
-    /// Only this scenario (default: the whole suite).
-    #[arg(long)]
-    scenario: Option<String>,
+    /// Only this scenario (`--scenario NAME` or `--scenario-file PATH`; default: the whole
+    /// suite).
+    #[command(flatten)]
+    scenario: ScenarioArgs,
     /// JSON report.
     #[arg(long)]
     json: bool,
@@ -150,6 +173,7 @@ fn main() -> ExitCode {
             seed,
             client,
         } => shrink(&scenario, seed, &client),
+        Command::Scenario(c) => scenario_command(c),
         Command::Compare(a) => keepfresh_sim::compare::main(a),
         #[cfg(feature = "load")]
         Command::Load(a) => return keepfresh_sim::load::run_load(a),
@@ -209,17 +233,19 @@ fn run(a: RunArgs, replay: bool) -> i32 {
         Err(e) => return usage(&e),
     };
     let ov = overrides(&a);
-    let Some(name) = a.scenario.clone() else {
-        if replay {
-            return usage("replay needs --scenario NAME and --seed N");
+    let sc = match a.scenario.pick() {
+        Ok(Some(sc)) => sc,
+        Ok(None) => {
+            if replay {
+                return usage(
+                    "replay needs --scenario NAME (or --scenario-file PATH) and --seed N",
+                );
+            }
+            if a.trace || a.svg.is_some() {
+                return usage("--trace and --svg need --scenario or --scenario-file");
+            }
+            return suite(&a, strategy);
         }
-        if a.trace || a.svg.is_some() {
-            return usage("--trace and --svg need --scenario");
-        }
-        return suite(&a, strategy);
-    };
-    let sc = match scenario::by_name(&name) {
-        Ok(s) => s,
         Err(e) => return usage(&e),
     };
     let seed = match (a.seed, replay) {
@@ -255,7 +281,7 @@ fn run(a: RunArgs, replay: bool) -> i32 {
     if a.json {
         let mut f = figures.clone();
         f["config"] = serde_json::to_value(&cfg).expect("json");
-        f["replay"] = runner::replay_command(sc.name, seed, &ov, strategy_name).into();
+        f["replay"] = runner::replay_command(&sc, seed, &ov, strategy_name).into();
         println!("{}", serde_json::to_string_pretty(&f).expect("json"));
     } else {
         print!("{}", report::readable(&figures));
@@ -263,7 +289,7 @@ fn run(a: RunArgs, replay: bool) -> i32 {
     let mut code = 0;
     if let Some(f) = &out.failure {
         if !a.json {
-            print_failure(sc.name, seed, &ov, strategy_name, f, &out.tail);
+            print_failure(&sc, seed, &ov, strategy_name, f, &out.tail);
         }
         code = f.kind.exit_code();
     }
@@ -284,7 +310,7 @@ fn run(a: RunArgs, replay: bool) -> i32 {
 }
 
 fn print_failure(
-    name: &str,
+    sc: &Scenario,
     seed: u64,
     ov: &Overrides,
     client: &str,
@@ -296,7 +322,7 @@ fn print_failure(
     for l in tail {
         println!("  {l}");
     }
-    println!("replay: {}", runner::replay_command(name, seed, ov, client));
+    println!("replay: {}", runner::replay_command(sc, seed, ov, client));
 }
 
 fn suite(a: &RunArgs, strategy: Arc<dyn keepfresh_sim::strategy::ClientStrategy>) -> i32 {
@@ -327,7 +353,7 @@ fn suite(a: &RunArgs, strategy: Arc<dyn keepfresh_sim::strategy::ClientStrategy>
             let f = report::figures(&cfg, seed, &out);
             if let Some(fail) = &out.failure {
                 if !a.json {
-                    print_failure(sc.name, seed, &ov, strategy.name(), fail, &out.tail);
+                    print_failure(sc, seed, &ov, strategy.name(), fail, &out.tail);
                 }
                 status = format!("FAIL seed {seed}: {}", fail.message);
                 if code == 0 {
@@ -370,12 +396,10 @@ fn sweep(a: SweepArgs) -> i32 {
     if a.jobs == 0 || a.seeds == 0 {
         return usage("--jobs and --seeds must be at least 1");
     }
-    let scenarios: Vec<Scenario> = match &a.scenario {
-        Some(n) => match scenario::by_name(n) {
-            Ok(s) => vec![s],
-            Err(e) => return usage(&e),
-        },
-        None => runner::suite(),
+    let scenarios: Vec<Scenario> = match a.scenario.pick() {
+        Ok(Some(s)) => vec![s],
+        Ok(None) => runner::suite(),
+        Err(e) => return usage(&e),
     };
     let started = std::time::Instant::now();
     // A live bar on a terminal; a line per tenth of the sweep when stderr is a log.
@@ -411,7 +435,7 @@ fn sweep(a: SweepArgs) -> i32 {
         let fails: Vec<_> = r
             .failures
             .iter()
-            .map(|f| serde_json::json!({"scenario": f.scenario, "seed": f.seed, "kind": f.failure.kind, "message": f.failure.message, "replay": runner::replay_command(f.scenario, f.seed, &Overrides::default(), &a.client)}))
+            .map(|f| serde_json::json!({"scenario": f.scenario.name, "seed": f.seed, "kind": f.failure.kind, "message": f.failure.message, "replay": runner::replay_command(&f.scenario, f.seed, &Overrides::default(), &a.client)}))
             .collect();
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"runs": r.runs, "events": r.events, "wall_secs": wall, "events_per_busy_sec": r.events as f64 / r.busy.as_secs_f64().max(1e-9), "failures": fails})).expect("json"));
     } else {
@@ -425,22 +449,24 @@ fn sweep(a: SweepArgs) -> i32 {
         for f in &r.failures {
             println!(
                 "  {} seed {} ({:?}): {}\n    replay: {}",
-                f.scenario,
+                f.scenario.name,
                 f.seed,
                 f.failure.kind,
                 f.failure.message,
-                runner::replay_command(f.scenario, f.seed, &Overrides::default(), &a.client)
+                runner::replay_command(&f.scenario, f.seed, &Overrides::default(), &a.client)
             );
         }
     }
     r.failures.first().map_or(0, |f| f.failure.kind.exit_code())
 }
 
-fn shrink(name: &str, seed: u64, client: &str) -> i32 {
-    let sc = match scenario::by_name(name) {
-        Ok(s) => s,
+fn shrink(choice: &ScenarioArgs, seed: u64, client: &str) -> i32 {
+    let sc = match choice.pick() {
+        Ok(Some(s)) => s,
+        Ok(None) => return usage("shrink needs --scenario NAME or --scenario-file PATH"),
         Err(e) => return usage(&e),
     };
+    let name = sc.name;
     let strategy = match runner::strategy(client) {
         Ok(s) => s,
         Err(e) => return usage(&e),
@@ -453,11 +479,63 @@ fn shrink(name: &str, seed: u64, client: &str) -> i32 {
         Some((ov, f)) => {
             println!("smallest failing world: {name} seed {seed}{}", ov.flags());
             println!("failure ({:?}): {}", f.kind, f.message);
-            println!(
-                "replay: {}",
-                runner::replay_command(name, seed, &ov, client)
-            );
+            println!("replay: {}", runner::replay_command(&sc, seed, &ov, client));
             f.kind.exit_code()
         }
     }
+}
+
+fn scenario_command(c: ScenarioCommand) -> i32 {
+    match c {
+        ScenarioCommand::Show { name, seed } => {
+            let sc = match scenario::by_name(&name) {
+                Ok(s) => s,
+                Err(e) => return usage(&e),
+            };
+            let world = match runner::resolve(&sc, seed, &Overrides::default()) {
+                Ok(w) => w,
+                Err(e) => return usage(&e),
+            };
+            let file = ScenarioFile::from_world(&world, sc.summary);
+            match file.to_toml() {
+                Ok(text) => {
+                    println!(
+                        "# keepfresh-sim scenario file: the world the built-in scenario `{}` ({})\n# draws for seed {seed}. Run it with: keepfresh-sim run --scenario-file FILE --seed N\n",
+                        sc.name, sc.reference
+                    );
+                    print!("{text}");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    1
+                }
+            }
+        }
+        ScenarioCommand::Check { path } => match ScenarioFile::load(&path) {
+            Ok(file) => {
+                let w = file.world();
+                println!(
+                    "{}: ok: {} credential(s) × {} process(es) × {} caller(s), {} of workload, {} scheduled action(s), faults: {}",
+                    path.display(),
+                    w.credentials,
+                    w.processes,
+                    w.callers,
+                    humantime_secs(w.duration),
+                    w.schedule.len(),
+                    if w.active_faults().is_empty() {
+                        "none".to_string()
+                    } else {
+                        w.active_faults().iter().map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+                    }
+                );
+                0
+            }
+            Err(e) => usage(&e.to_string()),
+        },
+    }
+}
+
+fn humantime_secs(d: std::time::Duration) -> String {
+    format!("{} s", d.as_secs())
 }

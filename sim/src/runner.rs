@@ -95,14 +95,20 @@ pub fn run_world(
 
 /// The command that replays a run of `client` (a strategy name: `keepfresh` or the model of
 /// another client), exactly: the client is named unless it is keepfresh, the default.
-pub fn replay_command(scenario: &str, seed: u64, overrides: &Overrides, client: &str) -> String {
+pub fn replay_command(
+    scenario: &Scenario,
+    seed: u64,
+    overrides: &Overrides,
+    client: &str,
+) -> String {
     let client = if client == Keepfresh.name() {
         String::new()
     } else {
         format!(" --client {client}")
     };
     format!(
-        "cargo run --release -p keepfresh-sim -- replay --scenario {scenario} --seed {seed}{client}{}",
+        "cargo run --release -p keepfresh-sim -- replay {} --seed {seed}{client}{}",
+        scenario.selector(),
         overrides.flags()
     )
 }
@@ -134,7 +140,7 @@ pub fn determinism_check(
 #[derive(Clone, Debug)]
 pub struct SweepFailure {
     /// Scenario.
-    pub scenario: &'static str,
+    pub scenario: Scenario,
     /// Seed.
     pub seed: u64,
     /// The failure.
@@ -199,7 +205,7 @@ pub fn sweep_with(
                     r.busy += out.wall;
                     if let Some(f) = out.failure {
                         r.failures.push(SweepFailure {
-                            scenario: sc.name,
+                            scenario: *sc,
                             seed: *seed,
                             failure: f,
                         });
@@ -211,7 +217,7 @@ pub fn sweep_with(
         }
     });
     let mut r = result.into_inner();
-    r.failures.sort_by_key(|f| (f.scenario, f.seed));
+    r.failures.sort_by_key(|f| (f.scenario.name, f.seed));
     r
 }
 

@@ -23,7 +23,7 @@ fn check_with(name: &str, seed: u64, overrides: &Overrides) {
             f.kind,
             f.message,
             out.tail.join("\n"),
-            runner::replay_command(name, seed, overrides, "keepfresh")
+            runner::replay_command(&sc, seed, overrides, "keepfresh")
         );
     }
     assert!(
@@ -95,7 +95,7 @@ fn replays_of_other_clients_are_exact() {
                 .map(|f| (seed, f))
         })
         .expect("the no-dedup model fails the stampede");
-    let line = runner::replay_command(sc.name, seed, &Overrides::default(), "no-dedup");
+    let line = runner::replay_command(&sc, seed, &Overrides::default(), "no-dedup");
     assert!(line.contains("--client no-dedup"), "{line}");
     let args: Vec<&str> = line
         .split_once(" -- ")

@@ -113,6 +113,18 @@ impl Faults {
         })
     }
 
+    /// Sets the rate of a fault kind that is a rate; `false` (and nothing changes) for a
+    /// scheduled kind.
+    pub fn set_rate(&mut self, kind: FaultKind, p: f64) -> bool {
+        match self.rate_mut(kind) {
+            Some(r) => {
+                *r = p;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every fault rate with its kind.
     pub(crate) fn rates(&self) -> Vec<(FaultKind, f64)> {
         let mut me = self.clone();
