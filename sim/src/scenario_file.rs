@@ -33,8 +33,9 @@
 //! assert_eq!(world.processes, 3);
 //! assert_eq!(world.schedule.len(), 1);
 //!
-//! let err = ScenarioFile::parse("name = \"x\"\nduration = \"1h\"\nprocesess = 3\n").unwrap_err();
-//! assert_eq!(err.line(), Some(3));
+//! let err = ScenarioFile::parse("name = \"x\"\nduration = \"1h\"\n[world]\nprocesess = 3\n")
+//!     .unwrap_err();
+//! assert_eq!(err.line(), Some(4));
 //! assert!(err.to_string().contains("processes"), "{err}");
 //! ```
 
