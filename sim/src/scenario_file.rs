@@ -1267,3 +1267,42 @@ impl ExpiresName {
         }
     }
 }
+
+/// The fuzz target's check of one input (`fuzz/fuzz_targets/scenario_file.rs`, and the
+/// committed corpus replayed by `sim/tests/scenario_files.rs`): never a panic; a refusal names
+/// a line of the file and stays short; an accepted file is a valid world within the limits,
+/// and written back out it reads as the same world.
+#[doc(hidden)]
+pub fn fuzz_check(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    match ScenarioFile::parse(&text) {
+        Err(e) => {
+            let shown = e.to_string();
+            if let Some(line) = e.line() {
+                let lines = text.split('\n').count();
+                assert!(
+                    (1..=lines).contains(&line),
+                    "line {line} of a {lines}-line file"
+                );
+            }
+            assert!(
+                shown.len() < 4096,
+                "a {}-byte message for a {}-byte file",
+                shown.len(),
+                data.len()
+            );
+        }
+        Ok(file) => {
+            let world = file.world();
+            world.validate().expect("an accepted file is a valid world");
+            let total = (world.credentials * world.processes * world.callers) as u64;
+            assert!((1..=MAX_TOTAL_CALLERS).contains(&total));
+            assert!(world.schedule.len() <= MAX_SCHEDULE);
+            let again = file.to_toml().expect("an accepted file writes out");
+            let back = ScenarioFile::parse(&again)
+                .unwrap_or_else(|e| panic!("written back, it does not read: {e}\n{again}"));
+            let j = |w: &WorldConfig| serde_json::to_value(w).expect("json");
+            assert_eq!(j(&back.world()), j(&world), "the round trip changed the world");
+        }
+    }
+}

@@ -347,3 +347,22 @@ fn replay_paths_are_quoted() {
     let line = runner::replay_command(&sc, 1, &Overrides::default(), "keepfresh");
     assert!(line.contains("'\\''s a world.toml'"), "{line}");
 }
+
+/// The committed fuzz corpus of the `scenario_file` target (`fuzz/corpus/scenario_file/`),
+/// replayed through the target's own check, and the example and every built-in world as input.
+#[test]
+fn fuzz_corpus_replays() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/scenario_file");
+    let mut n = 0;
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpus {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        keepfresh_sim::scenario_file::fuzz_check(&std::fs::read(&path).unwrap());
+        n += 1;
+    }
+    assert!(n >= 5, "{n} corpus files");
+    keepfresh_sim::scenario_file::fuzz_check(&std::fs::read(example()).unwrap());
+}
