@@ -1,6 +1,7 @@
-//! Secret hygiene, end to end: the HTTP refresher, the engine, every store, discovery, both
-//! middlewares (reqwest-middleware and tower), API keys and the `keepfresh` command-line tool
-//! are driven through their error paths with seeded secrets — also placed where a hostile or careless server or file puts them:
+//! Secret hygiene, end to end: the HTTP refresher, the engine, every store, discovery, the
+//! login flow, both middlewares (reqwest-middleware and tower), API keys, the `keepfresh`
+//! command-line tool and the MCP integration the example servers are built on are driven
+//! through their error paths with seeded secrets — also placed where a hostile or careless server or file puts them:
 //! inside `error_description`, vendor error envelopes, `Retry-After`, discovery documents and
 //! store files. Every log line (`tracing`, all levels), `Debug`, `Display`, error message and
 //! the tool's output is captured, and the test fails if a seeded secret appears raw (any 12
@@ -12,7 +13,9 @@
     feature = "encrypted",
     feature = "redis",
     feature = "middleware",
-    feature = "cli"
+    feature = "cli",
+    feature = "login",
+    feature = "rmcp"
 ))]
 
 use std::fmt::{Debug, Display};
@@ -39,11 +42,13 @@ const RT: &str = "kfRT3x8Nc1Qa6Zt9Hm2Jv5Kd7Pg4Sb0U";
 const CS: &str = "kfCS5y1Ud8Rw3Ej6Tn9Xo2Il4Aq7Gh0M";
 const RP: &str = "kfRP8b4Vf1Ck7Mz3Lx6Nq9Wd2Hs5Jt0E";
 const AK: &str = "kfAK2h7Gt4Yp9Rc1Sv6Bn3Mx8Qw5Lz0D";
+/// An authorization code (single-use, but redeemable until it is).
+const AC: &str = "kfAC9d3Rk6Wn1Bq8Ty4Mz7Hv2Lc5Jx0P";
 const KEY_HEX: &str = "6b6653454544313233343536373839306b66534545443132333435363738393a";
 const CLIENT_ID: &str = "hygiene-client";
 
 fn seeds() -> Vec<String> {
-    [AT, RT, CS, RP, AK, KEY_HEX]
+    [AT, RT, CS, RP, AK, AC, KEY_HEX]
         .iter()
         .map(|s| s.to_string())
         .collect()
@@ -456,13 +461,6 @@ async fn middleware(sink: &Sink) {
         )
         .mount(&api)
         .await;
-    let now = time::OffsetDateTime::now_utc();
-    let fresh = TokenSet::new(
-        AccessToken::new(AT),
-        Some(RefreshToken::new(RT)),
-        now,
-        now + time::Duration::hours(1),
-    );
     let token_endpoint = MockServer::start().await;
     Mock::given(method("POST"))
         .respond_with(
@@ -474,16 +472,7 @@ async fn middleware(sink: &Sink) {
         )
         .mount(&token_endpoint)
         .await;
-    let refresher = HttpRefresher::builder(token_endpoint.uri(), CLIENT_ID)
-        .client_secret(ClientSecret::new(CS))
-        .allow_insecure_http(true)
-        .build()
-        .unwrap();
-    let credential = Credential::builder(refresher)
-        .tokens(fresh)
-        .build()
-        .await
-        .unwrap();
+    let credential = credential_for_tower(&token_endpoint).await;
     sink.attach(&credential, "middleware engine event");
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
         .with(AuthMiddleware::new(Arc::new(credential)))
@@ -560,6 +549,180 @@ async fn credential_for_tower(token_endpoint: &MockServer) -> Credential {
         .build()
         .await
         .unwrap()
+}
+
+/// The login flow (authorization code + PKCE) through every refusal: a denial whose
+/// `error_description` echoes secrets, a forged state carrying a code, a pasted address that is
+/// not a URL, and a code exchange the token endpoint refuses while echoing the code, the
+/// client secret and the tokens; then a successful exchange whose tokens must not show.
+async fn login(sink: &Sink) {
+    use keepfresh::oauth::login::{Login, LoginOptions};
+    let token_endpoint = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(wiremock::matchers::body_string_contains("code=kfAC"))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .insert_header("content-type", "application/json")
+                .set_body_string(format!(
+                    r#"{{"error":"invalid_grant","error_description":"code {AC} for {CS} ({AT}, {RT})"}}"#
+                )),
+        )
+        .mount(&token_endpoint)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("content-type", "application/json")
+                .set_body_string(format!(
+                    r#"{{"access_token":"{AT}","refresh_token":"{RT}","token_type":"Bearer","expires_in":3600}}"#
+                )),
+        )
+        .mount(&token_endpoint)
+        .await;
+    let issuer = token_endpoint.uri();
+    let doc = format!(
+        r#"{{"issuer":"{issuer}","authorization_endpoint":"{issuer}/authorize","token_endpoint":"{issuer}/token","response_types_supported":["code"],"code_challenge_methods_supported":["S256"]}}"#
+    );
+    let metadata = AuthorizationServerMetadata::from_json(doc.as_bytes(), &issuer).unwrap();
+    let options = || {
+        LoginOptions::new(CLIENT_ID)
+            .client_secret(ClientSecret::new(CS))
+            .scope("read")
+    };
+    sink.debug("LoginOptions", &options());
+    let start = || async { Login::start(&metadata, options()).await.unwrap() };
+    let state_of = |l: &Login| {
+        l.authorization_url()
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .map(|(_, v)| v.into_owned())
+            .unwrap()
+    };
+    let enc = |v: &str| -> String { form_urlencoded::byte_serialize(v.as_bytes()).collect() };
+
+    let l = start().await;
+    sink.debug("Login", &l);
+    let denied = format!(
+        "{}?error=access_denied&error_description={}&state={}",
+        l.redirect_uri(),
+        enc(&format!("denied for {RT} and {CS}")),
+        state_of(&l)
+    );
+    match l.finish_with_redirect(&denied).await {
+        Ok(t) => sink.debug("login denied", &t),
+        Err(e) => sink.error("login denied", &e),
+    }
+    let l = start().await;
+    let forged = format!("{}?code={AC}&state=forged{AT}", l.redirect_uri());
+    match l.finish_with_redirect(&forged).await {
+        Ok(t) => sink.debug("login forged state", &t),
+        Err(e) => sink.error("login forged state", &e),
+    }
+    let l = start().await;
+    match l.finish_with_redirect(&format!("{AC} {RT} %%")).await {
+        Ok(t) => sink.debug("login not a URL", &t),
+        Err(e) => sink.error("login not a URL", &e),
+    }
+    let l = start().await;
+    let refused = format!("{}?code={AC}&state={}", l.redirect_uri(), state_of(&l));
+    match l.finish_with_redirect(&refused).await {
+        Ok(t) => sink.debug("login code refused", &t),
+        Err(e) => sink.error("login code refused", &e),
+    }
+    let l = start().await;
+    let ok = format!("{}?code=good&state={}", l.redirect_uri(), state_of(&l));
+    match l.finish_with_redirect(&ok).await {
+        Ok(t) => sink.debug("login tokens", &t),
+        Err(e) => sink.error("login tokens", &e),
+    }
+}
+
+/// The MCP integration the example servers are built on: a tool error made from a refresh
+/// failure that echoes secrets, rmcp's HTTP client transport against a server whose 401
+/// challenge and body echo the token while its token endpoint refuses with an echo, and
+/// rmcp's credential store adapter refusing another client's tokens.
+async fn mcp(sink: &Sink) {
+    use keepfresh::mcp::{CredentialHttpClient, RmcpStore, ToolAuthError};
+    use rmcp::model::{ClientJsonRpcMessage, ClientNotification, InitializedNotification};
+    use rmcp::transport::auth::{
+        CredentialStore, OAuthTokenResponse, StoredCredentials, VendorExtraTokenFields,
+    };
+    use rmcp::transport::streamable_http_client::StreamableHttpClient;
+
+    let token_endpoint = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(400)
+                .insert_header("content-type", "application/json")
+                .set_body_string(format!(
+                    r#"{{"error":"invalid_grant","error_description":"{RT} {AT} {CS}"}}"#
+                )),
+        )
+        .mount(&token_endpoint)
+        .await;
+    let server = MockServer::start().await;
+    Mock::given(path("/mcp"))
+        .respond_with(
+            ResponseTemplate::new(401)
+                .insert_header(
+                    "www-authenticate",
+                    format!(r#"Bearer error="invalid_token", error_description="{AT} / {RT}""#)
+                        .as_str(),
+                )
+                .set_body_string(format!("token {AT} is not valid here")),
+        )
+        .mount(&server)
+        .await;
+    let credential = credential_for_tower(&token_endpoint).await;
+    sink.attach(&credential, "mcp engine event");
+    let client = CredentialHttpClient::new(credential.clone());
+    sink.debug("CredentialHttpClient", &client);
+    let message = ClientJsonRpcMessage::notification(ClientNotification::InitializedNotification(
+        InitializedNotification::default(),
+    ));
+    match client
+        .post_message(
+            format!("{}/mcp", server.uri()).into(),
+            message,
+            None,
+            Some(format!("Bearer {AT}")),
+            std::collections::HashMap::new(),
+        )
+        .await
+    {
+        Ok(r) => sink.debug("mcp transport", &r),
+        Err(e) => sink.error("mcp transport error", &e),
+    }
+    match credential.token().await {
+        Ok(t) => sink.debug("mcp token", &t),
+        Err(e) => {
+            sink.error("mcp token error", &e);
+            let tool = ToolAuthError::from_error(e, "reconnect at https://example.com/connect");
+            sink.error("ToolAuthError", &tool);
+            sink.display("ToolAuthError structured", &tool.structured());
+            sink.debug("ToolAuthError result", &tool.into_call_tool_result());
+        }
+    }
+
+    let dir = private_dir();
+    let store = RmcpStore::new(
+        FileStore::open(dir.path().join("private/tokens.json")).unwrap(),
+        CLIENT_ID,
+    )
+    .issuer("https://auth.example.com");
+    sink.debug("RmcpStore", &store);
+    let mut response = OAuthTokenResponse::new(
+        oauth2::AccessToken::new(AT.into()),
+        oauth2::basic::BasicTokenType::Bearer,
+        VendorExtraTokenFields::default(),
+    );
+    response.set_refresh_token(Some(oauth2::RefreshToken::new(RT.into())));
+    let other = StoredCredentials::new("other-client".into(), Some(response), vec![], None);
+    sink.debug("StoredCredentials refused", &other.client_id);
+    match store.save(other).await {
+        Ok(()) => sink.push("RmcpStore refusal", "accepted".into()),
+        Err(e) => sink.error("RmcpStore refusal", &e),
+    }
 }
 
 async fn cli(sink: &Sink) {
@@ -651,6 +814,8 @@ async fn no_secret_leaks_from_any_error_path() {
     stores(&sink).await;
     discovery(&sink);
     middleware(&sink).await;
+    login(&sink).await;
+    mcp(&sink).await;
     cli(&sink).await;
 
     // The sweep saw what it claims to have seen: every part produced output to check.
@@ -669,6 +834,15 @@ async fn no_secret_leaks_from_any_error_path() {
         "malformed .env",
         "keepfresh refresh",
         "keepfresh status",
+        "login denied",
+        "login forged state",
+        "login not a URL",
+        "login code refused",
+        "login tokens",
+        "mcp transport error",
+        "mcp token error",
+        "ToolAuthError",
+        "RmcpStore refusal",
     ] {
         assert!(
             origins.iter().any(|o| o == expected),

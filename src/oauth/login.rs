@@ -141,7 +141,9 @@ pub enum LoginError {
     Denied {
         /// The OAuth error code (`access_denied`, `invalid_scope`, …).
         error: String,
-        /// The server's description, if any (sanitized).
+        /// The server's description, if any: control characters dropped, at most 200
+        /// characters, and every token-looking word (20 or more base64 or URL characters with a
+        /// letter and a digit) replaced by `<redacted>`.
         description: Option<String>,
     },
     /// The redirect's `state` is not the one sent: a forged or stale redirect.
@@ -495,8 +497,12 @@ pub(crate) fn check_redirect(
             "code" => code = Some(Zeroizing::new(v.into_owned())),
             "state" => state = Some(Zeroizing::new(v.into_owned())),
             "iss" => iss = Some(v.into_owned()),
-            "error" => error = Some(sanitize(&v)),
-            "error_description" => description = Some(sanitize(&v)),
+            // Whoever sent the browser here wrote these: token-looking words are cut out
+            // before they can reach an error message or a log.
+            "error" => error = Some(sanitize(&crate::oauth::redact_token_words(&v))),
+            "error_description" => {
+                description = Some(sanitize(&crate::oauth::redact_token_words(&v)))
+            }
             _ => {}
         }
     }
