@@ -215,12 +215,9 @@ pub fn timeline(cfg: &WorldConfig, seed: u64, out: &Outcome) -> Figure {
     )
     .x_span(0.0, t(horizon_s))
     .panel(
-        Panel::new(
-            format!("token-endpoint calls per {bucket_desc}"),
-            "calls",
-        )
-        .scale(Scale::Auto)
-        .series(Series::bars("token-endpoint calls", bucket, calls)),
+        Panel::new(format!("token-endpoint calls per {bucket_desc}"), "calls")
+            .scale(Scale::Auto)
+            .series(Series::bars("token-endpoint calls", bucket, calls)),
     )
     .panel(
         Panel::new(format!("caller waits per {bucket_desc}"), "wait (ms)")
