@@ -159,7 +159,7 @@ impl Series {
     fn drawn(&self, log: bool) -> impl Iterator<Item = (f64, f64)> + '_ {
         let bars = matches!(self.style, Style::Bars(_));
         self.finite()
-            .filter(move |&(_, y)| !(log && y <= 0.0) && !(bars && y == 0.0))
+            .filter(move |&(_, y)| !((log && y <= 0.0) || (bars && y == 0.0)))
     }
 
     /// The x extent of the series (a bar reaches to its end).
@@ -303,7 +303,7 @@ const MARKS: [RGBColor; 6] = [
     RGBColor(30, 90, 200),
 ];
 
-const LEGEND_WIDTH: u32 = 210;
+const LEGEND_WIDTH: u32 = 240;
 const LEGEND_ROW: u32 = 18;
 
 /// Distinct labels in first-seen order.
@@ -622,6 +622,20 @@ impl Figure {
                 )))
                 .map_err(err)?;
         }
+        // Marks under the series: a line at a bar's position must not hide the bar.
+        let mark_labels = labels(&self.marks);
+        for m in &self.marks {
+            let i = mark_labels.iter().position(|l| *l == m.label).unwrap_or(0);
+            let color = MARKS[i % MARKS.len()];
+            chart
+                .draw_series(DashedLineSeries::new(
+                    [(m.from, y_lo), (m.from, y_hi)],
+                    5,
+                    3,
+                    color.stroke_width(2),
+                ))
+                .map_err(err)?;
+        }
         for (i, s) in panel.series.iter().enumerate() {
             let color = series_color(first_color + i);
             let points: Vec<(f64, f64)> = s.drawn(log).collect();
@@ -664,19 +678,6 @@ impl Figure {
                         .map_err(err)?;
                 }
             }
-        }
-        let mark_labels = labels(&self.marks);
-        for m in &self.marks {
-            let i = mark_labels.iter().position(|l| *l == m.label).unwrap_or(0);
-            let color = MARKS[i % MARKS.len()];
-            chart
-                .draw_series(DashedLineSeries::new(
-                    [(m.from, y_lo), (m.from, y_hi)],
-                    5,
-                    3,
-                    color.stroke_width(2),
-                ))
-                .map_err(err)?;
         }
         if panel.is_empty() {
             let mid_x = (x_range.start + x_range.end) / 2.0;

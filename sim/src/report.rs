@@ -300,7 +300,8 @@ pub fn timeline(cfg: &WorldConfig, seed: u64, out: &Outcome) -> Figure {
 /// let cfg = runner::resolve(&sc, 3, &runner::Overrides::default()).unwrap();
 /// let out = runner::run_world(&cfg, 3, Arc::new(Keepfresh), false);
 /// let svg = report::svg(&cfg, 3, &out);
-/// assert!(svg.contains("calls (log scale)") || svg.contains(">calls<"));
+/// assert!(svg.contains("11 token-endpoint calls"));
+/// assert_eq!(svg.matches("no data").count(), 2, "the calls panel has bars; nobody waited");
 /// ```
 pub fn svg(cfg: &WorldConfig, seed: u64, out: &Outcome) -> String {
     timeline(cfg, seed, out)
