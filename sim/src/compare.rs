@@ -23,7 +23,8 @@
 //! | tokens lost | rotated refresh tokens a process had received but not stored when it stopped |
 //! | invariants | `ok`, or the first invariant the run broke (listed under the table) |
 //!
-//! `--json` prints the same figures; `--svg PATH` writes a bar chart of the main columns.
+//! `--json` prints the same figures; `--svg PATH` writes a bar chart of the main columns
+//! ([`chart`]: labelled bars on logarithmic axes).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::clients;
+use crate::plot::{BarChart, Bars};
 use crate::runner::{self, Overrides};
 use crate::scenario::{self, Scenario};
 use crate::strategy::ClientStrategy;
@@ -364,92 +366,68 @@ pub fn table(c: &Comparison) -> String {
     s
 }
 
-/// A bar chart of the comparison: one panel per column, one bar per client.
-pub fn svg(c: &Comparison) -> String {
+/// The comparison as a chart: one panel per main column, one bar per client (colours named
+/// in the legend), every bar labelled with its exact figure, on logarithmic axes so a count of
+/// 1 next to one of 906 is a visible bar.
+///
+/// ```
+/// use keepfresh_sim::compare::{chart, Comparison, Row};
+/// let row = |client: &str, token_calls| Row { client: client.into(), token_calls, ..Row::default() };
+/// let c = Comparison {
+///     scenario: "demo".into(), seed: 1, seeds: 1, command: String::new(),
+///     rows: vec![row("keepfresh", 1), row("no-dedup", 906)],
+/// };
+/// let svg = chart(&c).to_svg().unwrap();
+/// assert!(svg.contains("\n906\n") && svg.contains("\n1\n") && svg.contains("no-dedup"));
+/// ```
+pub fn chart(c: &Comparison) -> BarChart {
     type Pick = fn(&Row) -> f64;
-    let panels: [(&str, Pick); 6] = [
-        ("token-endpoint calls", |r| r.token_calls as f64),
-        ("duplicate refreshes", |r| r.duplicate_refreshes as f64),
-        ("grants revoked", |r| r.grants_revoked as f64),
-        ("errors while valid", |r| r.errors_while_valid as f64),
-        ("blocked while valid", |r| r.blocked_while_valid as f64),
-        ("re-authorizations", |r| r.reauth as f64),
+    let measures: [(&str, &str, Pick); 9] = [
+        ("token-endpoint calls", "calls", |r| r.token_calls as f64),
+        ("duplicate refreshes", "calls", |r| {
+            r.duplicate_refreshes as f64
+        }),
+        ("replays of rotated refresh tokens", "calls", |r| {
+            r.replays as f64
+        }),
+        ("grants revoked", "grants", |r| r.grants_revoked as f64),
+        ("errors while a token was valid", "requests", |r| {
+            r.errors_while_valid as f64
+        }),
+        ("blocked while a token was valid", "requests", |r| {
+            r.blocked_while_valid as f64
+        }),
+        ("longest caller wait", "ms", |r| r.blocked_max_ms),
+        ("re-authorizations", "process instances", |r| {
+            r.reauth as f64
+        }),
+        ("rotated refresh tokens lost", "tokens", |r| {
+            r.tokens_lost as f64
+        }),
     ];
-    let colors = [
-        "#2ca02c", "#1f77b4", "#ff7f0e", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-        "#bcbd22",
-    ];
-    let (pw, ph, gap, left, top) = (300.0, 170.0, 30.0, 20.0, 50.0);
-    let cols = 3.0;
-    let rows = (panels.len() as f64 / cols).ceil();
-    let width = left * 2.0 + cols * pw + (cols - 1.0) * gap;
-    let legend_h = 20.0 * c.rows.len() as f64 / 3.0 + 30.0;
-    let height = top + rows * (ph + gap + 20.0) + legend_h;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height:.0}" font-family="sans-serif" font-size="11">"#
+    let seeds = if c.seeds == 1 {
+        format!("seed {}", c.seed)
+    } else {
+        format!("seeds {}..{} (summed)", c.seed, c.seed + c.seeds - 1)
+    };
+    let mut chart = BarChart::new(
+        format!("keepfresh-sim compare: {}, {seeds}", c.scenario),
+        c.rows.iter().map(|r| r.client.clone()).collect(),
     );
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="22" font-size="14">keepfresh-sim compare: {} (seed {}{})</text>"#,
-        c.scenario,
-        c.seed,
-        if c.seeds == 1 {
-            String::new()
-        } else {
-            format!(", {} seeds", c.seeds)
-        }
-    );
-    for (p, (title, pick)) in panels.iter().enumerate() {
-        let x0 = left + (p as f64 % cols) * (pw + gap);
-        let y0 = top + (p as f64 / cols).floor() * (ph + gap + 20.0);
-        let values: Vec<f64> = c.rows.iter().map(pick).collect();
-        let max = values.iter().copied().fold(0.0, f64::max).max(1.0);
-        let _ = writeln!(s, r#"<text x="{x0}" y="{}">{title}</text>"#, y0 - 6.0);
-        let _ = writeln!(
-            s,
-            r##"<line x1="{x0}" y1="{}" x2="{}" y2="{}" stroke="#000"/>"##,
-            y0 + ph,
-            x0 + pw,
-            y0 + ph
-        );
-        let bw = pw / values.len().max(1) as f64;
-        for (i, v) in values.iter().enumerate() {
-            let h = v / max * (ph - 16.0);
-            let x = x0 + i as f64 * bw + 2.0;
-            let _ = writeln!(
-                s,
-                r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{h:.1}" fill="{}"><title>{}: {v}</title></rect>"#,
-                y0 + ph - h,
-                (bw - 4.0).max(1.0),
-                colors[i % colors.len()],
-                c.rows[i].client
-            );
-            let _ = writeln!(
-                s,
-                r#"<text x="{:.1}" y="{:.1}" text-anchor="middle" font-size="9">{v}</text>"#,
-                x + (bw - 4.0) / 2.0,
-                y0 + ph - h - 3.0
-            );
-        }
+    for (caption, unit, pick) in measures {
+        chart = chart.measure(Bars::new(caption, unit, c.rows.iter().map(pick).collect()));
     }
-    let ly = top + rows * (ph + gap + 20.0);
-    for (i, r) in c.rows.iter().enumerate() {
-        let x = left + (i % 3) as f64 * (pw + gap);
-        let y = ly + (i / 3) as f64 * 20.0;
-        let _ = writeln!(
-            s,
-            r#"<rect x="{x}" y="{}" width="12" height="12" fill="{}"/><text x="{}" y="{}">{}</text>"#,
-            y - 10.0,
-            colors[i % colors.len()],
-            x + 18.0,
-            y,
-            r.client
-        );
-    }
-    s.push_str("</svg>\n");
-    s
+    chart
+}
+
+/// The SVG of [`chart`] (what `compare --svg` writes); a document saying why if it cannot be
+/// drawn.
+///
+/// See [`chart`].
+pub fn svg(c: &Comparison) -> String {
+    chart(c)
+        .to_svg()
+        .unwrap_or_else(|e| crate::plot::message_svg(&e.to_string()))
 }
 
 /// The `compare` subcommand; returns the process exit code (0, or 2 on bad input).

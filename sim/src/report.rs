@@ -1,11 +1,13 @@
 //! Turning a run's outcome into the figures people and CI read: a readable summary, JSON with
-//! the same figures, and an SVG plot of token-endpoint calls and caller waits over time.
+//! the same figures, and a timeline of the run ([`timeline`], drawn by [`crate::plot`]):
+//! token-endpoint calls and caller waits over simulated time, with faults and phases.
 
 use std::fmt::Write as _;
 
 use serde_json::{json, Value};
 
-use crate::world::{Outcome, WorldConfig};
+use crate::plot::{Figure, Panel, Scale, Series};
+use crate::world::{Action, Outcome, WorldConfig};
 
 /// The figures of one run.
 pub fn figures(cfg: &WorldConfig, seed: u64, out: &Outcome) -> Value {
@@ -118,85 +120,191 @@ pub fn readable(f: &Value) -> String {
     s
 }
 
-/// An SVG with two panels: token-endpoint calls per time bucket, and the longest caller wait
-/// per time bucket, over simulated time.
-pub fn svg(cfg: &WorldConfig, seed: u64, out: &Outcome) -> String {
-    let series = &out.metrics.series;
-    let bucket_s = out.metrics.bucket_ns as f64 / 1e9;
-    let (w, ph, left, top) = (900.0, 200.0, 60.0, 40.0);
-    let n = series.len().max(1) as f64;
-    let bw = (w - left - 20.0) / n;
-    let max_calls = series.iter().map(|b| b.0).max().unwrap_or(0).max(1) as f64;
-    let max_wait = series.iter().map(|b| b.1).max().unwrap_or(0).max(1) as f64;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{}" font-family="sans-serif" font-size="12">"#,
-        top * 2.0 + ph * 2.0 + 60.0
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="{left}" y="20">{} seed {} — bucket {:.1} s</text>"#,
-        cfg.scenario, seed, bucket_s
-    );
-    for (panel, (title, max, pick, color)) in [
-        (
-            "token-endpoint calls per bucket",
-            max_calls,
-            0usize,
-            "#1f77b4",
-        ),
-        (
-            "longest caller wait per bucket (ms)",
-            max_wait / 1e6,
-            1,
-            "#d62728",
-        ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let y0 = top + panel as f64 * (ph + 50.0);
-        let _ = writeln!(
-            s,
-            r##"<text x="{left}" y="{}">{title} (max {max:.1})</text>"##,
-            y0 + 12.0
-        );
-        let _ = writeln!(
-            s,
-            r##"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="#000"/>"##,
-            y0 + ph,
-            w - 20.0,
-            y0 + ph
-        );
-        for (i, b) in series.iter().enumerate() {
-            let v = if pick == 0 {
-                b.0 as f64 / max_calls
-            } else {
-                b.1 as f64 / max_wait
-            };
-            if v <= 0.0 {
-                continue;
-            }
-            let h = v * (ph - 20.0);
-            let _ = writeln!(
-                s,
-                r#"<rect x="{:.1}" y="{:.1}" width="{:.2}" height="{:.1}" fill="{color}"/>"#,
-                left + i as f64 * bw,
-                y0 + ph - h,
-                bw.max(0.5),
-                h
-            );
-        }
-        let _ = writeln!(
-            s,
-            r#"<text x="{}" y="{}" text-anchor="end">{:.0} s</text>"#,
-            w - 20.0,
-            y0 + ph + 15.0,
-            n * bucket_s
-        );
-        let _ = writeln!(s, r#"<text x="{left}" y="{}">0 s</text>"#, y0 + ph + 15.0);
+/// The unit of a timeline's x axis: seconds for runs up to 10 minutes, minutes up to 10
+/// hours, hours beyond.
+fn time_unit(horizon_secs: f64) -> (f64, &'static str) {
+    if horizon_secs <= 600.0 {
+        (1.0, "s")
+    } else if horizon_secs <= 36_000.0 {
+        (60.0, "min")
+    } else {
+        (3600.0, "h")
     }
-    s.push_str("</svg>\n");
-    s
+}
+
+/// The timeline of one run over simulated time, as a [`Figure`]: token-endpoint calls per
+/// time bucket; the longest caller wait and the mean wait of blocked requests per bucket;
+/// blocked and failed caller requests per bucket. Shaded: the window in which the world's
+/// rate faults are on (to the heal time), store outages, suspends and processes down after a
+/// crash or shutdown. Marked: the other scheduled actions, the end of the workload, the heal
+/// time, the liveness probe and the first broken invariant.
+///
+/// ```
+/// use std::sync::Arc;
+/// use keepfresh_sim::{report, runner, scenario, strategy::Keepfresh};
+/// let sc = scenario::by_name("store-outage").unwrap();
+/// let cfg = runner::resolve(&sc, 1, &runner::Overrides::default()).unwrap();
+/// let out = runner::run_world(&cfg, 1, Arc::new(Keepfresh), false);
+/// let svg = report::timeline(&cfg, 1, &out).to_svg().unwrap();
+/// assert!(svg.contains("token-endpoint calls") && svg.contains("store outage"));
+/// ```
+pub fn timeline(cfg: &WorldConfig, seed: u64, out: &Outcome) -> Figure {
+    let m = &out.metrics;
+    let bucket_s = m.bucket_ns as f64 / 1e9;
+    let horizon_s = (m.series.len() as f64 * bucket_s).max(out.sim_time.as_secs_f64());
+    let (unit_s, unit) = time_unit(horizon_s);
+    let t = |secs: f64| secs / unit_s;
+    let d = |x: std::time::Duration| t(x.as_secs_f64());
+    let bucket = bucket_s / unit_s;
+    let bucket_desc = if bucket_s < 60.0 {
+        format!("{} s", crate::plot::number_text(bucket_s))
+    } else {
+        format!("{} min", crate::plot::number_text(bucket_s / 60.0))
+    };
+    let at = |i: usize| i as f64 * bucket;
+    let calls: Vec<(f64, f64)> = m
+        .series
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (at(i), b.0 as f64))
+        .collect();
+    let longest: Vec<(f64, f64)> = m
+        .series
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.1 > 0)
+        .map(|(i, b)| (at(i) + bucket / 2.0, b.1 as f64 / 1e6))
+        .collect();
+    let mean: Vec<(f64, f64)> = m
+        .caller_series
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.blocked > 0)
+        .map(|(i, b)| {
+            (
+                at(i) + bucket / 2.0,
+                b.blocked_wait_ns as f64 / b.blocked as f64 / 1e6,
+            )
+        })
+        .collect();
+    let failed: Vec<(f64, f64)> = m
+        .caller_series
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (at(i), b.errors as f64))
+        .collect();
+    let blocked: Vec<(f64, f64)> = m
+        .caller_series
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.blocked > 0)
+        .map(|(i, b)| (at(i) + bucket / 2.0, b.blocked as f64))
+        .collect();
+    let status = match &out.failure {
+        None => "ok".to_string(),
+        Some(f) => format!("{:?}", f.kind).to_lowercase(),
+    };
+    let mut fig = Figure::new(
+        format!(
+            "{} seed {seed}: {status}, {} token-endpoint calls, {} caller requests",
+            cfg.scenario,
+            m.token_calls.len(),
+            m.requests
+        ),
+        format!("simulated time ({unit})"),
+    )
+    .x_span(0.0, t(horizon_s))
+    .panel(
+        Panel::new(format!("token-endpoint calls per {bucket_desc}"), "calls")
+            .scale(Scale::Auto)
+            .series(Series::bars("token-endpoint calls", bucket, calls)),
+    )
+    .panel(
+        Panel::new(format!("caller waits per {bucket_desc}"), "wait (ms)")
+            .scale(Scale::Auto)
+            .series(Series::points("longest wait", longest))
+            .series(Series::crosses("mean wait (blocked)", mean)),
+    )
+    .panel(
+        Panel::new(
+            format!("caller requests that waited or failed, per {bucket_desc}"),
+            "requests",
+        )
+        .scale(Scale::Auto)
+        .series(Series::bars("failed requests", bucket, failed))
+        .series(Series::points("blocked requests", blocked)),
+    );
+    let heal = cfg.heal_time();
+    let active = cfg.faults.active();
+    if !active.is_empty() {
+        let mut names: Vec<&str> = active.iter().map(|k| k.name()).take(3).collect();
+        if active.len() > 3 {
+            names.push("…");
+        }
+        fig = fig.shade(
+            format!("rate faults on ({})", names.join(", ")),
+            0.0,
+            d(heal),
+        );
+    }
+    // Outages and suspends last their duration or until the world heals.
+    let until_heal = |from: std::time::Duration, len: std::time::Duration| {
+        if from < heal {
+            (from + len).min(heal)
+        } else {
+            from
+        }
+    };
+    for (when, action) in &cfg.schedule {
+        let w = *when;
+        fig = match action {
+            Action::StoreOutage { duration, .. } => {
+                fig.shade("store outage", d(w), d(until_heal(w, *duration)))
+            }
+            Action::Suspend { duration, .. } => {
+                fig.shade("host suspended", d(w), d(until_heal(w, *duration)))
+            }
+            Action::Crash { restart_after, .. } => {
+                fig.shade("process down (crash)", d(w), d(w + *restart_after))
+            }
+            Action::Shutdown { restart_after, .. } => {
+                fig.shade("process down (shutdown)", d(w), d(w + *restart_after))
+            }
+            Action::CrashOnNextSave { .. } => fig.mark("crash at next save armed", d(w)),
+            Action::Revoke { .. } => fig.mark("grant revoked", d(w)),
+            Action::RevokeAccess { .. } => fig.mark("access tokens revoked", d(w)),
+            Action::Overwrite { .. } => fig.mark("store rewritten by another writer", d(w)),
+            Action::JumpWall { .. } => fig.mark("wall clock step", d(w)),
+            Action::Login { .. } => fig.mark("login", d(w)),
+            Action::WriteNewer { .. } => fig.mark("newer set written (armed)", d(w)),
+        };
+    }
+    fig = fig.mark("workload end", d(cfg.duration));
+    if cfg.heal_at.is_some() {
+        fig = fig.mark("faults healed", d(heal));
+    }
+    fig = fig.mark("liveness probe", d(cfg.duration.max(heal) + cfg.settle));
+    if let Some(f) = &out.failure {
+        fig = fig.mark("first invariant broken", t(f.at_secs));
+    }
+    fig
+}
+
+/// The SVG of [`timeline`] (the chart `run --svg` writes). Never empty: a panel with nothing
+/// to draw says "no data", and a figure that cannot be drawn becomes a document saying why.
+///
+/// ```
+/// use std::sync::Arc;
+/// use keepfresh_sim::{report, runner, scenario, strategy::Keepfresh};
+/// let sc = scenario::by_name("outage-5xx").unwrap();
+/// let cfg = runner::resolve(&sc, 3, &runner::Overrides::default()).unwrap();
+/// let out = runner::run_world(&cfg, 3, Arc::new(Keepfresh), false);
+/// let svg = report::svg(&cfg, 3, &out);
+/// assert!(svg.contains("11 token-endpoint calls"));
+/// assert_eq!(svg.matches("no data").count(), 2, "the calls panel has bars; nobody waited");
+/// ```
+pub fn svg(cfg: &WorldConfig, seed: u64, out: &Outcome) -> String {
+    timeline(cfg, seed, out)
+        .to_svg()
+        .unwrap_or_else(|e| crate::plot::message_svg(&e.to_string()))
 }

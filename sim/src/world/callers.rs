@@ -147,6 +147,10 @@ pub(super) fn served(
         s.series_add(now, false, wait.as_nanos() as u64);
         s.metrics.blocked += 1;
         s.metrics.blocked_waits.record(wait.as_nanos() as u64);
+        if let Some(b) = s.metrics.caller_bucket(now.as_nanos()) {
+            b.blocked += 1;
+            b.blocked_wait_ns += wait.as_nanos() as u64;
+        }
         if valid_at_start {
             s.metrics.blocked_while_valid += 1;
         }
@@ -227,6 +231,9 @@ pub(super) fn served(
                 s.violate_correctness(now, "a secret appeared in an error message".into());
             }
             *s.metrics.errors.entry(key.clone()).or_default() += 1;
+            if let Some(b) = s.metrics.caller_bucket(now.as_nanos()) {
+                b.errors += 1;
+            }
             s.trace.mix(key.as_bytes());
             None
         }

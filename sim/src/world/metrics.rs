@@ -102,6 +102,17 @@ impl Histogram {
     }
 }
 
+/// What callers saw in one time bucket of [`Metrics::series`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CallerBucket {
+    /// Requests that did not get a token at once.
+    pub blocked: u64,
+    /// Their waits summed, ns (with `blocked`, the mean wait).
+    pub blocked_wait_ns: u64,
+    /// Requests that got an error.
+    pub errors: u64,
+}
+
 /// Counters the oracles and reports use.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -135,6 +146,8 @@ pub struct Metrics {
     pub abandoned: u64,
     /// Per time bucket: (token calls, max caller wait ns).
     pub series: Vec<(u64, u64)>,
+    /// Per time bucket of [`Metrics::series`] (same width, same start): what callers saw.
+    pub caller_series: Vec<CallerBucket>,
     /// Width of a series bucket, ns.
     pub bucket_ns: u64,
     /// Largest time between a provider commit and the next successful store write, ns.
@@ -172,6 +185,19 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The caller bucket of simulated time `at_ns` (`None` past the series' end).
+    pub(crate) fn caller_bucket(&mut self, at_ns: u64) -> Option<&mut CallerBucket> {
+        let b = (at_ns / self.bucket_ns.max(1)) as usize;
+        if b >= self.series.len() {
+            return None;
+        }
+        if self.caller_series.len() < self.series.len() {
+            self.caller_series
+                .resize(self.series.len(), CallerBucket::default());
+        }
+        self.caller_series.get_mut(b)
+    }
+
     /// Adds the figures of an independent shard of the same world.
     pub(crate) fn absorb(&mut self, o: Metrics) {
         self.token_calls.extend(o.token_calls);
@@ -196,6 +222,15 @@ impl Metrics {
         for (a, b) in self.series.iter_mut().zip(o.series.iter()) {
             a.0 += b.0;
             a.1 = a.1.max(b.1);
+        }
+        if self.caller_series.len() < o.caller_series.len() {
+            self.caller_series
+                .resize(o.caller_series.len(), CallerBucket::default());
+        }
+        for (a, b) in self.caller_series.iter_mut().zip(o.caller_series.iter()) {
+            a.blocked += b.blocked;
+            a.blocked_wait_ns += b.blocked_wait_ns;
+            a.errors += b.errors;
         }
         self.bucket_ns = self.bucket_ns.max(o.bucket_ns);
         self.max_unsaved_window_ns = self.max_unsaved_window_ns.max(o.max_unsaved_window_ns);

@@ -97,6 +97,7 @@ impl Refresher for ProviderClient {
                 );
             }
             s.metrics.token_calls.push(now.as_nanos());
+            s.series_add(now, true, 0);
             let recent = s.last_delivered[self.cred]
                 .is_some_and(|t| now.saturating_duration_since(t) < crate::world::DUPLICATE_WINDOW);
             if s.inflight[self.cred] > 1 || recent {
