@@ -1302,7 +1302,11 @@ pub fn fuzz_check(data: &[u8]) {
             let back = ScenarioFile::parse(&again)
                 .unwrap_or_else(|e| panic!("written back, it does not read: {e}\n{again}"));
             let j = |w: &WorldConfig| serde_json::to_value(w).expect("json");
-            assert_eq!(j(&back.world()), j(&world), "the round trip changed the world");
+            assert_eq!(
+                j(&back.world()),
+                j(&world),
+                "the round trip changed the world"
+            );
         }
     }
 }
