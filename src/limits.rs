@@ -3,6 +3,9 @@
 //! parsing. Each limit, when hit, gives a typed error (or, for the text kept of a header
 //! parameter, a shortened value), never a panic.
 //!
+//! The simulator's scenario files have limits of their own, in `keepfresh_sim::scenario_file`
+//! (file size, callers, planned requests, scheduled actions, durations).
+//!
 //! ```
 //! use keepfresh::limits;
 //! assert!(limits::MAX_TOKEN_BYTES < limits::MAX_TOKEN_RESPONSE_BYTES);
