@@ -107,12 +107,36 @@ const OP_LIMIT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct StoreSeat {
     credential: usize,
+    seed: u64,
     clock: Arc<dyn Clock>,
 }
 
 impl StoreSeat {
-    pub(crate) fn new(credential: usize, clock: Arc<dyn Clock>) -> Self {
-        StoreSeat { credential, clock }
+    pub(crate) fn new(credential: usize, seed: u64, clock: Arc<dyn Clock>) -> Self {
+        StoreSeat {
+            credential,
+            seed,
+            clock,
+        }
+    }
+
+    /// The run's seed (in a world run in shards, the shard's): to keep the stores of
+    /// different runs apart, such as one directory per seed for a file store.
+    ///
+    /// ```
+    /// use keepfresh::store::MemoryStore;
+    /// use keepfresh_sim::lab::Lab;
+    ///
+    /// Lab::scenario("shared-store")
+    ///     .store(|seat| {
+    ///         assert_eq!(seat.seed(), 8);
+    ///         MemoryStore::with_clock(seat.clock())
+    ///     })
+    ///     .seed(8)
+    ///     .check();
+    /// ```
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// The credential's index in the world (`0..credentials`); every process of it shares
@@ -136,6 +160,7 @@ impl fmt::Debug for StoreSeat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StoreSeat")
             .field("credential", &self.credential)
+            .field("seed", &self.seed)
             .finish_non_exhaustive()
     }
 }

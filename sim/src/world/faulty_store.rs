@@ -42,6 +42,9 @@ pub(crate) struct HostStore {
     /// The first panic or stuck operation of a host's store in this world, reported by the
     /// fault layer after the operation (never under the world's lock) or at the end of the run.
     pub(crate) incident: Arc<Mutex<Option<String>>>,
+    /// Set at the first incident: from then on every operation fails at once, without calling
+    /// the store (the run has failed; it only winds down).
+    pub(crate) broken: Arc<std::sync::atomic::AtomicBool>,
     /// Real time an operation may take before it is reported as stuck.
     pub(crate) op_limit: Duration,
 }
@@ -66,6 +69,12 @@ impl HostStore {
         op: &str,
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::new(
+                StoreErrorKind::Io,
+                "the store under test failed earlier in this run",
+            ));
+        }
         let mut fut = std::pin::pin!(fut);
         let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
         let mut cx = Context::from_waker(&waker);
@@ -99,6 +108,8 @@ impl HostStore {
     }
 
     fn record(&self, msg: String) {
+        self.broken
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let mut i = self.incident.lock();
         if i.is_none() {
             *i = Some(msg);

@@ -285,6 +285,7 @@ fn run_one(
     let mut stores = Vec::new();
     let mut delivered_logins = Vec::new();
     let incident = Arc::new(Mutex::new(None));
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
     for cred in 0..cfg.credentials {
         let (family, at, rt, _) = provider.login(MonoTime::ZERO);
         let life = cfg.profile.at_lifetime;
@@ -316,8 +317,9 @@ fn run_one(
         stores.push(match &parts.store {
             None => Backing::Memory(MemoryStore::with_clock(clock)),
             Some(make) => Backing::Host(HostStore {
-                store: make(&crate::lab::StoreSeat::new(cred, clock)),
+                store: make(&crate::lab::StoreSeat::new(cred, seed, clock)),
                 incident: incident.clone(),
+                broken: broken.clone(),
                 op_limit: parts.op_limit,
             }),
         });
