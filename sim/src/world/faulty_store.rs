@@ -4,7 +4,7 @@
 //! and lost, a read answered with an older set. Every write that lands is checked against the
 //! provider's issue order: a store never goes back to an older set.
 //!
-//! The store behind the faults ([`Backing`]) is the simulator's [`MemoryStore`], or a host's
+//! The store behind the faults is the simulator's [`MemoryStore`], or a host's
 //! own [`TokenStore`] put in by [`crate::lab`]: every operation of a host's store is driven to
 //! completion at once, on the executor's thread, so it takes no virtual time (the simulated
 //! latency is the fault layer's) and nothing else in the world runs in between.
