@@ -20,7 +20,8 @@
 //! In a test, [`Lab::check`] does the same and panics with the report when a seed fails. The
 //! report of a failing seed names the scenario, the seed, the broken invariant and the last
 //! trace lines, and says how to rerun only that seed: `KEEPFRESH_SIM_SEED=<seed> cargo test …`
-//! (the lab runs just that seed when the variable is set) or `.seed(<seed>)` in the builder.
+//! (the lab runs just that seed when the variable is set; add `KEEPFRESH_SIM_TRACE=1` and
+//! `--nocapture` for its full trace) or `.seed(<seed>)` in the builder.
 //! Runs are deterministic per seed: the same seed replays the same run, event for event, as
 //! long as the store itself is deterministic.
 //!
@@ -84,8 +85,21 @@ use crate::scenario;
 use crate::strategy::Keepfresh;
 use crate::world::{self, Failure, FailureKind, HostParts, WorldConfig};
 
-/// The environment variable that makes every lab run only the seed it names.
+/// The environment variable that makes every lab run only the seed it names: the replay of a
+/// failing seed is `KEEPFRESH_SIM_SEED=<seed> cargo test …`.
+///
+/// ```
+/// assert_eq!(keepfresh_sim::lab::SEED_VAR, "KEEPFRESH_SIM_SEED");
+/// ```
 pub const SEED_VAR: &str = "KEEPFRESH_SIM_SEED";
+
+/// The environment variable that makes every lab run print its full trace (any value but
+/// `0`), as [`Lab::print_trace`] does; with `--nocapture` to see it in a test.
+///
+/// ```
+/// assert_eq!(keepfresh_sim::lab::TRACE_VAR, "KEEPFRESH_SIM_TRACE");
+/// ```
+pub const TRACE_VAR: &str = "KEEPFRESH_SIM_TRACE";
 
 /// Real time one operation of a store under test may take by default.
 const OP_LIMIT: Duration = Duration::from_secs(10);
@@ -385,7 +399,8 @@ impl Lab {
         self
     }
 
-    /// Prints every run's full trace to standard output (for a replay of one seed).
+    /// Prints every run's full trace to standard output (for a replay of one seed); so does
+    /// [`TRACE_VAR`] set to anything but `0`.
     ///
     /// ```
     /// use keepfresh_sim::lab::Lab;
@@ -480,17 +495,13 @@ impl Lab {
     /// See the [module documentation](self).
     pub fn run(&self) -> Result<LabReport, LabError> {
         let (seeds, source) = self.resolve_seeds()?;
+        let print_trace =
+            self.print_trace || std::env::var(TRACE_VAR).is_ok_and(|v| !v.is_empty() && v != "0");
         let mut runs = Vec::with_capacity(seeds.len());
         for seed in seeds {
             let cfg = self.world_for(seed)?;
             let run = catch(|| {
-                world::run_with(
-                    &cfg,
-                    seed,
-                    Arc::new(Keepfresh),
-                    self.print_trace,
-                    &self.parts,
-                )
+                world::run_with(&cfg, seed, Arc::new(Keepfresh), print_trace, &self.parts)
             });
             let run = match run {
                 Ok(out) => SeedRun {
@@ -672,7 +683,7 @@ impl SeedRun {
             cmd.push_str(&format!(" -- {name} --exact"));
         }
         format!(
-            "{cmd}\n  or run only this seed from the builder: .seed({})",
+            "{cmd}\n  or run only this seed from the builder: .seed({})\n  full trace: add {TRACE_VAR}=1 and --nocapture, or .print_trace(true)",
             self.seed
         )
     }
