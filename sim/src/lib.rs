@@ -14,7 +14,9 @@
 //! - [`scenario`]: the named scenarios, swarm runs and the fleet run;
 //! - [`report`]: readable and JSON summaries and the SVG plot;
 //! - [`plot`]: charts with axes, ticks, units and legends (plotters, SVG);
-//! - [`runner`]: running, replaying, sweeping, shrinking and the determinism self-check.
+//! - [`runner`]: running, replaying, sweeping, shrinking and the determinism self-check;
+//! - [`lab`]: the simulator as a library: your own `TokenStore` and `RefreshPolicy` in a seeded
+//!   world, under the same faults and oracles, from an ordinary `#[test]`.
 //!
 //! One seed decides the workload, the faults, the latencies, the engine's jitter and the order
 //! in which ready tasks run.
@@ -24,6 +26,7 @@
 pub mod clients;
 pub mod compare;
 pub mod exec;
+pub mod lab;
 pub mod plot;
 pub mod provider;
 pub mod report;

@@ -281,7 +281,7 @@ pub(super) async fn perform(w: &Arc<Shared>, action: Action) {
         }
         Action::Overwrite { cred } => {
             if let Some(st) = w.stores[cred].snapshot() {
-                w.stores[cred].overwrite(Some(st.tokens.clone()));
+                w.stores[cred].rewrite(&st);
                 w.state.lock().remember_replaced(cred, Some(st));
             }
         }

@@ -3,9 +3,17 @@
 //! process that dies between the provider's answer and the save, and lies: a save acknowledged
 //! and lost, a read answered with an older set. Every write that lands is checked against the
 //! provider's issue order: a store never goes back to an older set.
+//!
+//! The store behind the faults is the simulator's [`MemoryStore`], or a host's
+//! own [`TokenStore`] put in by [`crate::lab`]: every operation of a host's store is driven to
+//! completion at once, on the executor's thread, so it takes no virtual time (the simulated
+//! latency is the fault layer's) and nothing else in the world runs in between.
 
+use std::future::Future;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use keepfresh::store::{
@@ -15,12 +23,181 @@ use keepfresh::store::{
 use keepfresh::TokenSet;
 use parking_lot::Mutex;
 
-use super::State;
+use super::{FailureKind, State};
 use crate::exec::{ExecHandle, Group};
 
-/// One process's view of a [`MemoryStore`] shared with the other processes of a credential.
+/// The store a credential's processes share, behind the fault layer.
+#[derive(Clone)]
+pub(crate) enum Backing {
+    /// The simulator's own store.
+    Memory(MemoryStore),
+    /// A host's store (the lab).
+    Host(HostStore),
+}
+
+/// A host's store and what it reported that the world must turn into a failure.
+#[derive(Clone)]
+pub(crate) struct HostStore {
+    pub(crate) store: Arc<dyn TokenStore>,
+    /// The first panic or stuck operation of a host's store in this world, reported by the
+    /// fault layer after the operation (never under the world's lock) or at the end of the run.
+    pub(crate) incident: Arc<Mutex<Option<String>>>,
+    /// Set at the first incident: from then on every operation fails at once, without calling
+    /// the store (the run has failed; it only winds down).
+    pub(crate) broken: Arc<std::sync::atomic::AtomicBool>,
+    /// Real time an operation may take before it is reported as stuck.
+    pub(crate) op_limit: Duration,
+}
+
+struct Unpark(std::thread::Thread);
+
+impl Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+impl HostStore {
+    /// Runs one operation of the host's store to completion on this thread. A panic or an
+    /// operation still pending after [`HostStore::op_limit`] of real time is recorded as the
+    /// world's incident and answered with an I/O error.
+    fn drive<T>(
+        &self,
+        op: &str,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        if self.broken.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(StoreError::new(
+                StoreErrorKind::Io,
+                "the store under test failed earlier in this run",
+            ));
+        }
+        let mut fut = std::pin::pin!(fut);
+        let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        let deadline = Instant::now() + self.op_limit;
+        loop {
+            match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+                Ok(Poll::Ready(r)) => return r,
+                Ok(Poll::Pending) => {}
+                Err(payload) => {
+                    let msg = crate::lab::panic_text(payload.as_ref());
+                    self.record(format!("the store under test panicked in {op}: {msg}"));
+                    return Err(StoreError::new(
+                        StoreErrorKind::Io,
+                        "the store under test panicked",
+                    ));
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.record(format!(
+                    "the store under test did not complete {op} within {:?} of real time (it waits on something outside the store: a runtime's timer or I/O reactor, another task)",
+                    self.op_limit
+                ));
+                return Err(StoreError::new(
+                    StoreErrorKind::Timeout,
+                    "the store under test is stuck",
+                ));
+            }
+            std::thread::park_timeout(deadline - now);
+        }
+    }
+
+    fn record(&self, msg: String) {
+        self.broken
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut i = self.incident.lock();
+        if i.is_none() {
+            *i = Some(msg);
+        }
+    }
+}
+
+impl Backing {
+    /// What the store holds now, read from outside the fault layer: the memory store's
+    /// content, or what the host's store's own `load` answers (`None` on an error).
+    pub(crate) fn snapshot(&self) -> Option<Stored> {
+        match self {
+            Backing::Memory(m) => m.snapshot(),
+            Backing::Host(h) => h.drive("load", h.store.load()).ok().flatten(),
+        }
+    }
+
+    /// An unrelated writer rewrites `st` (the content just read): the same tokens at a new
+    /// version (a compare-and-swap on `st`'s version for a host's store).
+    pub(crate) fn rewrite(&self, st: &Stored) {
+        match self {
+            Backing::Memory(m) => {
+                m.overwrite(Some(st.tokens.clone()));
+            }
+            Backing::Host(h) => {
+                let _ = h.drive("save", h.store.save(Some(st.version), &st.tokens));
+            }
+        }
+    }
+
+    /// The first incident of a host's store not yet reported.
+    pub(crate) fn take_incident(&self) -> Option<String> {
+        match self {
+            Backing::Memory(_) => None,
+            Backing::Host(h) => h.incident.lock().take(),
+        }
+    }
+
+    pub(crate) async fn load(&self) -> Result<Option<Stored>, StoreError> {
+        match self {
+            Backing::Memory(m) => m.load().await,
+            Backing::Host(h) => h.drive("load", h.store.load()),
+        }
+    }
+
+    pub(crate) async fn save(
+        &self,
+        expected: Option<Version>,
+        tokens: &TokenSet,
+    ) -> Result<SaveOutcome, StoreError> {
+        match self {
+            Backing::Memory(m) => m.save(expected, tokens).await,
+            Backing::Host(h) => h.drive("save", h.store.save(expected, tokens)),
+        }
+    }
+
+    async fn clear(&self, expected: Version) -> Result<bool, StoreError> {
+        match self {
+            Backing::Memory(m) => m.clear(expected).await,
+            Backing::Host(h) => h.drive("clear", h.store.clear(expected)),
+        }
+    }
+
+    async fn try_lease(&self, ttl: Duration) -> Result<LeaseOutcome, StoreError> {
+        match self {
+            Backing::Memory(m) => m.try_lease(ttl).await,
+            Backing::Host(h) => h.drive("try_lease", h.store.try_lease(ttl)),
+        }
+    }
+
+    async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+        match self {
+            Backing::Memory(m) => m.release(lease).await,
+            Backing::Host(h) => h.drive("release", h.store.release(lease)),
+        }
+    }
+
+    async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+        match self {
+            Backing::Memory(m) => m.renew_lease(lease, ttl).await,
+            Backing::Host(h) => h.drive("renew_lease", h.store.renew_lease(lease, ttl)),
+        }
+    }
+}
+
+/// One process's view of the store shared with the other processes of a credential.
 pub struct FaultyStore {
-    pub(crate) inner: MemoryStore,
+    pub(crate) inner: Backing,
     pub(crate) state: Arc<Mutex<State>>,
     pub(crate) exec: ExecHandle,
     pub(crate) cred: usize,
@@ -217,6 +394,15 @@ impl FaultyStore {
         Some(SaveOutcome::Saved(version))
     }
 
+    /// Turns a panic or a stuck operation of a host's store into the run's failure (nothing
+    /// for the simulator's memory store).
+    fn flush_incident(&self) {
+        if let Some(msg) = self.inner.take_incident() {
+            let now = self.exec.now();
+            self.state.lock().violate(FailureKind::Crash, now, msg);
+        }
+    }
+
     /// Applies `op`'s fault, if any: an error to return, or a hang (never returns).
     async fn fault(&self, op: Op) -> Result<(), StoreError> {
         match self.op_fault(op) {
@@ -235,7 +421,9 @@ impl TokenStore for FaultyStore {
         if let Some(stale) = self.stale_read() {
             return Ok(Some(stale));
         }
-        self.inner.load().await
+        let r = self.inner.load().await;
+        self.flush_incident();
+        r
     }
 
     async fn save(
@@ -255,7 +443,9 @@ impl TokenStore for FaultyStore {
                 // The memory store answers at once: nothing else runs between the read of the
                 // previous content and the write.
                 let prior = self.inner.snapshot();
-                let outcome = self.inner.save(expected, tokens).await?;
+                let outcome = self.inner.save(expected, tokens).await;
+                self.flush_incident();
+                let outcome = outcome?;
                 if let SaveOutcome::Saved(_) = outcome {
                     let now = self.exec.now();
                     let mut s = self.state.lock();
@@ -294,7 +484,9 @@ impl TokenStore for FaultyStore {
         self.delay().await;
         self.fault(Op::Clear).await?;
         let prior = self.inner.snapshot();
-        let cleared = self.inner.clear(expected).await?;
+        let cleared = self.inner.clear(expected).await;
+        self.flush_incident();
+        let cleared = cleared?;
         if cleared {
             self.state.lock().remember_replaced(self.cred, prior);
         }
@@ -303,16 +495,22 @@ impl TokenStore for FaultyStore {
 
     async fn try_lease(&self, ttl: Duration) -> Result<LeaseOutcome, StoreError> {
         self.fault(Op::Lease).await?;
-        self.inner.try_lease(ttl).await
+        let r = self.inner.try_lease(ttl).await;
+        self.flush_incident();
+        r
     }
 
     async fn release(&self, lease: Lease) -> Result<(), StoreError> {
         self.fault(Op::Lease).await?;
-        self.inner.release(lease).await
+        let r = self.inner.release(lease).await;
+        self.flush_incident();
+        r
     }
 
     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
         self.fault(Op::Lease).await?;
-        self.inner.renew_lease(lease, ttl).await
+        let r = self.inner.renew_lease(lease, ttl).await;
+        self.flush_incident();
+        r
     }
 }

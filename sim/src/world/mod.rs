@@ -30,7 +30,7 @@ use crate::rng::{derive, SimRng};
 use crate::strategy::{
     ClientError, ClientStrategy, ListenerPanics, LogLine, LogSink, ProcessClient, ProcessContext,
 };
-use faulty_store::FaultyStore;
+use faulty_store::{Backing, FaultyStore, HostStore};
 use network::ProviderClient;
 
 mod callers;
@@ -89,7 +89,9 @@ struct Shared {
     exec: ExecHandle,
     state: Arc<Mutex<State>>,
     strategy: Arc<dyn ClientStrategy>,
-    stores: Vec<MemoryStore>,
+    stores: Vec<Backing>,
+    /// The first panic or stuck operation of a host's store (the lab), not yet reported.
+    incident: Arc<Mutex<Option<String>>>,
     /// Per credential: the tokens of its latest login (what a process starting on an empty
     /// store installs).
     logins: Mutex<Vec<TokenSet>>,
@@ -112,9 +114,38 @@ pub fn run(
     strategy: Arc<dyn ClientStrategy>,
     print_trace: bool,
 ) -> Outcome {
+    run_with(cfg, seed, strategy, print_trace, &HostParts::default())
+}
+
+/// A store factory of a host: one store per credential (see [`crate::lab::StoreSeat`]).
+pub(crate) type StoreFactory =
+    Arc<dyn Fn(&crate::lab::StoreSeat) -> Arc<dyn TokenStore> + Send + Sync>;
+
+/// A host's policy: the engine policy for a run's seed.
+pub(crate) type PolicyFactory = Arc<dyn Fn(u64) -> RefreshPolicy + Send + Sync>;
+
+/// What a host ([`crate::lab`]) puts into a world in place of the simulator's own parts.
+#[derive(Clone, Default)]
+pub(crate) struct HostParts {
+    /// The stores behind the fault layer (default: the simulator's memory store).
+    pub(crate) store: Option<StoreFactory>,
+    /// The engine's policy (default: [`WorldConfig::policy`]).
+    pub(crate) policy: Option<PolicyFactory>,
+    /// Real time one operation of a host's store may take before it is reported as stuck.
+    pub(crate) op_limit: Duration,
+}
+
+/// [`run`] with a host's parts.
+pub(crate) fn run_with(
+    cfg: &WorldConfig,
+    seed: u64,
+    strategy: Arc<dyn ClientStrategy>,
+    print_trace: bool,
+    parts: &HostParts,
+) -> Outcome {
     let shard = cfg.shard_credentials;
     if shard == 0 || cfg.credentials <= shard || !cfg.schedule.is_empty() {
-        return run_one(cfg, seed, strategy, print_trace);
+        return run_one(cfg, seed, strategy, print_trace, parts);
     }
     let started = Instant::now();
     let shards = cfg.credentials.div_ceil(shard);
@@ -136,6 +167,7 @@ pub fn run(
             derive(seed, SHARD_SEED + k as u64),
             strategy.clone(),
             print_trace,
+            parts,
         );
         if let Some(f) = &mut out.failure {
             f.message = format!(
@@ -230,6 +262,7 @@ fn run_one(
     seed: u64,
     strategy: Arc<dyn ClientStrategy>,
     print_trace: bool,
+    parts: &HostParts,
 ) -> Outcome {
     let started = Instant::now();
     let exec = Executor::new(derive(seed, 1));
@@ -251,7 +284,9 @@ fn run_one(
     let mut logins = Vec::new();
     let mut stores = Vec::new();
     let mut delivered_logins = Vec::new();
-    for _ in 0..cfg.credentials {
+    let incident = Arc::new(Mutex::new(None));
+    let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for cred in 0..cfg.credentials {
         let (family, at, rt, _) = provider.login(MonoTime::ZERO);
         let life = cfg.profile.at_lifetime;
         let age = match cfg.initial {
@@ -278,7 +313,16 @@ fn run_one(
             issued + life,
         ));
         families.push(family);
-        stores.push(MemoryStore::with_clock(Arc::new(h.clock(zero.clone()))));
+        let clock = Arc::new(h.clock(zero.clone()));
+        stores.push(match &parts.store {
+            None => Backing::Memory(MemoryStore::with_clock(clock)),
+            Some(make) => Backing::Host(HostStore {
+                store: make(&crate::lab::StoreSeat::new(cred, seed, clock)),
+                incident: incident.clone(),
+                broken: broken.clone(),
+                op_limit: parts.op_limit,
+            }),
+        });
     }
     let state = Arc::new(Mutex::new(State {
         provider,
@@ -324,7 +368,11 @@ fn run_one(
     if cfg.faults.listener_panics > 0.0 {
         silence_injected_panics();
     }
-    let policy = match cfg.policy(derive(seed, 5)) {
+    let policy = match parts
+        .policy
+        .as_ref()
+        .map_or_else(|| cfg.policy(derive(seed, 5)), |make| Ok(make(seed)))
+    {
         Ok(p) => p,
         Err(e) => {
             state.lock().violate(
@@ -358,6 +406,7 @@ fn run_one(
         state: state.clone(),
         strategy,
         stores,
+        incident,
         logins: Mutex::new(logins),
         procs,
         policy,
@@ -371,6 +420,7 @@ fn run_one(
     let horizon_t = MonoTime::from_duration(horizon);
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
         end = exec.run(horizon_t, 10_000);
+        flush_incident(&shared, exec.now());
         if (state.lock().failure.is_some() && !cfg.keep_going) || end != RunEnd::StepCap {
             break;
         }
@@ -410,6 +460,7 @@ fn run_one(
         }
     }
     final_checks(&shared, now);
+    flush_incident(&shared, now);
     let events = exec.stats().events();
     for p in &shared.procs {
         p.client.lock().take();
@@ -433,6 +484,13 @@ fn run_one(
         sim_time: now.as_duration(),
         wall: started.elapsed(),
         trace_lines: s.trace.lines,
+    }
+}
+
+/// Turns the first panic or stuck operation of a host's store into the run's failure.
+fn flush_incident(w: &Shared, now: MonoTime) {
+    if let Some(msg) = w.incident.lock().take() {
+        w.state.lock().violate(FailureKind::Crash, now, msg);
     }
 }
 
