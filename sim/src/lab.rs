@@ -182,6 +182,7 @@ impl fmt::Debug for StoreSeat {
 #[derive(Clone)]
 enum WorldSource {
     Scenario(String),
+    File(std::path::PathBuf),
     Config(Box<WorldConfig>),
     Draw(Arc<dyn Fn(u64) -> WorldConfig + Send + Sync>),
 }
@@ -218,6 +219,7 @@ impl fmt::Debug for Lab {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let world = match &self.world {
             WorldSource::Scenario(n) => n.clone(),
+            WorldSource::File(p) => p.display().to_string(),
             WorldSource::Config(c) => c.scenario.clone(),
             WorldSource::Draw(_) => "<drawn per seed>".into(),
         };
@@ -251,6 +253,24 @@ impl Lab {
     /// See the [type-level example](Lab).
     pub fn scenario(name: &str) -> Lab {
         Lab::new(WorldSource::Scenario(name.to_owned()))
+    }
+
+    /// The world described by the scenario file at `path` (see
+    /// [`scenario_file`](crate::scenario_file)), for every seed. A file that does not load is
+    /// reported by [`Lab::run`] with its line and column.
+    ///
+    /// ```
+    /// use keepfresh::store::MemoryStore;
+    /// use keepfresh_sim::lab::Lab;
+    /// let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    ///     .join("../docs/scenarios/desktop-apps.toml");
+    /// Lab::scenario_file(file)
+    ///     .store(|seat| MemoryStore::with_clock(seat.clock()))
+    ///     .seed(1)
+    ///     .check();
+    /// ```
+    pub fn scenario_file(path: impl AsRef<std::path::Path>) -> Lab {
+        Lab::new(WorldSource::File(path.as_ref().to_path_buf()))
     }
 
     /// This world for every seed (the seed still decides the workload, the faults, the
@@ -472,6 +492,12 @@ impl Lab {
                 return runner::resolve(sc, seed, &Overrides::default())
                     .map_err(|message| LabError::InvalidWorld { seed, message });
             }
+            WorldSource::File(path) => crate::scenario_file::ScenarioFile::load(path)
+                .map_err(|e| LabError::InvalidWorld {
+                    seed,
+                    message: e.to_string(),
+                })?
+                .world(),
             WorldSource::Config(c) => (**c).clone(),
             WorldSource::Draw(draw) => {
                 catch(|| draw(seed)).map_err(|p| LabError::InvalidWorld {

@@ -364,3 +364,32 @@ fn bad_worlds_are_errors() {
         .unwrap_err();
     assert_eq!(err, LabError::NoSeeds);
 }
+
+/// A scenario file runs in the lab like a built-in world, and a bad file is a clear error
+/// naming its position, not a panic.
+#[test]
+fn scenario_files_run_in_the_lab() {
+    use keepfresh_sim::lab::{Lab, LabError};
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../docs/scenarios/desktop-apps.toml");
+    let report = Lab::scenario_file(&file)
+        .store(|seat| keepfresh::store::MemoryStore::with_clock(seat.clock()))
+        .seeds(1..=2)
+        .run()
+        .expect("runs");
+    assert!(report.passed(), "{report}");
+    assert_eq!(report.runs().len(), 2);
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "name = \"b\"\nduration = \"1h\"\n[world]\nprocesses = 0\n",
+    )
+    .unwrap();
+    match Lab::scenario_file(&bad).seed(1).run() {
+        Err(LabError::InvalidWorld { message, .. }) => {
+            assert!(message.contains("bad.toml:4:"), "{message}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
