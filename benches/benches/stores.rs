@@ -294,7 +294,7 @@ async fn handoff(spec: &StoreSpec, rounds: usize) -> (Vec<Duration>, Duration, D
     let mut events = credential.subscribe();
 
     let mut holder = Command::new(std::env::current_exe().expect("exe"))
-        .env(HOLDER_ENV, spec_arg(spec))
+        .env(HOLDER_ENV, spec.expose_spec())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -355,12 +355,4 @@ async fn handoff(spec: &StoreSpec, rounds: usize) -> (Vec<Duration>, Duration, D
     let _ = holder.wait();
     let _ = credential.shutdown().await;
     (samples, round_trip, wake, refreshes.load(Ordering::Relaxed))
-}
-
-/// The spec with its password, for the holder process (`Display` hides it).
-fn spec_arg(spec: &StoreSpec) -> String {
-    match spec {
-        StoreSpec::Redis { url, key } => format!("{url}/{key}"),
-        other => other.to_string(),
-    }
 }
