@@ -701,6 +701,12 @@ pub fn store_spec(data: &[u8]) {
                 let again: StoreSpec = shown.parse().expect("a printed spec parses");
                 assert_eq!(again, spec, "a spec changed on its way through Display");
             }
+            // The exposed form (password and all, for another process) always parses back.
+            let exposed: StoreSpec = spec.expose_spec().parse().expect("an exposed spec parses");
+            assert_eq!(
+                exposed, spec,
+                "a spec changed on its way through expose_spec"
+            );
             let _ = spec.feature();
         }
         Err(e) => {

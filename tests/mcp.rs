@@ -3,19 +3,17 @@
 //! `Credential` refreshed by a counting refresher; `RmcpStore` over a real `FileStore`, two
 //! adapters on one file standing for two processes.
 
+mod common;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
+use common::counting::{credential, Counting};
 use futures::StreamExt;
 use keepfresh::mcp::{CredentialHttpClient, RmcpStore, TransportError};
 use keepfresh::store::{FileStore, SaveOutcome, TokenStore};
-use keepfresh::{
-    AccessToken, Credential, RefreshError, RefreshRequest, RefreshToken, Refresher, TokenResponse,
-    TokenSet,
-};
+use keepfresh::{AccessToken, Credential, TokenSet};
 use rmcp::model::{ClientJsonRpcMessage, ClientNotification, InitializedNotification};
 use rmcp::transport::auth::{
     AuthError, CredentialStore, OAuthTokenResponse, StoredCredentials, VendorExtraTokenFields,
@@ -30,43 +28,9 @@ use rmcp::transport::streamable_http_client::{
 // CredentialHttpClient
 // ---------------------------------------------------------------------------------------------
 
-/// Issues `access-1`, `access-2`, … (scope `read`) and counts its calls; `invalid_grant` when
-/// revoked.
-#[derive(Clone, Default)]
-struct Counting {
-    calls: Arc<AtomicU32>,
-    revoked: bool,
-}
-
-#[async_trait]
-impl Refresher for Counting {
-    async fn refresh(&self, _request: RefreshRequest) -> Result<TokenResponse, RefreshError> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.revoked {
-            return Err(RefreshError::invalid_grant("grant revoked"));
-        }
-        Ok(TokenResponse::new(AccessToken::new(format!("access-{n}")))
-            .with_refresh_token(RefreshToken::new(format!("refresh-{n}")))
-            .with_scope("read")
-            .with_expires_in(3600))
-    }
-}
-
-/// A credential holding a fresh `access-0` with scope `read`.
-async fn credential(refresher: &Counting) -> Credential {
-    let now = time::OffsetDateTime::now_utc();
-    let tokens = TokenSet::new(
-        AccessToken::new("access-0"),
-        Some(RefreshToken::new("refresh-0")),
-        now,
-        now + time::Duration::hours(1),
-    )
-    .with_scope("read");
-    Credential::builder(refresher.clone())
-        .tokens(tokens)
-        .build()
-        .await
-        .unwrap()
+/// The counting refresher as these tests use it: scope `read`, answering at once.
+fn counting() -> Counting {
+    Counting::new("read", Duration::ZERO)
 }
 
 /// What the scripted MCP server answers.
@@ -214,7 +178,7 @@ fn tokens(seen: &[Option<String>]) -> Vec<&str> {
 
 #[tokio::test]
 async fn every_request_carries_the_credentials_token_not_rmcps() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let server = Scripted::accepting("access-0");
     let client = CredentialHttpClient::with_client(server.clone(), credential(&refresher).await);
 
@@ -241,18 +205,18 @@ async fn every_request_carries_the_credentials_token_not_rmcps() {
         .await
         .unwrap();
     assert_eq!(tokens(&server.seen()), ["access-0", "access-0", "access-0"]);
-    assert_eq!(refresher.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(refresher.calls(), 0);
 }
 
 #[tokio::test]
 async fn a_401_invalidates_the_token_sent_refreshes_once_and_retries_once() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let server = Scripted::accepting("access-1");
     let client = CredentialHttpClient::with_client(server.clone(), credential(&refresher).await);
 
     assert!(post(&client, None).await.is_ok());
     assert_eq!(tokens(&server.seen()), ["access-0", "access-1"]);
-    assert_eq!(refresher.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(refresher.calls(), 1);
     // The new token is kept: the next request sends it at once.
     assert!(post(&client, None).await.is_ok());
     assert_eq!(server.seen().len(), 3);
@@ -261,7 +225,7 @@ async fn a_401_invalidates_the_token_sent_refreshes_once_and_retries_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_hundred_concurrent_401s_for_one_token_make_one_refresh() {
     const N: usize = 100;
-    let refresher = Counting::default();
+    let refresher = counting();
     let mut server = Scripted::accepting("access-1");
     server.barrier = Some(Arc::new(tokio::sync::Barrier::new(N)));
     let client = CredentialHttpClient::with_client(server.clone(), credential(&refresher).await);
@@ -273,7 +237,7 @@ async fn a_hundred_concurrent_401s_for_one_token_make_one_refresh() {
     for result in futures::future::join_all(calls).await {
         result.unwrap().unwrap();
     }
-    assert_eq!(refresher.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(refresher.calls(), 1);
     let seen = server.seen();
     assert_eq!(
         seen.iter()
@@ -291,7 +255,7 @@ async fn a_hundred_concurrent_401s_for_one_token_make_one_refresh() {
 
 #[tokio::test]
 async fn a_second_401_goes_to_rmcp_without_another_refresh() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let server = Scripted::accepting("never-issued");
     let client = CredentialHttpClient::with_client(server.clone(), credential(&refresher).await);
 
@@ -303,12 +267,12 @@ async fn a_second_401_goes_to_rmcp_without_another_refresh() {
         .www_authenticate_header
         .contains("resource_metadata"));
     assert_eq!(tokens(&server.seen()), ["access-0", "access-1"]);
-    assert_eq!(refresher.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(refresher.calls(), 1);
 }
 
 #[tokio::test]
 async fn a_401_for_another_reason_is_not_the_tokens_fault() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let server = Scripted::new(Answer::Accept {
         token: "never-issued".into(),
         challenge: r#"Bearer error="invalid_request""#.into(),
@@ -320,12 +284,12 @@ async fn a_401_for_another_reason_is_not_the_tokens_fault() {
         Err(StreamableHttpError::AuthRequired(_))
     ));
     assert_eq!(server.seen().len(), 1);
-    assert_eq!(refresher.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(refresher.calls(), 0);
 }
 
 #[tokio::test]
 async fn a_403_insufficient_scope_asks_for_the_union_of_scopes_without_refreshing() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let server = Scripted::new(Answer::Forbid {
         scope: "admin read".into(),
     });
@@ -338,15 +302,13 @@ async fn a_403_insufficient_scope_asks_for_the_union_of_scopes_without_refreshin
     // The token held `read`; the server wants `admin read`: held first, each once.
     assert_eq!(step_up.get_required_scope(), Some("read admin"));
     assert_eq!(server.seen().len(), 1);
-    assert_eq!(refresher.calls.load(Ordering::SeqCst), 0);
+    assert_eq!(refresher.calls(), 0);
 }
 
 #[tokio::test]
 async fn a_revoked_grant_ends_in_unauthorized_with_the_reason() {
-    let refresher = Counting {
-        revoked: true,
-        ..Counting::default()
-    };
+    let refresher = counting();
+    refresher.revoke();
     let server = Scripted::accepting("never-issued");
     let client = CredentialHttpClient::with_client(server.clone(), credential(&refresher).await);
 
@@ -365,7 +327,7 @@ async fn a_revoked_grant_ends_in_unauthorized_with_the_reason() {
 
 #[tokio::test]
 async fn a_credential_without_a_token_sends_nothing() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let server = Scripted::accepting("access-0");
     let empty = Credential::builder(refresher.clone())
         .build()
@@ -383,7 +345,7 @@ async fn a_credential_without_a_token_sends_nothing() {
 
 #[tokio::test]
 async fn the_inner_clients_errors_keep_their_kind() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let server = Scripted::new(Answer::SessionExpired);
     let client = CredentialHttpClient::with_client(server.clone(), credential(&refresher).await);
     assert!(matches!(
@@ -401,7 +363,7 @@ async fn the_inner_clients_errors_keep_their_kind() {
 
 #[tokio::test]
 async fn debug_shows_no_token() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let client = CredentialHttpClient::with_client(
         Scripted::accepting("access-0"),
         credential(&refresher).await,

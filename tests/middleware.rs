@@ -2,68 +2,29 @@
 //! API (wiremock), and `AuthService` over a `tower::service_fn` API, each with a real
 //! `Credential` (a counting in-test refresher) and with an `ApiKey`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::counting::{credential, Counting};
 use keepfresh::middleware::{
     AuthLayer, AuthMiddleware, BoxError, NoReplay, StepUpRequired, Unauthorized,
 };
 use keepfresh::oauth::BearerChallenge;
 use keepfresh::{
-    AccessToken, ApiKey, AuthHeader, AuthSource, Credential, KeyHeader, RefreshError,
-    RefreshRequest, RefreshToken, Refresher, Rejection, TokenResponse, TokenSet,
+    AccessToken, ApiKey, AuthHeader, AuthSource, Credential, KeyHeader, Rejection, TokenSet,
 };
 use tower::{service_fn, Layer, Service, ServiceExt};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 const METADATA: &str = "https://api.example.com/.well-known/oauth-protected-resource";
 
-/// Issues `access-1`, `access-2`, … and counts its calls; fails with `invalid_grant` when told.
-#[derive(Clone, Default)]
-struct Counting {
-    calls: Arc<AtomicU32>,
-    revoked: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Counting {
-    fn calls(&self) -> u32 {
-        self.calls.load(Ordering::SeqCst)
-    }
-}
-
-#[async_trait]
-impl Refresher for Counting {
-    async fn refresh(&self, _request: RefreshRequest) -> Result<TokenResponse, RefreshError> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        // A refresh takes time, as over the network.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        if self.revoked.load(Ordering::SeqCst) {
-            return Err(RefreshError::invalid_grant("grant revoked"));
-        }
-        Ok(TokenResponse::new(AccessToken::new(format!("access-{n}")))
-            .with_refresh_token(RefreshToken::new(format!("refresh-{n}")))
-            .with_scope("read write")
-            .with_expires_in(3600))
-    }
-}
-
-/// A credential holding a fresh `access-0` (scope `read`), refreshed by `refresher`.
-async fn credential(refresher: &Counting) -> Credential {
-    let now = time::OffsetDateTime::now_utc();
-    let tokens = TokenSet::new(
-        AccessToken::new("access-0"),
-        Some(RefreshToken::new("refresh-0")),
-        now,
-        now + time::Duration::hours(1),
-    )
-    .with_scope("read");
-    Credential::builder(refresher.clone())
-        .tokens(tokens)
-        .build()
-        .await
-        .expect("credential")
+/// The counting refresher as these tests use it: scope `read write`, each refresh taking 20 ms,
+/// as over the network.
+fn counting() -> Counting {
+    Counting::new("read write", Duration::from_millis(20))
 }
 
 /// The resource server's rules, shared by the wiremock API and the `service_fn` API.
@@ -206,7 +167,7 @@ fn middleware_error<T: std::error::Error + Send + Sync + 'static>(
 
 #[tokio::test]
 async fn reqwest_attaches_the_credentials_header() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-0"));
     let server = server(&api).await;
     let client = client(Arc::new(credential(&refresher).await));
@@ -241,7 +202,7 @@ async fn reqwest_attaches_an_api_keys_header() {
 
 #[tokio::test]
 async fn reqwest_401_invalid_token_refreshes_once_and_retries_once() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-1"));
     let server = server(&api).await;
     let client = client(Arc::new(credential(&refresher).await));
@@ -265,7 +226,7 @@ async fn reqwest_401_invalid_token_refreshes_once_and_retries_once() {
 
 #[tokio::test]
 async fn reqwest_401_with_a_bare_challenge_is_retried_too() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-1")).with_challenge(r#"Bearer realm="api""#);
     let server = server(&api).await;
     let client = client(Arc::new(credential(&refresher).await));
@@ -281,7 +242,7 @@ async fn reqwest_401_with_a_bare_challenge_is_retried_too() {
 
 #[tokio::test]
 async fn reqwest_401_with_another_error_code_is_returned_without_a_refresh() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-1"))
         .with_challenge(r#"Bearer error="invalid_request", error_description="bad""#);
     let server = server(&api).await;
@@ -301,7 +262,7 @@ async fn reqwest_401_with_another_error_code_is_returned_without_a_refresh() {
 
 #[tokio::test]
 async fn reqwest_401_after_the_retry_is_returned_without_a_loop() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(None);
     let server = server(&api).await;
     let client = client(Arc::new(credential(&refresher).await));
@@ -324,7 +285,7 @@ async fn reqwest_401_after_the_retry_is_returned_without_a_loop() {
 
 #[tokio::test]
 async fn reqwest_401_for_a_streaming_body_invalidates_without_a_retry() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-1"));
     let server = server(&api).await;
     let credential = credential(&refresher).await;
@@ -366,7 +327,7 @@ async fn reqwest_401_with_an_api_key_is_not_retried() {
 
 #[tokio::test]
 async fn reqwest_403_insufficient_scope_is_a_step_up_without_a_refresh() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-0"));
     let server = server(&api).await;
     let client = client(Arc::new(credential(&refresher).await));
@@ -386,7 +347,7 @@ async fn reqwest_403_insufficient_scope_is_a_step_up_without_a_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reqwest_concurrent_401s_for_one_token_refresh_once() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-1")).rejecting_after(Duration::from_millis(300));
     let server = server(&api).await;
     let client = client(Arc::new(credential(&refresher).await));
@@ -407,8 +368,8 @@ async fn reqwest_concurrent_401s_for_one_token_refresh_once() {
 
 #[tokio::test]
 async fn reqwest_failed_retry_header_is_unauthorized_with_the_resource_metadata() {
-    let refresher = Counting::default();
-    refresher.revoked.store(true, Ordering::SeqCst);
+    let refresher = counting();
+    refresher.revoke();
     let api = Api::accepting(Some("Bearer access-1"));
     let server = server(&api).await;
     let client = client(Arc::new(credential(&refresher).await));
@@ -428,10 +389,7 @@ async fn reqwest_failed_retry_header_is_unauthorized_with_the_resource_metadata(
 async fn reqwest_no_header_no_request() {
     let api = Api::accepting(None);
     let server = server(&api).await;
-    let never = Credential::builder(Counting::default())
-        .build()
-        .await
-        .unwrap();
+    let never = Credential::builder(counting()).build().await.unwrap();
     let client = client(Arc::new(never));
 
     let error = client.get(server.uri()).send().await.unwrap_err();
@@ -441,7 +399,7 @@ async fn reqwest_no_header_no_request() {
 
 #[tokio::test]
 async fn secrets_stay_out_of_debug_and_errors() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-0"));
     let server = server(&api).await;
     let credential = Arc::new(credential(&refresher).await);
@@ -514,7 +472,7 @@ fn get(path: &str) -> http::Request<String> {
 
 #[tokio::test]
 async fn tower_attaches_the_header() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-0"));
     let service = AuthLayer::new(Arc::new(credential(&refresher).await)).layer(tower_api(&api));
 
@@ -525,7 +483,7 @@ async fn tower_attaches_the_header() {
 
 #[tokio::test]
 async fn tower_401_invalid_token_refreshes_once_and_retries_once() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-1"));
     let service = AuthLayer::new(Arc::new(credential(&refresher).await)).layer(tower_api(&api));
 
@@ -547,7 +505,7 @@ async fn tower_401_invalid_token_refreshes_once_and_retries_once() {
 
 #[tokio::test]
 async fn tower_401_after_the_retry_is_returned_without_a_loop() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(None);
     let service = AuthLayer::new(Arc::new(credential(&refresher).await)).layer(tower_api(&api));
 
@@ -563,7 +521,7 @@ async fn tower_401_without_replay_invalidates_without_a_retry() {
     /// A body that cannot be cloned.
     struct Streaming;
 
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-1"));
     let credential = credential(&refresher).await;
     let mut service = AuthLayer::new(Arc::new(credential.clone()))
@@ -601,7 +559,7 @@ async fn tower_401_with_an_api_key_is_not_retried() {
 
 #[tokio::test]
 async fn tower_403_insufficient_scope_is_a_step_up_without_a_refresh() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-0"));
     let service = AuthLayer::new(Arc::new(credential(&refresher).await)).layer(tower_api(&api));
 
@@ -614,7 +572,7 @@ async fn tower_403_insufficient_scope_is_a_step_up_without_a_refresh() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tower_concurrent_401s_for_one_token_refresh_once() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-1")).rejecting_after(Duration::from_millis(300));
     let service = AuthLayer::new(Arc::new(credential(&refresher).await)).layer(tower_api(&api));
 
@@ -633,8 +591,8 @@ async fn tower_concurrent_401s_for_one_token_refresh_once() {
 
 #[tokio::test]
 async fn tower_failed_retry_header_is_unauthorized() {
-    let refresher = Counting::default();
-    refresher.revoked.store(true, Ordering::SeqCst);
+    let refresher = counting();
+    refresher.revoke();
     let api = Api::accepting(Some("Bearer access-1"));
     let service = AuthLayer::new(Arc::new(credential(&refresher).await)).layer(tower_api(&api));
 
@@ -697,7 +655,7 @@ async fn tower_a_custom_source_gets_its_new_header_attached() {
 
 #[tokio::test]
 async fn tower_a_new_token_from_set_tokens_is_attached() {
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-0"));
     let credential = credential(&refresher).await;
     let service = AuthLayer::new(Arc::new(credential.clone())).layer(tower_api(&api));
@@ -754,7 +712,7 @@ async fn tracing_events_carry_fingerprints_only() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let refresher = Counting::default();
+    let refresher = counting();
     let api = Api::accepting(Some("Bearer access-1"));
     let credential = credential(&refresher).await;
     let rejected = credential.token().await.unwrap().fingerprint();

@@ -21,6 +21,11 @@ use keepfresh::{refresher_fn, AccessToken, Credential, RefreshError, RefreshToke
 
 use crate::report::{ms, percentile, Report, Target};
 
+/// A throwaway `redis-server`, shared with keepfresh's tests.
+#[path = "../../tests/common/redis.rs"]
+mod redis_server;
+use redis_server::RedisServer;
+
 const HOLDER_ENV: &str = "KEEPFRESH_BENCH_HOLDER";
 
 fn set(n: u64) -> TokenSet {
@@ -164,60 +169,12 @@ pub(crate) fn run(report: &mut Report, rounds: usize) {
     let dir = Dir::new("handoff");
     let file = format!("file:{}", dir.0.join("t.json").display());
     handoff_of(report, "file store", &file, rounds);
-    match RedisServer::start(&dir.0) {
+    match RedisServer::try_launch(&[], false) {
         Some(redis) => {
             let spec = format!("redis://127.0.0.1:{}/bench", redis.port);
             handoff_of(report, "Redis store", &spec, rounds);
         }
         None => report.note("(Redis hand-off not measured: no redis-server on the PATH)"),
-    }
-}
-
-/// A throwaway `redis-server` on a free loopback port, killed on drop.
-struct RedisServer {
-    port: u16,
-    child: std::process::Child,
-}
-
-impl RedisServer {
-    fn start(dir: &std::path::Path) -> Option<RedisServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .ok()?
-            .local_addr()
-            .ok()?
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .ok()?;
-        let server = RedisServer { port, child };
-        for _ in 0..500 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(server);
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        None
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -294,7 +251,7 @@ async fn handoff(spec: &StoreSpec, rounds: usize) -> (Vec<Duration>, Duration, D
     let mut events = credential.subscribe();
 
     let mut holder = Command::new(std::env::current_exe().expect("exe"))
-        .env(HOLDER_ENV, spec_arg(spec))
+        .env(HOLDER_ENV, spec.expose_spec())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -355,12 +312,4 @@ async fn handoff(spec: &StoreSpec, rounds: usize) -> (Vec<Duration>, Duration, D
     let _ = holder.wait();
     let _ = credential.shutdown().await;
     (samples, round_trip, wake, refreshes.load(Ordering::Relaxed))
-}
-
-/// The spec with its password, for the holder process (`Display` hides it).
-fn spec_arg(spec: &StoreSpec) -> String {
-    match spec {
-        StoreSpec::Redis { url, key } => format!("{url}/{key}"),
-        other => other.to_string(),
-    }
 }

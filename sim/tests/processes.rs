@@ -7,6 +7,11 @@ use std::process::Command;
 
 use keepfresh_sim::http::{HttpProvider, ServeConfig};
 
+/// A throwaway `redis-server`, shared with keepfresh's own tests and the benchmarks.
+#[path = "../../tests/common/redis.rs"]
+mod redis_server;
+use redis_server::RedisServer;
+
 fn private_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
@@ -149,74 +154,12 @@ fn bad_multi_process_options_are_clear_errors() {
     }
 }
 
-/// A `redis-server` on a free loopback port, without persistence; killed when dropped.
-struct Redis {
-    port: u16,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    fn start() -> Option<Redis> {
-        if std::env::var("KEEPFRESH_SKIP_REDIS").as_deref() == Ok("1") {
-            eprintln!("KEEPFRESH_SKIP_REDIS=1: not run");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut child = Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("redis-server is needed (apt-get install -y redis-server), or KEEPFRESH_SKIP_REDIS=1");
-            // Ready when it answers PING; bounded.
-            for _ in 0..1000 {
-                if child.try_wait().unwrap().is_some() {
-                    break;
-                }
-                if pong(port) {
-                    return Some(Redis {
-                        port,
-                        child,
-                        _dir: dir,
-                    });
-                }
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            let _ = child.kill();
-        }
-        panic!("redis-server did not start");
-    }
-}
-
-fn pong(port: u16) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    let mut buf = [0u8; 7];
-    s.write_all(b"PING\r\n").is_ok() && s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The replica case: three processes on one Redis, one refresh per burst, no family revoked.
 #[test]
 fn three_processes_on_one_redis_refresh_once_per_burst() {
-    let Some(redis) = Redis::start() else { return };
+    let Some(redis) = RedisServer::start() else {
+        return;
+    };
     let spec = format!("redis://127.0.0.1:{}/load-test", redis.port);
     let (code, r) = load(&[
         "--store",

@@ -246,6 +246,26 @@ impl fmt::Debug for StoreSpec {
 }
 
 impl StoreSpec {
+    /// The spec as text, with its Redis password: what another process needs to open the same
+    /// store (a worker's `--store` argument, a child's environment). It parses back to this
+    /// spec. Everything else it prints as [`Display`](fmt::Display) does, which hides the
+    /// password; log that one, never this.
+    ///
+    /// ```
+    /// use keepfresh::store::spec::StoreSpec;
+    ///
+    /// let spec: StoreSpec = "redis://app:hunter2@cache:6379/github-alice".parse().unwrap();
+    /// assert_eq!(spec.expose_spec(), "redis://app:hunter2@cache:6379/github-alice");
+    /// assert_eq!(spec.expose_spec().parse::<StoreSpec>().unwrap(), spec);
+    /// assert!(!spec.to_string().contains("hunter2"));
+    /// ```
+    pub fn expose_spec(&self) -> String {
+        match self {
+            StoreSpec::Redis { url, key } => format!("{url}/{key}"),
+            other => other.to_string(),
+        }
+    }
+
     /// Opens the store the spec names. Each call opens a new handle, as another process would;
     /// `memory:` gives a new, empty store each time.
     ///
@@ -391,6 +411,12 @@ mod tests {
             if !text.contains('@') {
                 assert_eq!(got.to_string().parse::<StoreSpec>().unwrap(), got, "{text}");
             }
+            // expose_spec gives one whatever the password.
+            assert_eq!(
+                got.expose_spec().parse::<StoreSpec>().unwrap(),
+                got,
+                "{text}"
+            );
         }
     }
 

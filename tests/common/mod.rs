@@ -1,6 +1,9 @@
 //! Shared fixtures for the tokio integration tests: a scripted provider, a store that can be
-//! made to fail, a manual clock with tokio spawning, and event helpers.
+//! made to fail, a manual clock with tokio spawning, and event helpers; [`counting`], a
+//! counting refresher and a credential around it.
 #![allow(dead_code)]
+
+pub mod counting;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};

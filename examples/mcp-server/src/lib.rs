@@ -18,7 +18,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::sync::Arc;
 
 use keepfresh::mcp::ToolAuthError;
@@ -325,6 +327,25 @@ fn decode_digest(hex: &str) -> Option<[u8; 32]> {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(out)
+}
+
+/// The `main` of both binaries: logging ([`init_logging`]), the command line `A`, then `run`.
+/// An error is printed to stderr as `<program>: <error>` and exits with status 2; a bad
+/// command line exits as clap does (usage on stderr, status 2).
+pub async fn main_with<A, F>(program: &str, run: impl FnOnce(A) -> F) -> ExitCode
+where
+    A: clap::Parser,
+    F: Future<Output = Result<(), String>>,
+{
+    init_logging();
+    let args = A::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// Logs to stderr (stdout is the stdio transport's), `RUST_LOG` or `info,keepfresh=debug`.

@@ -281,6 +281,79 @@ impl GrantSource {
     }
 }
 
+/// The grant-source options that `load` and `probe` share: `--grants-file`, `--mint-command`
+/// and `--mint-count`, flattened into both (`#[command(flatten)]`). Both need `--token-url`
+/// (an argument of the command that flattens them); without either, the grants come from
+/// `KEEPFRESH_REFRESH_TOKENS`.
+///
+/// The help texts and the `--mint-count` default here are `load`'s; `probe` words them for its
+/// own use through `mut_arg` (see [`crate::probe::ProbeArgs`]).
+///
+/// ```
+/// use clap::Parser;
+/// use keepfresh_sim::load::grants::{GrantSource, GrantSourceArgs};
+/// #[derive(Parser)]
+/// struct Cli {
+///     #[arg(long)]
+///     token_url: Option<String>,
+///     #[command(flatten)]
+///     grants: GrantSourceArgs,
+/// }
+/// let cli = Cli::try_parse_from(["t", "--token-url", "https://a.example/t", "--mint-command", "mint"])
+///     .unwrap();
+/// assert_eq!(cli.grants.source(), GrantSource::Mint { command: "mint".into(), count: 10 });
+/// // Both need --token-url, and a file excludes a mint command.
+/// assert!(Cli::try_parse_from(["t", "--grants-file", "g"]).is_err());
+/// assert!(Cli::try_parse_from(["t", "--token-url", "u", "--grants-file", "g", "--mint-command", "m"])
+///     .is_err());
+/// ```
+#[derive(Clone, Debug, clap::Args)]
+pub struct GrantSourceArgs {
+    /// Many grants at --token-url: a private file of refresh tokens, one per line (else
+    /// KEEPFRESH_REFRESH_TOKENS, whitespace-separated).
+    #[arg(long, requires = "token_url", conflicts_with = "mint_command")]
+    pub grants_file: Option<PathBuf>,
+    /// Many grants at --token-url: a command that prints one new refresh token per run.
+    #[arg(long, requires = "token_url")]
+    pub mint_command: Option<String>,
+    /// Runs of --mint-command.
+    #[arg(long, default_value_t = 10)]
+    pub mint_count: usize,
+}
+
+impl GrantSourceArgs {
+    /// Whether a source was named on the command line (a file or a mint command).
+    pub fn given(&self) -> bool {
+        self.grants_file.is_some() || self.mint_command.is_some()
+    }
+
+    /// The source these options name: the file, else the mint command, else the
+    /// `KEEPFRESH_REFRESH_TOKENS` variable.
+    pub fn source(&self) -> GrantSource {
+        match (&self.grants_file, &self.mint_command) {
+            (Some(p), _) => GrantSource::File(p.clone()),
+            (None, Some(c)) => GrantSource::Mint {
+                command: c.clone(),
+                count: self.mint_count,
+            },
+            (None, None) => GrantSource::Env("KEEPFRESH_REFRESH_TOKENS".into()),
+        }
+    }
+
+    /// Reads the grants of [`source`](Self::source).
+    ///
+    /// # Errors
+    /// Those of [`GrantSource::read`] as text, except that no grants from the environment
+    /// (no source named, and the variable unset or empty) is `when_none`.
+    pub fn read(&self, when_none: &str) -> Result<Vec<RefreshToken>, String> {
+        let source = self.source();
+        source.read().map_err(|e| match e {
+            GrantsError::Empty if matches!(source, GrantSource::Env(_)) => when_none.to_owned(),
+            other => other.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -946,16 +946,9 @@ pub struct LoadArgs {
     /// Many grants, built-in provider: mint this many grants, one credential each.
     #[arg(long, conflicts_with = "token_url")]
     pub mock_grants: Option<usize>,
-    /// Many grants at --token-url: a private file of refresh tokens, one per line (else
-    /// KEEPFRESH_REFRESH_TOKENS, whitespace-separated).
-    #[arg(long, requires = "token_url", conflicts_with = "mint_command")]
-    pub grants_file: Option<std::path::PathBuf>,
-    /// Many grants at --token-url: a command that prints one new refresh token per run.
-    #[arg(long, requires = "token_url")]
-    pub mint_command: Option<String>,
-    /// Runs of --mint-command.
-    #[arg(long, default_value_t = 10)]
-    pub mint_count: usize,
+    /// Many grants at --token-url: --grants-file, --mint-command, --mint-count.
+    #[command(flatten)]
+    pub grants: grants::GrantSourceArgs,
     /// Many grants: target requests per second (open loop: starts whatever the answers' speed).
     #[arg(long, conflicts_with = "concurrency")]
     pub rate: Option<f64>,
@@ -1037,8 +1030,7 @@ impl LoadArgs {
     /// ```
     pub fn many_grants(&self) -> bool {
         self.mock_grants.is_some()
-            || self.grants_file.is_some()
-            || self.mint_command.is_some()
+            || self.grants.given()
             || self.rate.is_some()
             || self.concurrency.is_some()
     }
@@ -1066,22 +1058,10 @@ impl LoadArgs {
                 fleet::FleetTarget::BuiltIn(self.serve_config(), self.mock_grants.unwrap_or(100))
             }
             Some(url) => {
-                let source = match (&self.grants_file, &self.mint_command) {
-                    (Some(p), _) => grants::GrantSource::File(p.clone()),
-                    (None, Some(c)) => grants::GrantSource::Mint {
-                        command: c.clone(),
-                        count: self.mint_count,
-                    },
-                    (None, None) => grants::GrantSource::Env("KEEPFRESH_REFRESH_TOKENS".into()),
-                };
-                let tokens = source.read().map_err(|e| match e {
-                    grants::GrantsError::Empty if matches!(source, grants::GrantSource::Env(_)) => {
-                        "a many-grants run at --token-url needs --grants-file, --mint-command or \
-                         KEEPFRESH_REFRESH_TOKENS"
-                            .to_owned()
-                    }
-                    other => other.to_string(),
-                })?;
+                let tokens = self.grants.read(
+                    "a many-grants run at --token-url needs --grants-file, --mint-command or \
+                     KEEPFRESH_REFRESH_TOKENS",
+                )?;
                 let endpoint = crate::probe::Endpoint {
                     token_url: url.clone(),
                     client_id: self

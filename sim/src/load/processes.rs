@@ -292,7 +292,7 @@ pub async fn run(
     for index in 0..processes {
         let mut cmd = tokio::process::Command::new(&exe);
         cmd.arg("load-worker")
-            .args(["--store", &spec_arg(&spec)])
+            .args(["--store", &spec.expose_spec()])
             .args(["--token-url", &token_url])
             .args(["--client-id", &client_id])
             .args(["--client-auth", &args.client_auth])
@@ -394,14 +394,6 @@ pub async fn run(
         elapsed_s: started.elapsed().as_secs_f64(),
         server: server.as_ref().map(HttpProvider::summary),
     })
-}
-
-/// The spec as workers must receive it: with the Redis password, which `Display` hides.
-fn spec_arg(spec: &StoreSpec) -> String {
-    match spec {
-        StoreSpec::Redis { url, key } => format!("{url}/{key}"),
-        other => other.to_string(),
-    }
 }
 
 async fn expect(

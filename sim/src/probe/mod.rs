@@ -24,7 +24,7 @@ pub use report::{Answer, Finding, PlannedStep, ProbeReport};
 pub use wire::Exchange;
 
 use crate::http::{HttpProvider, ServeConfig};
-use crate::load::grants::{GrantSource, GrantsError};
+use crate::load::grants::GrantSourceArgs;
 use report::{plan_text, verdicts};
 use wire::Wire;
 
@@ -945,10 +945,22 @@ pub async fn probe(
 /// }
 /// let cli = Cli::try_parse_from(["probe", "--profile", "okta", "--grace-max", "2"]).unwrap();
 /// assert_eq!(cli.probe.profile.as_deref(), Some("okta"));
+/// // The probe's own --mint-count default (load's is 10).
+/// assert_eq!(cli.probe.grants.mint_count, 8);
 /// // No secret on the command line.
 /// assert!(Cli::try_parse_from(["probe", "--refresh-token", "rt"]).is_err());
 /// ```
 #[derive(Clone, Debug, clap::Args)]
+#[command(
+    mut_arg("grants_file", |a| a.help(
+        "A private file of refresh tokens the probe may spend, one per line (else \
+         KEEPFRESH_REFRESH_TOKENS)",
+    )),
+    mut_arg("mint_command", |a| a.help(
+        "A command that prints one new refresh token per run (run --mint-count times)",
+    )),
+    mut_arg("mint_count", |a| a.help("How many times to run --mint-command").default_value("8")),
+)]
 pub struct ProbeArgs {
     /// Built-in mock provider profile to probe (default strict when no --token-url).
     #[arg(long, conflicts_with = "token_url")]
@@ -986,16 +998,10 @@ pub struct ProbeArgs {
     /// How the client secret is sent: basic or post.
     #[arg(long, default_value = "basic", value_parser = ["basic", "post"])]
     pub client_auth: String,
-    /// A private file of refresh tokens the probe may spend, one per line (else
-    /// KEEPFRESH_REFRESH_TOKENS).
-    #[arg(long, requires = "token_url", conflicts_with = "mint_command")]
-    pub grants_file: Option<std::path::PathBuf>,
-    /// A command that prints one new refresh token per run (run --mint-count times).
-    #[arg(long, requires = "token_url")]
-    pub mint_command: Option<String>,
-    /// How many times to run --mint-command.
-    #[arg(long, default_value_t = 8)]
-    pub mint_count: usize,
+    /// The refresh tokens the probe may spend: --grants-file, --mint-command, --mint-count
+    /// (worded for the probe by the `mut_arg`s above).
+    #[command(flatten)]
+    pub grants: GrantSourceArgs,
     /// RFC 8707 resource sent on every refresh (repeatable).
     #[arg(long, requires = "token_url")]
     pub resource: Vec<String>,
@@ -1075,22 +1081,9 @@ impl ProbeArgs {
             "--client-secret-file",
         )?
         .map(ClientSecret::new);
-        let source = match (&self.grants_file, &self.mint_command) {
-            (Some(p), _) => GrantSource::File(p.clone()),
-            (None, Some(c)) => GrantSource::Mint {
-                command: c.clone(),
-                count: self.mint_count,
-            },
-            (None, None) => GrantSource::Env("KEEPFRESH_REFRESH_TOKENS".into()),
-        };
-        let grants = source.read().map_err(|e| match e {
-            GrantsError::Empty if matches!(source, GrantSource::Env(_)) => {
-                "no refresh tokens: give --grants-file, --mint-command or \
-                 KEEPFRESH_REFRESH_TOKENS"
-                    .to_owned()
-            }
-            other => other.to_string(),
-        })?;
+        let grants = self.grants.read(
+            "no refresh tokens: give --grants-file, --mint-command or KEEPFRESH_REFRESH_TOKENS",
+        )?;
         Ok((
             Endpoint {
                 token_url: url.to_owned(),

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use keepfresh_mcp_example::{
-    inbound, init_logging, read_users, Stores, Upstream, UpstreamArgs, UpstreamTools,
+    inbound, main_with, read_users, Stores, Upstream, UpstreamArgs, UpstreamTools,
 };
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
@@ -35,15 +35,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logging();
-    let args = Args::parse();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mcp-server-http: {e}");
-            ExitCode::from(2)
-        }
-    }
+    main_with("mcp-server-http", run).await
 }
 
 async fn run(args: Args) -> Result<(), String> {

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use keepfresh_mcp_example::{init_logging, Stores, Upstream, UpstreamArgs, UpstreamTools, User};
+use keepfresh_mcp_example::{main_with, Stores, Upstream, UpstreamArgs, UpstreamTools, User};
 use rmcp::ServiceExt;
 
 #[derive(Parser)]
@@ -29,15 +29,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_logging();
-    let args = Args::parse();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("mcp-server-stdio: {e}");
-            ExitCode::from(2)
-        }
-    }
+    main_with("mcp-server-stdio", run).await
 }
 
 async fn run(args: Args) -> Result<(), String> {
