@@ -178,6 +178,14 @@ pub struct Health {
 pub trait ProcessClient: Send + Sync {
     /// A token for one caller request.
     async fn token(&self) -> Result<ServedToken, ClientError>;
+    /// The token the first poll of [`ProcessClient::token`] would serve at once, if the client
+    /// can tell without waiting and without side effects (keepfresh: its lock-free hot path,
+    /// `Credential::try_token`); `None`: call [`ProcessClient::token`]. The world's callers take
+    /// this path for a request that needs nothing but its token, without a future or a copy of
+    /// the access token.
+    fn token_now(&self) -> Option<keepfresh::Token> {
+        None
+    }
     /// The resource server answered 401 to `token`; returns whether a refresh was started.
     fn unauthorized(&self, token: &ServedToken) -> bool;
     /// The user logged in again: `tokens` replace whatever the client holds (a refresh in
@@ -276,6 +284,11 @@ impl ProcessClient for KeepfreshClient {
                 ClientError::Other(e.to_string())
             }),
         }
+    }
+
+    #[inline]
+    fn token_now(&self) -> Option<keepfresh::Token> {
+        self.credential.try_token()
     }
 
     fn unauthorized(&self, token: &ServedToken) -> bool {
