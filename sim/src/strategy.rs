@@ -238,7 +238,11 @@ impl ClientStrategy for Keepfresh {
         let credential = builder.build().await.map_err(|e| e.to_string())?;
         let log = ctx.log.clone();
         credential.on_event(move |e: &Event| {
-            log.log(LogLine::Text(format!("{e:?}")));
+            // Sized for an event's line and the world's `p{i} ` prefix up front: `format!`
+            // would grow the string from a few bytes, reallocating five or six times.
+            let mut text = String::with_capacity(EVENT_LINE_CAPACITY);
+            let _ = fmt::Write::write_fmt(&mut text, format_args!("{e:?}"));
+            log.log(LogLine::Text(text));
             match e {
                 Event::ReauthRequired { reason, .. } => log.log(LogLine::Reauth {
                     reason: format!("{reason:?}"),
@@ -263,6 +267,9 @@ impl ClientStrategy for Keepfresh {
 }
 
 type Held = Mutex<Option<keepfresh::Token>>;
+
+/// Bytes reserved for one event's trace line (most are 60 to 200).
+const EVENT_LINE_CAPACITY: usize = 256;
 
 #[async_trait]
 impl ProcessClient for KeepfreshClient {

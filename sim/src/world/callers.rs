@@ -209,7 +209,7 @@ fn check_served(
     }
     // The engine bounds every wait by its wait timeout (plus the one refresh round it may
     // follow); a caller waiting longer was forgotten.
-    if wait > w.cfg.wait_timeout + w.cfg.wait_timeout / 2 {
+    if !wait.is_zero() && wait > w.cfg.wait_timeout + w.cfg.wait_timeout / 2 {
         s.violate(
             FailureKind::Liveness,
             now,
@@ -239,9 +239,10 @@ fn check_served(
                 );
                 return false;
             };
-            if now > expires.saturating_add(s.skew_tolerance) && !s.lifetime_known {
+            let past = now > expires.saturating_add(s.skew_tolerance);
+            if past && !s.lifetime_known {
                 s.metrics.served_past_true_expiry += 1;
-            } else if now > expires.saturating_add(s.skew_tolerance) {
+            } else if past {
                 let late = now.saturating_duration_since(expires);
                 s.violate_correctness(
                     now,

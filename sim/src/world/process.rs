@@ -45,11 +45,16 @@ pub(super) fn start_process(w: &Arc<Shared>, i: usize) {
         let st = w2.state.clone();
         let ex = w2.exec.clone();
         let cred = p.cred;
+        let prefix = format!("p{i} ");
         let log = LogSink::new(move |line| {
             let mut s = st.lock();
             let now = ex.now();
             match line {
-                LogLine::Text(t) => s.trace_line(now, format!("p{i} {t}")),
+                LogLine::Text(mut t) => {
+                    // `format!("p{i} {t}")` without a second string grown from a few bytes.
+                    t.insert_str(0, &prefix);
+                    s.trace_line(now, t)
+                }
                 LogLine::Reauth { reason } => {
                     s.metrics.reauths += 1;
                     // A re-authorization after a replay the client could not avoid (its
