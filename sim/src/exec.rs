@@ -422,7 +422,15 @@ impl Core {
         if self.ready.is_empty() {
             return self.fire_timers(horizon);
         }
-        let i = self.rng.below(self.ready.len());
+        let len = self.ready.len();
+        // `below(1)` is always 0: the draw is still made (the generator moves on exactly as
+        // before), without the 64-bit division.
+        let i = if len == 1 {
+            self.rng.next_u64();
+            0
+        } else {
+            self.rng.below(len)
+        };
         let (id, gen) = self.ready.swap_remove(i);
         let frozen = self.tasks.any_frozen > 0;
         let Some(slot) = self.tasks.slots.get_mut(id) else {
