@@ -11,8 +11,6 @@
 //! host's runtime drops a task that panicked; any other panic ends the run.
 
 use std::cell::{Cell, RefCell};
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -277,10 +275,78 @@ impl ArcWake for TaskWaker {
 /// 16-byte key with a two-word comparison keeps the heap's sifting cheap.
 #[derive(Default)]
 struct Timers {
-    heap: BinaryHeap<Reverse<u128>>,
+    heap: MinHeap4,
     slots: Vec<TimerSlot>,
     free: Vec<u32>,
     seq: u64,
+}
+
+/// A min-heap of distinct `u128` keys with four children per node: half the depth of a binary
+/// heap, and a node's children share one cache line, so a pop (every timer event) walks half
+/// as many dependent loads. Keys are distinct, so the order in which they come out is the same
+/// as any other priority queue's.
+#[derive(Default)]
+struct MinHeap4 {
+    v: Vec<u128>,
+}
+
+impl MinHeap4 {
+    #[inline]
+    fn peek(&self) -> Option<u128> {
+        self.v.first().copied()
+    }
+
+    fn push(&mut self, key: u128) {
+        let mut i = self.v.len();
+        self.v.push(key);
+        while i > 0 {
+            let parent = (i - 1) / 4;
+            let p = self.v[parent];
+            if p <= key {
+                break;
+            }
+            self.v[i] = p;
+            i = parent;
+        }
+        self.v[i] = key;
+    }
+
+    fn pop(&mut self) -> Option<u128> {
+        let last = self.v.pop()?;
+        let n = self.v.len();
+        if n == 0 {
+            return Some(last);
+        }
+        let top = self.v[0];
+        let mut i = 0;
+        loop {
+            let first = 4 * i + 1;
+            if first >= n {
+                break;
+            }
+            let end = (first + 4).min(n);
+            let mut m = first;
+            let mut mk = self.v[first];
+            for c in first + 1..end {
+                let k = self.v[c];
+                if k < mk {
+                    m = c;
+                    mk = k;
+                }
+            }
+            if mk >= last {
+                break;
+            }
+            self.v[i] = mk;
+            i = m;
+        }
+        self.v[i] = last;
+        Some(top)
+    }
+
+    fn clear(&mut self) {
+        self.v.clear();
+    }
 }
 
 /// Bits of a timer key for the slot: up to 16,777,216 timers pending at once.
@@ -335,7 +401,7 @@ impl Timers {
         let slot = &mut self.slots[idx as usize];
         slot.waker = Some(waker);
         slot.seq = seq;
-        self.heap.push(Reverse(timer_key(at, seq, idx)));
+        self.heap.push(timer_key(at, seq, idx));
         (idx, seq)
     }
 
@@ -470,7 +536,7 @@ impl Core {
         let mut fired = 0u64;
         let timers = &mut self.timers;
         let mut at = None;
-        while let Some(&Reverse(key)) = timers.heap.peek() {
+        while let Some(key) = timers.heap.peek() {
             let (t, seq, idx) = timer_parts(key);
             if !timers.is_live(idx, seq) {
                 timers.heap.pop();
@@ -1302,6 +1368,33 @@ mod tests {
         }
         assert_eq!(order(1), order(1));
         assert!((2..20).any(|s| order(s) != order(1)));
+    }
+
+    #[test]
+    fn the_timer_heap_pops_in_the_order_of_a_binary_heap() {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut rng = SimRng::new(7);
+        let mut ours = MinHeap4::default();
+        let mut std_heap = BinaryHeap::new();
+        let mut seq = 0u64;
+        for round in 0..20_000u64 {
+            if rng.below(3) < 2 || std_heap.is_empty() {
+                // Distinct keys, many sharing a deadline (ties broken by the order).
+                let key = timer_key(round / 4 + rng.below(50) as u64, seq, rng.below(1000) as u32);
+                seq += 1;
+                ours.push(key);
+                std_heap.push(Reverse(key));
+            } else {
+                assert_eq!(ours.pop(), std_heap.pop().map(|Reverse(k)| k));
+            }
+            assert_eq!(ours.peek(), std_heap.peek().map(|&Reverse(k)| k));
+        }
+        while let Some(Reverse(k)) = std_heap.pop() {
+            assert_eq!(ours.pop(), Some(k));
+        }
+        assert_eq!(ours.pop(), None);
+        assert_eq!(timer_parts(timer_key(5, 6, 7)), (5, 6, 7));
     }
 
     #[test]
