@@ -275,28 +275,43 @@ impl ArcWake for TaskWaker {
 /// 16-byte key with a two-word comparison keeps the heap's sifting cheap.
 #[derive(Default)]
 struct Timers {
-    heap: MinHeap4,
+    heap: MinHeap4<u128>,
     slots: Vec<TimerSlot>,
     free: Vec<u32>,
     seq: u64,
 }
 
-/// A min-heap of distinct `u128` keys with four children per node: half the depth of a binary
-/// heap, and a node's children share one cache line, so a pop (every timer event) walks half
-/// as many dependent loads. Keys are distinct, so the order in which they come out is the same
-/// as any other priority queue's.
-#[derive(Default)]
-struct MinHeap4 {
-    v: Vec<u128>,
+/// A min-heap of distinct keys with four children per node: half the depth of a binary heap,
+/// and a node's children share a cache line, so a pop (every timer event, every caller
+/// request) walks half as many dependent loads. Keys are distinct, so the order in which they
+/// come out is the same as any other priority queue's.
+#[derive(Debug)]
+pub(crate) struct MinHeap4<K> {
+    v: Vec<K>,
 }
 
-impl MinHeap4 {
+impl<K> Default for MinHeap4<K> {
+    fn default() -> Self {
+        MinHeap4 { v: Vec::new() }
+    }
+}
+
+impl<K: Copy + Ord> MinHeap4<K> {
+    /// An empty heap with room for `n` keys.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        MinHeap4 {
+            v: Vec::with_capacity(n),
+        }
+    }
+
+    /// The least key.
     #[inline]
-    fn peek(&self) -> Option<u128> {
+    pub(crate) fn peek(&self) -> Option<K> {
         self.v.first().copied()
     }
 
-    fn push(&mut self, key: u128) {
+    /// Adds `key` (distinct from every key held).
+    pub(crate) fn push(&mut self, key: K) {
         let mut i = self.v.len();
         self.v.push(key);
         while i > 0 {
@@ -311,7 +326,8 @@ impl MinHeap4 {
         self.v[i] = key;
     }
 
-    fn pop(&mut self) -> Option<u128> {
+    /// Takes the least key out.
+    pub(crate) fn pop(&mut self) -> Option<K> {
         let last = self.v.pop()?;
         let n = self.v.len();
         if n == 0 {
@@ -1381,7 +1397,11 @@ mod tests {
         for round in 0..20_000u64 {
             if rng.below(3) < 2 || std_heap.is_empty() {
                 // Distinct keys, many sharing a deadline (ties broken by the order).
-                let key = timer_key(round / 4 + rng.below(50) as u64, seq, rng.below(1000) as u32);
+                let key = timer_key(
+                    round / 4 + rng.below(50) as u64,
+                    seq,
+                    rng.below(1000) as u32,
+                );
                 seq += 1;
                 ours.push(key);
                 std_heap.push(Reverse(key));

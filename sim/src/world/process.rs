@@ -1,6 +1,7 @@
 //! Starting a process of a credential: its clock, its store and network views, its client.
 
 use super::*;
+use crate::exec::MinHeap4;
 
 pub(super) fn start_process(w: &Arc<Shared>, i: usize) {
     let group = w.exec.new_group();
@@ -193,11 +194,11 @@ pub(super) async fn drive_callers(
                 .saturating_add(1);
             if bits < 64 && latest.leading_zeros() >= bits {
                 let mask = (1u64 << bits) - 1;
-                let mut heap = BinaryHeap::with_capacity(cfg.callers);
+                let mut heap = MinHeap4::with_capacity(cfg.callers);
                 for c in 0..cfg.callers as u64 {
-                    heap.push(Reverse((now + rng.range(0, mean_ns)) << bits | c));
+                    heap.push((now + rng.range(0, mean_ns)) << bits | c);
                 }
-                while let Some(Reverse(key)) = heap.pop() {
+                while let Some(key) = heap.pop() {
                     let (t, c) = (key >> bits, key & mask);
                     if t >= end.as_nanos() {
                         break;
@@ -211,7 +212,7 @@ pub(super) async fn drive_callers(
                     }
                     issue(&caller, i, group).await;
                     let next = t + rng.range(mean_ns / 2, mean_ns * 3 / 2);
-                    heap.push(Reverse(next << bits | c));
+                    heap.push(next << bits | c);
                 }
                 return;
             }
