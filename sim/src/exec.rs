@@ -340,16 +340,28 @@ impl<K: Copy + Ord> MinHeap4<K> {
             if first >= n {
                 break;
             }
-            let end = (first + 4).min(n);
-            let mut m = first;
-            let mut mk = self.v[first];
-            for c in first + 1..end {
-                let k = self.v[c];
-                if k < mk {
-                    m = c;
-                    mk = k;
+            let (m, mk) = if let Some(&[a, b, c, d]) = self.v.get(first..first + 4) {
+                // A full node: the least child by a tournament of selects, not by branches
+                // on random keys (mispredicted about every other level).
+                let (x, xi) = if b < a { (b, 1) } else { (a, 0) };
+                let (y, yi) = if d < c { (d, 3) } else { (c, 2) };
+                if y < x {
+                    (first + yi, y)
+                } else {
+                    (first + xi, x)
                 }
-            }
+            } else {
+                let mut m = first;
+                let mut mk = self.v[first];
+                for c in first + 1..n {
+                    let k = self.v[c];
+                    if k < mk {
+                        m = c;
+                        mk = k;
+                    }
+                }
+                (m, mk)
+            };
             if mk >= last {
                 break;
             }
