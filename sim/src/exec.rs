@@ -10,9 +10,7 @@
 //! [`HostClock`] stops. A task of a process that dies of an [`InjectedPanic`] is dropped, as a
 //! host's runtime drops a task that panicked; any other panic ends the run.
 
-use std::cell::RefCell;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::future::Future;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -104,6 +102,12 @@ struct Core {
 
 thread_local! {
     static CORES: RefCell<Vec<Option<Core>>> = const { RefCell::new(Vec::new()) };
+    /// `(core id, virtual time)` of the executor that last moved its clock on this thread: reading
+    /// the time (the engine's clock reads it several times per caller request) is then one
+    /// thread-local load and a comparison, not a visit to the executor's state. Every change of
+    /// an executor's time writes it here ([`Core::set_now`]), so when the id matches, the time is
+    /// current; ids are never reused, and a dropped executor's entry is cleared.
+    static NOW: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
 }
 
 static NEXT_CORE_ID: AtomicU64 = AtomicU64::new(1);
@@ -184,10 +188,21 @@ impl CoreRef {
     /// As [`CoreRef::with`].
     #[inline]
     fn now(self) -> u64 {
-        self.with(|c| c.now)
+        let (id, now) = NOW.with(Cell::get);
+        if id == self.id {
+            return now;
+        }
+        let now = self.with(|c| c.now);
+        NOW.with(|n| n.set((self.id, now)));
+        now
     }
 
     fn remove(self) -> Option<Core> {
+        NOW.with(|n| {
+            if n.get().0 == self.id {
+                n.set((0, 0));
+            }
+        });
         CORES
             .try_with(|c| {
                 let mut c = c.borrow_mut();
@@ -249,62 +264,201 @@ impl ArcWake for TaskWaker {
     }
 }
 
-/// Pending timers: a heap of `(deadline, registration order, slot, slot generation)` over a
-/// slab of slots holding the wakers. A cancelled or completed timer frees its slot (bumping the
-/// generation); its heap entry is then stale and skipped when it reaches the top.
+/// Pending timers: a min-heap of packed `(deadline, registration order, slot)` keys over a slab
+/// of slots holding the wakers. Each slot remembers the registration order of the timer it
+/// holds; a cancelled or completed timer frees its slot, and its heap entry, whose order the
+/// slot no longer holds, is then stale and skipped when it reaches the top.
+///
+/// A key is one `u128`: the deadline in the high 64 bits, then the registration order
+/// ([`SEQ_BITS`] bits), then the slot ([`IDX_BITS`] bits). Registration orders are unique, so
+/// comparing keys is comparing `(deadline, registration order)`, the timers' firing order; a
+/// 16-byte key with a two-word comparison keeps the heap's sifting cheap.
 #[derive(Default)]
 struct Timers {
-    heap: BinaryHeap<Reverse<(u64, u64, u32, u32)>>,
+    heap: MinHeap4<u128>,
     slots: Vec<TimerSlot>,
     free: Vec<u32>,
     seq: u64,
 }
 
-#[derive(Default)]
+/// A min-heap of distinct keys with four children per node: half the depth of a binary heap,
+/// and a node's children share a cache line, so a pop (every timer event, every caller
+/// request) walks half as many dependent loads. Keys are distinct, so the order in which they
+/// come out is the same as any other priority queue's.
+#[derive(Debug)]
+pub(crate) struct MinHeap4<K> {
+    v: Vec<K>,
+}
+
+impl<K> Default for MinHeap4<K> {
+    fn default() -> Self {
+        MinHeap4 { v: Vec::new() }
+    }
+}
+
+impl<K: Copy + Ord> MinHeap4<K> {
+    /// An empty heap with room for `n` keys.
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        MinHeap4 {
+            v: Vec::with_capacity(n),
+        }
+    }
+
+    /// The least key.
+    #[inline]
+    pub(crate) fn peek(&self) -> Option<K> {
+        self.v.first().copied()
+    }
+
+    /// Adds `key` (distinct from every key held).
+    pub(crate) fn push(&mut self, key: K) {
+        let mut i = self.v.len();
+        self.v.push(key);
+        while i > 0 {
+            let parent = (i - 1) / 4;
+            let p = self.v[parent];
+            if p <= key {
+                break;
+            }
+            self.v[i] = p;
+            i = parent;
+        }
+        self.v[i] = key;
+    }
+
+    /// Takes the least key out.
+    pub(crate) fn pop(&mut self) -> Option<K> {
+        let last = self.v.pop()?;
+        let n = self.v.len();
+        if n == 0 {
+            return Some(last);
+        }
+        let top = self.v[0];
+        let mut i = 0;
+        loop {
+            let first = 4 * i + 1;
+            if first >= n {
+                break;
+            }
+            let (m, mk) = if let Some(&[a, b, c, d]) = self.v.get(first..first + 4) {
+                // A full node: the least child by a tournament of selects, not by branches
+                // on random keys (mispredicted about every other level).
+                let (x, xi) = if b < a { (b, 1) } else { (a, 0) };
+                let (y, yi) = if d < c { (d, 3) } else { (c, 2) };
+                if y < x {
+                    (first + yi, y)
+                } else {
+                    (first + xi, x)
+                }
+            } else {
+                let mut m = first;
+                let mut mk = self.v[first];
+                for c in first + 1..n {
+                    let k = self.v[c];
+                    if k < mk {
+                        m = c;
+                        mk = k;
+                    }
+                }
+                (m, mk)
+            };
+            if mk >= last {
+                break;
+            }
+            self.v[i] = mk;
+            i = m;
+        }
+        self.v[i] = last;
+        Some(top)
+    }
+
+    fn clear(&mut self) {
+        self.v.clear();
+    }
+}
+
+/// Bits of a timer key for the slot: up to 16,777,216 timers pending at once.
+const IDX_BITS: u32 = 24;
+/// Bits of a timer key for the registration order: 2⁴⁰ (about 10¹²) timers per executor.
+const SEQ_BITS: u32 = 64 - IDX_BITS;
+
+/// A free timer slot's registration order.
+const FREE: u64 = u64::MAX;
+
 struct TimerSlot {
-    gen: u32,
+    /// Registration order of the timer held, or [`FREE`].
+    seq: u64,
     waker: Option<Waker>,
 }
 
+#[inline]
+fn timer_key(at: u64, seq: u64, idx: u32) -> u128 {
+    (u128::from(at) << 64) | u128::from(seq << IDX_BITS | u64::from(idx))
+}
+
+/// `(deadline, registration order, slot)` of a timer key.
+#[inline]
+fn timer_parts(key: u128) -> (u64, u64, u32) {
+    let low = key as u64;
+    (
+        (key >> 64) as u64,
+        low >> IDX_BITS,
+        (low & ((1 << IDX_BITS) - 1)) as u32,
+    )
+}
+
 impl Timers {
-    fn register(&mut self, at: u64, waker: Waker) -> (u32, u32) {
+    /// Registers a timer at `at`: its slot and registration order.
+    fn register(&mut self, at: u64, waker: Waker) -> (u32, u64) {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(TimerSlot::default());
+                self.slots.push(TimerSlot {
+                    seq: FREE,
+                    waker: None,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
+        let seq = self.seq;
+        assert!(
+            seq < 1 << SEQ_BITS && idx < 1 << IDX_BITS,
+            "simulation executor: more than 2^{SEQ_BITS} timers, or 2^{IDX_BITS} at once"
+        );
+        self.seq += 1;
         let slot = &mut self.slots[idx as usize];
         slot.waker = Some(waker);
-        let gen = slot.gen;
-        let seq = self.seq;
-        self.seq += 1;
-        self.heap.push(Reverse((at, seq, idx, gen)));
-        (idx, gen)
+        slot.seq = seq;
+        self.heap.push(timer_key(at, seq, idx));
+        (idx, seq)
     }
 
-    /// Frees slot `idx` if it still belongs to generation `gen`; returns its waker (to be
-    /// dropped or woken outside the executor's state).
-    fn release(&mut self, idx: u32, gen: u32) -> Option<Waker> {
+    /// Frees slot `idx` if it still holds the timer registered `seq`th; returns its waker (to
+    /// be dropped or woken outside the executor's state).
+    fn release(&mut self, idx: u32, seq: u64) -> Option<Waker> {
         let slot = &mut self.slots[idx as usize];
-        if slot.gen != gen {
+        if slot.seq != seq {
             return None;
         }
-        slot.gen = slot.gen.wrapping_add(1);
+        slot.seq = FREE;
         self.free.push(idx);
         slot.waker.take()
     }
 
-    fn is_live(&self, idx: u32, gen: u32) -> bool {
-        self.slots[idx as usize].gen == gen
+    fn is_live(&self, idx: u32, seq: u64) -> bool {
+        self.slots[idx as usize].seq == seq
     }
 }
 
 enum Next {
     StepCap,
     Stale,
-    Timers,
+    /// A task found dead when it was to be put back: its future, to drop.
+    Dead(BoxFuture<'static, ()>, Arc<TaskWaker>),
+    /// Timers fired at the earliest deadline: their wakers, to wake in order.
+    Fired(Option<Waker>, Vec<Waker>),
+    Horizon,
+    Idle,
     Poll {
         id: usize,
         gen: u32,
@@ -312,6 +466,138 @@ enum Next {
         waker: Arc<TaskWaker>,
         group: Group,
     },
+}
+
+/// A task polled to `Pending`, to be put back into its slot at the next visit to the
+/// executor's state (unless its group died meanwhile).
+struct Carry {
+    id: usize,
+    gen: u32,
+    fut: BoxFuture<'static, ()>,
+    waker: Arc<TaskWaker>,
+    group: Group,
+}
+
+impl Core {
+    /// Moves virtual time to `now` (see [`NOW`]).
+    #[inline]
+    fn set_now(&mut self, now: u64) {
+        self.now = now;
+        NOW.with(|n| n.set((self.id, now)));
+    }
+
+    /// Puts a task polled to `Pending` back into its slot; its future and waker if its group
+    /// died (the future is then to be dropped outside the executor's state).
+    #[inline]
+    fn put_back(&mut self, t: Carry) -> Option<(BoxFuture<'static, ()>, Arc<TaskWaker>)> {
+        let dead = self.tasks.is_dead(t.group);
+        let slot = &mut self.tasks.slots[t.id];
+        if dead {
+            if slot.gen == t.gen && slot.live {
+                slot.live = false;
+                self.tasks.free.push(t.id);
+            }
+            Some((t.fut, t.waker))
+        } else {
+            slot.fut = Some(t.fut);
+            slot.waker = Some(t.waker);
+            None
+        }
+    }
+
+    /// The next step of [`Executor::run`]: the ready task to poll (drawn from the seed), or,
+    /// with none ready, the timers at the earliest pending deadline (time moves to it; to
+    /// `horizon` if that lies beyond).
+    #[inline]
+    fn next(&mut self, start: u64, max_steps: u64, horizon: MonoTime) -> Next {
+        if self.polls + self.timer_fires - start >= max_steps {
+            return Next::StepCap;
+        }
+        if self.ready.is_empty() {
+            return self.fire_timers(horizon);
+        }
+        let len = self.ready.len();
+        // `below(1)` is always 0: the draw is still made (the generator moves on exactly as
+        // before), without the 64-bit division.
+        let i = if len == 1 {
+            self.rng.next_u64();
+            0
+        } else {
+            self.rng.below(len)
+        };
+        let (id, gen) = self.ready.swap_remove(i);
+        let frozen = self.tasks.any_frozen > 0;
+        let Some(slot) = self.tasks.slots.get_mut(id) else {
+            return Next::Stale;
+        };
+        if slot.gen != gen || !slot.live {
+            return Next::Stale;
+        }
+        if frozen && self.tasks.frozen.get(slot.group.0 as usize).copied() == Some(true) {
+            // The host is suspended: the task runs when it resumes.
+            self.parked.push((id, gen, slot.group));
+            return Next::Stale;
+        }
+        let Some(fut) = slot.fut.take() else {
+            return Next::Stale;
+        };
+        // Moved out and back rather than cloned: no reference counting per poll.
+        let waker = slot.waker.take().expect("live slot has a waker");
+        let group = slot.group;
+        waker.queued.store(false, Ordering::Relaxed);
+        self.polls += 1;
+        Next::Poll {
+            id,
+            gen,
+            fut,
+            waker,
+            group,
+        }
+    }
+
+    /// Takes every live timer at the earliest pending deadline (their wakers are woken outside
+    /// the executor's state). `Idle` when no timer is pending; `Horizon` when the earliest lies
+    /// beyond `horizon` (time is then moved to it).
+    fn fire_timers(&mut self, horizon: MonoTime) -> Next {
+        let mut first: Option<Waker> = None;
+        let mut more: Vec<Waker> = Vec::new();
+        let mut fired = 0u64;
+        let timers = &mut self.timers;
+        let mut at = None;
+        while let Some(key) = timers.heap.peek() {
+            let (t, seq, idx) = timer_parts(key);
+            if !timers.is_live(idx, seq) {
+                timers.heap.pop();
+                continue;
+            }
+            match at {
+                None => {
+                    if t > horizon.as_nanos() {
+                        self.set_now(horizon.as_nanos().max(self.now));
+                        return Next::Horizon;
+                    }
+                    at = Some(t);
+                }
+                Some(a) if t != a => break,
+                Some(_) => {}
+            }
+            timers.heap.pop();
+            if let Some(w) = timers.release(idx, seq) {
+                fired += 1;
+                if first.is_none() {
+                    first = Some(w);
+                } else {
+                    more.push(w);
+                }
+            }
+        }
+        let Some(at) = at else { return Next::Idle };
+        if at > self.now {
+            self.set_now(at);
+        }
+        self.timer_fires += fired;
+        Next::Fired(first, more)
+    }
 }
 
 impl Executor {
@@ -334,47 +620,24 @@ impl Executor {
     pub fn run(&self, horizon: MonoTime, max_steps: u64) -> RunEnd {
         let core = self.shared;
         let start = core.with(|c| c.polls + c.timer_fires);
+        // A task polled to `Pending` goes back into its slot in the same visit to the
+        // executor's state that picks the next step (nothing runs in between).
+        let mut carry: Option<Carry> = None;
         loop {
             let next = core.with(|c| {
-                if c.polls + c.timer_fires - start >= max_steps {
-                    return Next::StepCap;
+                if let Some(t) = carry.take() {
+                    if let Some((fut, waker)) = c.put_back(t) {
+                        return Next::Dead(fut, waker);
+                    }
                 }
-                if c.ready.is_empty() {
-                    return Next::Timers;
-                }
-                let i = c.rng.below(c.ready.len());
-                let (id, gen) = c.ready.swap_remove(i);
-                let frozen = c.tasks.any_frozen > 0;
-                let Some(slot) = c.tasks.slots.get_mut(id) else {
-                    return Next::Stale;
-                };
-                if slot.gen != gen || !slot.live {
-                    return Next::Stale;
-                }
-                if frozen && c.tasks.frozen.get(slot.group.0 as usize).copied() == Some(true) {
-                    // The host is suspended: the task runs when it resumes.
-                    c.parked.push((id, gen, slot.group));
-                    return Next::Stale;
-                }
-                let Some(fut) = slot.fut.take() else {
-                    return Next::Stale;
-                };
-                // Moved out and back rather than cloned: no reference counting per poll.
-                let waker = slot.waker.take().expect("live slot has a waker");
-                let group = slot.group;
-                waker.queued.store(false, Ordering::Relaxed);
-                c.polls += 1;
-                Next::Poll {
-                    id,
-                    gen,
-                    fut,
-                    waker,
-                    group,
-                }
+                c.next(start, max_steps, horizon)
             });
             match next {
                 Next::StepCap => return RunEnd::StepCap,
                 Next::Stale => {}
+                // A dead task's future is dropped outside the executor's state, before the
+                // next step is picked.
+                Next::Dead(fut, waker) => drop((fut, waker)),
                 Next::Poll {
                     id,
                     gen,
@@ -399,92 +662,37 @@ impl Executor {
                             }
                         }
                     };
-                    let finished = core.with(move |c| {
-                        let dead = c.tasks.is_dead(group);
-                        let slot = &mut c.tasks.slots[id];
-                        if done || dead {
+                    if done {
+                        core.with(|c| {
+                            let slot = &mut c.tasks.slots[id];
                             if slot.gen == gen && slot.live {
                                 slot.live = false;
                                 c.tasks.free.push(id);
                             }
-                            Some((fut, waker))
-                        } else {
-                            slot.fut = Some(fut);
-                            slot.waker = Some(waker);
-                            None
-                        }
-                    });
-                    // A finished task's future is dropped outside the executor's state.
-                    drop(finished);
-                }
-                Next::Timers => match self.fire_next_timers(horizon) {
-                    Some(true) => {}
-                    Some(false) => return RunEnd::Horizon,
-                    None => return RunEnd::Idle,
-                },
-            }
-        }
-    }
-
-    /// Fires every live timer at the earliest pending deadline. `None` when no timer is
-    /// pending; `Some(false)` when the earliest lies beyond `horizon` (time is then moved to it).
-    fn fire_next_timers(&self, horizon: MonoTime) -> Option<bool> {
-        enum Fire {
-            Idle,
-            Horizon,
-            Fired(Option<Waker>, Vec<Waker>),
-        }
-        let fire = self.shared.with(|c| {
-            let mut first: Option<Waker> = None;
-            let mut more: Vec<Waker> = Vec::new();
-            let mut fired = 0u64;
-            let timers = &mut c.timers;
-            let mut at = None;
-            while let Some(&Reverse((t, _, idx, gen))) = timers.heap.peek() {
-                if !timers.is_live(idx, gen) {
-                    timers.heap.pop();
-                    continue;
-                }
-                match at {
-                    None => {
-                        if t > horizon.as_nanos() {
-                            c.now = horizon.as_nanos().max(c.now);
-                            return Fire::Horizon;
-                        }
-                        at = Some(t);
-                    }
-                    Some(a) if t != a => break,
-                    Some(_) => {}
-                }
-                timers.heap.pop();
-                if let Some(w) = timers.release(idx, gen) {
-                    fired += 1;
-                    if first.is_none() {
-                        first = Some(w);
+                        });
+                        // A finished task's future is dropped outside the executor's state.
+                        drop((fut, waker));
                     } else {
-                        more.push(w);
+                        carry = Some(Carry {
+                            id,
+                            gen,
+                            fut,
+                            waker,
+                            group,
+                        });
                     }
                 }
-            }
-            let Some(at) = at else { return Fire::Idle };
-            if at > c.now {
-                c.now = at;
-            }
-            c.timer_fires += fired;
-            Fire::Fired(first, more)
-        });
-        match fire {
-            Fire::Idle => None,
-            Fire::Horizon => Some(false),
-            Fire::Fired(first, more) => {
-                // Woken outside the executor's state: a wake re-enters it.
-                if let Some(w) = first {
-                    w.wake();
+                Next::Fired(first, more) => {
+                    // Woken outside the executor's state: a wake re-enters it.
+                    if let Some(w) = first {
+                        w.wake();
+                    }
+                    for w in more {
+                        w.wake();
+                    }
                 }
-                for w in more {
-                    w.wake();
-                }
-                Some(true)
+                Next::Horizon => return RunEnd::Horizon,
+                Next::Idle => return RunEnd::Idle,
             }
         }
     }
@@ -938,8 +1146,8 @@ pub fn silence_injected_panics() {
 pub struct SimSleep {
     shared: CoreRef,
     deadline: u64,
-    /// Timer slot and generation once registered.
-    slot: Option<(u32, u32)>,
+    /// Timer slot and registration order once registered.
+    slot: Option<(u32, u64)>,
 }
 
 impl fmt::Debug for SimSleep {
@@ -953,42 +1161,47 @@ impl fmt::Debug for SimSleep {
 impl Future for SimSleep {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.shared.now() >= self.deadline {
-            if let Some((idx, gen)) = self.slot.take() {
-                let w = self.shared.try_with(|c| c.timers.release(idx, gen));
-                drop(w);
+        let this = &mut *self;
+        let deadline = this.deadline;
+        if this.shared.now() >= deadline {
+            // Time only moves by firing every timer at the new time, and a timer is only
+            // registered for a later time: a timer of this sleep has fired and freed its slot.
+            if let Some((_idx, _seq)) = this.slot.take() {
+                #[cfg(debug_assertions)]
+                {
+                    let live = this.shared.try_with(|c| c.timers.is_live(_idx, _seq));
+                    debug_assert_ne!(live, Some(true), "a timer due was not fired");
+                }
             }
             return Poll::Ready(());
         }
-        match self.slot {
-            Some((idx, gen)) => {
-                let old = self.shared.with(|c| {
-                    let slot = &mut c.timers.slots[idx as usize];
-                    match &slot.waker {
-                        _ if slot.gen != gen => None,
-                        Some(old) if old.will_wake(cx.waker()) => None,
-                        _ => slot.waker.replace(cx.waker().clone()),
-                    }
-                });
-                // Dropped outside the executor's state: a waker's drop may run arbitrary code.
-                drop(old);
+        let slot = &mut this.slot;
+        // One visit to the executor's state to (re)register the timer.
+        let old = this.shared.with(|c| match *slot {
+            Some((idx, seq)) => {
+                let s = &mut c.timers.slots[idx as usize];
+                match &s.waker {
+                    _ if s.seq != seq => None,
+                    Some(old) if old.will_wake(cx.waker()) => None,
+                    _ => s.waker.replace(cx.waker().clone()),
+                }
             }
             None => {
-                let waker = cx.waker().clone();
-                let deadline = self.deadline;
-                let reg = self.shared.with(|c| c.timers.register(deadline, waker));
-                self.slot = Some(reg);
+                *slot = Some(c.timers.register(deadline, cx.waker().clone()));
+                None
             }
-        }
+        });
+        // Dropped outside the executor's state: a waker's drop may run arbitrary code.
+        drop(old);
         Poll::Pending
     }
 }
 
 impl Drop for SimSleep {
     fn drop(&mut self) {
-        if let Some((idx, gen)) = self.slot.take() {
+        if let Some((idx, seq)) = self.slot.take() {
             // A cancelled timer no longer counts as scheduled work (deadlock detection).
-            let w = self.shared.try_with(|c| c.timers.release(idx, gen));
+            let w = self.shared.try_with(|c| c.timers.release(idx, seq));
             drop(w);
         }
     }
@@ -1183,6 +1396,37 @@ mod tests {
         }
         assert_eq!(order(1), order(1));
         assert!((2..20).any(|s| order(s) != order(1)));
+    }
+
+    #[test]
+    fn the_timer_heap_pops_in_the_order_of_a_binary_heap() {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut rng = SimRng::new(7);
+        let mut ours = MinHeap4::default();
+        let mut std_heap = BinaryHeap::new();
+        let mut seq = 0u64;
+        for round in 0..20_000u64 {
+            if rng.below(3) < 2 || std_heap.is_empty() {
+                // Distinct keys, many sharing a deadline (ties broken by the order).
+                let key = timer_key(
+                    round / 4 + rng.below(50) as u64,
+                    seq,
+                    rng.below(1000) as u32,
+                );
+                seq += 1;
+                ours.push(key);
+                std_heap.push(Reverse(key));
+            } else {
+                assert_eq!(ours.pop(), std_heap.pop().map(|Reverse(k)| k));
+            }
+            assert_eq!(ours.peek(), std_heap.peek().map(|&Reverse(k)| k));
+        }
+        while let Some(Reverse(k)) = std_heap.pop() {
+            assert_eq!(ours.pop(), Some(k));
+        }
+        assert_eq!(ours.pop(), None);
+        assert_eq!(timer_parts(timer_key(5, 6, 7)), (5, 6, 7));
     }
 
     #[test]

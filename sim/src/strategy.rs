@@ -178,6 +178,14 @@ pub struct Health {
 pub trait ProcessClient: Send + Sync {
     /// A token for one caller request.
     async fn token(&self) -> Result<ServedToken, ClientError>;
+    /// The token the first poll of [`ProcessClient::token`] would serve at once, if the client
+    /// can tell without waiting and without side effects (keepfresh: its lock-free hot path,
+    /// `Credential::try_token`); `None`: call [`ProcessClient::token`]. The world's callers take
+    /// this path for a request that needs nothing but its token, without a future or a copy of
+    /// the access token.
+    fn token_now(&self) -> Option<keepfresh::Token> {
+        None
+    }
     /// The resource server answered 401 to `token`; returns whether a refresh was started.
     fn unauthorized(&self, token: &ServedToken) -> bool;
     /// The user logged in again: `tokens` replace whatever the client holds (a refresh in
@@ -230,7 +238,11 @@ impl ClientStrategy for Keepfresh {
         let credential = builder.build().await.map_err(|e| e.to_string())?;
         let log = ctx.log.clone();
         credential.on_event(move |e: &Event| {
-            log.log(LogLine::Text(format!("{e:?}")));
+            // Sized for an event's line and the world's `p{i} ` prefix up front: `format!`
+            // would grow the string from a few bytes, reallocating five or six times.
+            let mut text = String::with_capacity(EVENT_LINE_CAPACITY);
+            let _ = fmt::Write::write_fmt(&mut text, format_args!("{e:?}"));
+            log.log(LogLine::Text(text));
             match e {
                 Event::ReauthRequired { reason, .. } => log.log(LogLine::Reauth {
                     reason: format!("{reason:?}"),
@@ -256,6 +268,9 @@ impl ClientStrategy for Keepfresh {
 
 type Held = Mutex<Option<keepfresh::Token>>;
 
+/// Bytes reserved for one event's trace line (most are 60 to 200).
+const EVENT_LINE_CAPACITY: usize = 256;
+
 #[async_trait]
 impl ProcessClient for KeepfreshClient {
     async fn token(&self) -> Result<ServedToken, ClientError> {
@@ -276,6 +291,11 @@ impl ProcessClient for KeepfreshClient {
                 ClientError::Other(e.to_string())
             }),
         }
+    }
+
+    #[inline]
+    fn token_now(&self) -> Option<keepfresh::Token> {
+        self.credential.try_token()
     }
 
     fn unauthorized(&self, token: &ServedToken) -> bool {

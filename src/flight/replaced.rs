@@ -73,6 +73,43 @@ impl Replaced {
     }
 }
 
+/// A token set's hashes as [`Replaced`] remembers them, computed once to compare the set with
+/// every remembered one ([`Replaced::matches`]) instead of hashing it again for each.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Probe {
+    set: u64,
+    access: Option<u64>,
+    refresh: Option<u64>,
+}
+
+impl Probe {
+    /// The hashes of `set`, and of the access and refresh tokens to look for (`None`: not
+    /// looked for).
+    pub(crate) fn new(
+        set: &TokenSet,
+        access: Option<&AccessToken>,
+        refresh: Option<&RefreshToken>,
+    ) -> Self {
+        Probe {
+            set: set_hash(set),
+            access: access.map(access_hash),
+            refresh: refresh.map(|t| refresh_hash(Some(t))),
+        }
+    }
+}
+
+impl Replaced {
+    /// `self.is_set(set) || access.is_some_and(|a| self.has_access_token(a)) ||
+    /// refresh.is_some_and(|t| self.has_refresh_token(t))` for the `set`, `access` and
+    /// `refresh` of `probe`.
+    #[inline]
+    pub(crate) fn matches(&self, probe: &Probe) -> bool {
+        self.set == probe.set
+            || probe.access == Some(self.access)
+            || probe.refresh == Some(self.refresh)
+    }
+}
+
 impl fmt::Debug for Replaced {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Keyed hashes reveal nothing, but they identify nothing to a reader either.
@@ -172,5 +209,35 @@ mod tests {
         assert!(!r.has_refresh_token(&RefreshToken::new("same")));
         let no_refresh = Replaced::of(&set("a", None, 60, None));
         assert!(!no_refresh.has_refresh_token(&RefreshToken::new("")));
+    }
+
+    #[test]
+    fn a_probe_matches_exactly_as_the_three_comparisons() {
+        let remembered = [
+            set("a", Some("r"), 60, None),
+            set("b", None, 60, Some("read")),
+            set("c", Some("s"), 61, None),
+        ];
+        let stored = [
+            set("a", Some("r"), 60, None),
+            set("a", Some("x"), 60, None),
+            set("x", Some("r"), 60, None),
+            set("b", None, 60, None),
+            set("y", Some("s"), 60, None),
+            set("z", None, 60, None),
+        ];
+        for m in &remembered {
+            let r = Replaced::of(m);
+            for st in &stored {
+                for access in [None, Some(st.access_token())] {
+                    for refresh in [None, st.refresh_token()] {
+                        let each = r.is_set(st)
+                            || access.is_some_and(|a| r.has_access_token(a))
+                            || refresh.is_some_and(|t| r.has_refresh_token(t));
+                        assert_eq!(r.matches(&Probe::new(st, access, refresh)), each);
+                    }
+                }
+            }
+        }
     }
 }

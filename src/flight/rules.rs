@@ -8,6 +8,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::plan::{Saving, Stage};
+use super::replaced::Probe;
 use super::{Effect, Feedback, Plan, Report};
 use crate::refresher::{ErrorClass, RefreshError, RefreshRequest};
 use crate::runtime::MonoTime;
@@ -536,11 +537,12 @@ impl Plan {
         let ours_refresh = self.refresh_token();
         let refresh = refresh.filter(|_| refresh != ours_refresh);
         let access = Some(access).filter(|a| Some(*a) != ours_access);
-        self.start.replaced.iter().any(|r| {
-            r.is_set(&stored.tokens)
-                || access.is_some_and(|a| r.has_access_token(a))
-                || refresh.is_some_and(|t| r.has_refresh_token(t))
-        })
+        if self.start.replaced.is_empty() {
+            return false;
+        }
+        // The stored set's hashes once, not once per remembered set.
+        let probe = Probe::new(&stored.tokens, access, refresh);
+        self.start.replaced.iter().any(|r| r.matches(&probe))
     }
 
     /// Whether the store holds a set of another lineage than the one this flight started from:

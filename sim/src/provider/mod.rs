@@ -172,6 +172,9 @@ pub struct Provider {
     skew_nanos: i64,
     counter: u64,
     undelivered: HashMap<String, MonoTime>,
+    /// Some family's access token was revoked before expiry (`Family::any_access_revoked` of
+    /// any family): until then every issued access token is valid exactly until its expiry.
+    access_revoked_anywhere: bool,
     /// Replays seen so far.
     pub replays: Vec<Replay>,
     /// Calls by outcome.
@@ -197,6 +200,7 @@ impl Provider {
             skew_nanos,
             counter: 0,
             undelivered: HashMap::new(),
+            access_revoked_anywhere: false,
             replays: Vec::new(),
             outcomes: BTreeMap::new(),
             issued: 0,
@@ -309,6 +313,7 @@ impl Provider {
             f.revoked = Some(why);
         }
         f.any_access_revoked = true;
+        self.access_revoked_anywhere = true;
         for at in &f.access_tokens {
             if let Some(r) = self.ats.get_mut(at) {
                 r.revoked = true;
@@ -328,6 +333,7 @@ impl Provider {
             return;
         };
         f.any_access_revoked = true;
+        self.access_revoked_anywhere = true;
         for at in f.access_tokens.clone() {
             if let Some(r) = self.ats.get_mut(&at) {
                 r.revoked = true;
@@ -390,6 +396,13 @@ impl Provider {
     /// callers' fast path of [`Provider::check_resource`]).
     pub fn family_access_revoked(&self, family: FamilyId) -> bool {
         !matches!(self.families.get(family), Some(f) if !f.any_access_revoked)
+    }
+
+    /// Whether any access token of any family was revoked before expiry (see
+    /// [`Provider::family_access_revoked`]).
+    #[inline]
+    pub fn access_revoked_anywhere(&self) -> bool {
+        self.access_revoked_anywhere
     }
 
     /// What the provider knows of an access token.
@@ -495,6 +508,7 @@ impl Provider {
         }
         if self.profile.refresh_kills_old_access_token {
             self.families[family].any_access_revoked = true;
+            self.access_revoked_anywhere = true;
             let old: Vec<String> = self.families[family].access_tokens.clone();
             for at in old {
                 if let Some(r) = self.ats.get_mut(&at) {

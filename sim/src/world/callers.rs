@@ -10,6 +10,15 @@ pub(super) struct Caller {
 }
 
 pub(super) async fn issue(caller: &Arc<Caller>, i: usize, group: Group) {
+    // A request that needs nothing but its token, which the client hands out at once (the
+    // fleet's every request but a refresh's first): the same steps as `request` polled once
+    // to completion, without building, boxing and dropping its future and the client's.
+    if !caller.w.cfg.resource_server {
+        if let Some(t) = caller.client.token_now() {
+            request_now(&caller.w, i, &t);
+            return;
+        }
+    }
     let mut fut = Box::pin(request(caller.clone(), i));
     let first =
         futures::future::poll_fn(|cx| Poll::Ready(poll_catching_injected(fut.as_mut(), cx))).await;
@@ -31,6 +40,27 @@ pub(super) async fn catching_injected<F: std::future::Future>(f: F) -> Option<F:
         Some(Poll::Pending) => Poll::Pending,
     })
     .await
+}
+
+/// A request served at once with `t` (see [`issue`]): the bookkeeping of [`request`] and
+/// [`served`] for a request that starts, is served and ends at this instant, under one lock.
+fn request_now(w: &Arc<Shared>, i: usize, t: &keepfresh::Token) {
+    let now = w.exec.now();
+    let cred = w.procs[i].cred;
+    let mut s = w.state.lock();
+    // `request`'s start: the request is counted (and pending until `served` resolves it, at
+    // once, under this same lock).
+    s.metrics.requests += 1;
+    let valid_at_start = s.valid_token_at(cred, now);
+    check_served(
+        w,
+        &mut s,
+        i,
+        now,
+        Duration::ZERO,
+        valid_at_start,
+        Ok((t.generation(), t.access_token().expose_secret())),
+    );
 }
 
 pub(super) async fn request(caller: Arc<Caller>, i: usize) {
@@ -142,6 +172,29 @@ pub(super) fn served(
     if last || result.is_err() {
         pending.resolve(&mut s);
     }
+    let view = match &result {
+        Ok(t) => Ok((t.generation, t.access.expose_secret())),
+        Err(e) => Err(e),
+    };
+    if check_served(w, &mut s, i, now, wait, valid_at_start, view) {
+        result.ok()
+    } else {
+        None
+    }
+}
+
+/// The serving checks and figures of one caller's result (`Ok`: the served token's generation
+/// and access token), at `now`, after waiting `wait` on its host's clock; whether a token was
+/// served.
+fn check_served(
+    w: &Shared,
+    s: &mut State,
+    i: usize,
+    now: MonoTime,
+    wait: Duration,
+    valid_at_start: bool,
+    result: Result<(u64, &str), &ClientError>,
+) -> bool {
     s.metrics.waits.record(wait.as_nanos() as u64);
     if !wait.is_zero() {
         s.series_add(now, false, wait.as_nanos() as u64);
@@ -160,7 +213,7 @@ pub(super) fn served(
     }
     // The engine bounds every wait by its wait timeout (plus the one refresh round it may
     // follow); a caller waiting longer was forgotten.
-    if wait > w.cfg.wait_timeout + w.cfg.wait_timeout / 2 {
+    if !wait.is_zero() && wait > w.cfg.wait_timeout + w.cfg.wait_timeout / 2 {
         s.violate(
             FailureKind::Liveness,
             now,
@@ -171,14 +224,14 @@ pub(super) fn served(
         );
     }
     match result {
-        Ok(t) => {
+        Ok((generation, access)) => {
             s.metrics.served += 1;
-            let known = if s.gen_cache[i].0 == t.generation {
+            let known = if s.gen_cache[i].0 == generation {
                 Some((s.gen_cache[i].1, s.gen_cache[i].2))
             } else {
-                let rec = s.provider.access_record(t.access.expose_secret());
+                let rec = s.provider.access_record(access);
                 if let Some(r) = rec {
-                    s.gen_cache[i] = (t.generation, r.expires, r.family);
+                    s.gen_cache[i] = (generation, r.expires, r.family);
                     s.check_not_back(i, r.family, r.seq, now);
                 }
                 rec.map(|r| (r.expires, r.family))
@@ -188,11 +241,12 @@ pub(super) fn served(
                     now,
                     format!("p{i} served an access token the provider never issued"),
                 );
-                return None;
+                return false;
             };
-            if now > expires.saturating_add(s.skew_tolerance) && !s.lifetime_known {
+            let past = now > expires.saturating_add(s.skew_tolerance);
+            if past && !s.lifetime_known {
                 s.metrics.served_past_true_expiry += 1;
-            } else if now > expires.saturating_add(s.skew_tolerance) {
+            } else if past {
                 let late = now.saturating_duration_since(expires);
                 s.violate_correctness(
                     now,
@@ -216,12 +270,12 @@ pub(super) fn served(
                     ),
                 );
             }
-            let h = t.generation ^ (i as u64) << 40 ^ now.as_nanos().rotate_left(17);
+            let h = generation ^ (i as u64) << 40 ^ now.as_nanos().rotate_left(17);
             s.trace.mix(&h.to_le_bytes());
-            Some(t)
+            true
         }
         Err(e) => {
-            let key = match &e {
+            let key = match e {
                 ClientError::Reauth(r) => format!("reauth:{r}"),
                 ClientError::Timeout => "timeout".into(),
                 ClientError::Refresh(c) => format!("refresh:{c}"),
@@ -235,7 +289,7 @@ pub(super) fn served(
                 b.errors += 1;
             }
             s.trace.mix(key.as_bytes());
-            None
+            false
         }
     }
 }

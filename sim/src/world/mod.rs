@@ -324,6 +324,7 @@ fn run_one(
             }),
         });
     }
+    let delivered_valid = delivered_logins.iter().map(delivered_span).collect();
     let state = Arc::new(Mutex::new(State {
         provider,
         rng: SimRng::new(derive(seed, 4)),
@@ -352,6 +353,7 @@ fn run_one(
         reauth_never: cfg.reauth == ReauthExpect::Never,
         unsaved_since: vec![None; cfg.credentials],
         delivered: delivered_logins,
+        delivered_valid,
         last_delivered: vec![None; cfg.credentials],
         failure_tail: None,
         lifetime_known: cfg.lifetime_known,

@@ -21,6 +21,21 @@ pub(crate) struct Delivered {
 
 pub(super) const DELIVERED_KEPT: usize = 8;
 
+/// For one credential's kept answers: when the newest was delivered, and the latest true
+/// expiry among those of issued access tokens ([`MonoTime::ZERO`] if none).
+pub(crate) fn delivered_span(kept: &VecDeque<Delivered>) -> (MonoTime, MonoTime) {
+    kept.iter()
+        .fold((MonoTime::ZERO, MonoTime::ZERO), |(at, until), d| {
+            (
+                at.max(d.at),
+                match d.record {
+                    Some((_, expires)) => until.max(expires),
+                    None => until,
+                },
+            )
+        })
+}
+
 /// Trace ring, determinism hash and secret scan.
 #[derive(Debug)]
 pub struct Trace {
@@ -89,6 +104,9 @@ pub struct State {
     pub(crate) unsaved_since: Vec<Option<MonoTime>>,
     /// Per credential: the latest answers delivered to processes (and the login).
     pub(crate) delivered: Vec<VecDeque<Delivered>>,
+    /// Per credential: [`delivered_span`] of `delivered` (kept in step with it), so that
+    /// [`State::valid_token_at`] answers a caller's request in O(1) from one compact array.
+    pub(crate) delivered_valid: Vec<(MonoTime, MonoTime)>,
     /// Per credential: when the latest refresh answer reached a process.
     pub(crate) last_delivered: Vec<Option<MonoTime>>,
     pub(crate) failure_tail: Option<Vec<String>>,
@@ -320,11 +338,19 @@ impl State {
             refresh,
             record,
         });
+        self.delivered_valid[cred] = delivered_span(d);
         self.last_delivered[cred] = Some(at);
     }
 
     /// Whether an access token the credential had received by `t` is valid at `t`.
     pub(crate) fn valid_token_at(&self, cred: usize, t: MonoTime) -> bool {
+        // While no access token anywhere was revoked, an issued token is valid exactly until
+        // its recorded expiry; from the newest delivery on, every kept answer counts: the
+        // loop below then answers `t` < the latest of their expiries.
+        let (newest, until) = self.delivered_valid[cred];
+        if t >= newest && !self.provider.access_revoked_anywhere() {
+            return t < until;
+        }
         // Newest first: usually the first one answers. While the provider never revoked an
         // access token of the family, `check_resource` reduces to the recorded expiry (an
         // issued token's expiry never changes once delivered), which saves a string-keyed

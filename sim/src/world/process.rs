@@ -1,6 +1,7 @@
 //! Starting a process of a credential: its clock, its store and network views, its client.
 
 use super::*;
+use crate::exec::MinHeap4;
 
 pub(super) fn start_process(w: &Arc<Shared>, i: usize) {
     let group = w.exec.new_group();
@@ -45,11 +46,16 @@ pub(super) fn start_process(w: &Arc<Shared>, i: usize) {
         let st = w2.state.clone();
         let ex = w2.exec.clone();
         let cred = p.cred;
+        let prefix = format!("p{i} ");
         let log = LogSink::new(move |line| {
             let mut s = st.lock();
             let now = ex.now();
             match line {
-                LogLine::Text(t) => s.trace_line(now, format!("p{i} {t}")),
+                LogLine::Text(mut t) => {
+                    // `format!("p{i} {t}")` without a second string grown from a few bytes.
+                    t.insert_str(0, &prefix);
+                    s.trace_line(now, t)
+                }
                 LogLine::Reauth { reason } => {
                     s.metrics.reauths += 1;
                     // A re-authorization after a replay the client could not avoid (its
@@ -188,11 +194,11 @@ pub(super) async fn drive_callers(
                 .saturating_add(1);
             if bits < 64 && latest.leading_zeros() >= bits {
                 let mask = (1u64 << bits) - 1;
-                let mut heap = BinaryHeap::with_capacity(cfg.callers);
+                let mut heap = MinHeap4::with_capacity(cfg.callers);
                 for c in 0..cfg.callers as u64 {
-                    heap.push(Reverse((now + rng.range(0, mean_ns)) << bits | c));
+                    heap.push((now + rng.range(0, mean_ns)) << bits | c);
                 }
-                while let Some(Reverse(key)) = heap.pop() {
+                while let Some(key) = heap.pop() {
                     let (t, c) = (key >> bits, key & mask);
                     if t >= end.as_nanos() {
                         break;
@@ -206,7 +212,7 @@ pub(super) async fn drive_callers(
                     }
                     issue(&caller, i, group).await;
                     let next = t + rng.range(mean_ns / 2, mean_ns * 3 / 2);
-                    heap.push(Reverse(next << bits | c));
+                    heap.push(next << bits | c);
                 }
                 return;
             }
