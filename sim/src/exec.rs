@@ -225,13 +225,13 @@ struct Slot {
     fut: Option<BoxFuture<'static, ()>>,
     waker: Option<Arc<TaskWaker>>,
     group: Group,
-    gen: u32,
+    r#gen: u32,
     live: bool,
 }
 
 struct TaskWaker {
     id: usize,
-    gen: u32,
+    r#gen: u32,
     /// Already in the ready queue (only touched on the executor's thread; an atomic for
     /// `Sync`, read and written with plain loads and stores).
     queued: AtomicBool,
@@ -243,7 +243,7 @@ impl ArcWake for TaskWaker {
         arc_self.core.try_with(|c| {
             if !arc_self.queued.load(Ordering::Relaxed) {
                 arc_self.queued.store(true, Ordering::Relaxed);
-                c.ready.push((arc_self.id, arc_self.gen));
+                c.ready.push((arc_self.id, arc_self.r#gen));
             }
         });
     }
@@ -262,7 +262,7 @@ struct Timers {
 
 #[derive(Default)]
 struct TimerSlot {
-    gen: u32,
+    r#gen: u32,
     waker: Option<Waker>,
 }
 
@@ -277,27 +277,27 @@ impl Timers {
         };
         let slot = &mut self.slots[idx as usize];
         slot.waker = Some(waker);
-        let gen = slot.gen;
+        let r#gen = slot.r#gen;
         let seq = self.seq;
         self.seq += 1;
-        self.heap.push(Reverse((at, seq, idx, gen)));
-        (idx, gen)
+        self.heap.push(Reverse((at, seq, idx, r#gen)));
+        (idx, r#gen)
     }
 
     /// Frees slot `idx` if it still belongs to generation `gen`; returns its waker (to be
     /// dropped or woken outside the executor's state).
-    fn release(&mut self, idx: u32, gen: u32) -> Option<Waker> {
+    fn release(&mut self, idx: u32, r#gen: u32) -> Option<Waker> {
         let slot = &mut self.slots[idx as usize];
-        if slot.gen != gen {
+        if slot.r#gen != r#gen {
             return None;
         }
-        slot.gen = slot.gen.wrapping_add(1);
+        slot.r#gen = slot.r#gen.wrapping_add(1);
         self.free.push(idx);
         slot.waker.take()
     }
 
-    fn is_live(&self, idx: u32, gen: u32) -> bool {
-        self.slots[idx as usize].gen == gen
+    fn is_live(&self, idx: u32, r#gen: u32) -> bool {
+        self.slots[idx as usize].r#gen == r#gen
     }
 }
 
@@ -307,7 +307,7 @@ enum Next {
     Timers,
     Poll {
         id: usize,
-        gen: u32,
+        r#gen: u32,
         fut: BoxFuture<'static, ()>,
         waker: Arc<TaskWaker>,
         group: Group,
@@ -343,17 +343,17 @@ impl Executor {
                     return Next::Timers;
                 }
                 let i = c.rng.below(c.ready.len());
-                let (id, gen) = c.ready.swap_remove(i);
+                let (id, r#gen) = c.ready.swap_remove(i);
                 let frozen = c.tasks.any_frozen > 0;
                 let Some(slot) = c.tasks.slots.get_mut(id) else {
                     return Next::Stale;
                 };
-                if slot.gen != gen || !slot.live {
+                if slot.r#gen != r#gen || !slot.live {
                     return Next::Stale;
                 }
                 if frozen && c.tasks.frozen.get(slot.group.0 as usize).copied() == Some(true) {
                     // The host is suspended: the task runs when it resumes.
-                    c.parked.push((id, gen, slot.group));
+                    c.parked.push((id, r#gen, slot.group));
                     return Next::Stale;
                 }
                 let Some(fut) = slot.fut.take() else {
@@ -366,7 +366,7 @@ impl Executor {
                 c.polls += 1;
                 Next::Poll {
                     id,
-                    gen,
+                    r#gen,
                     fut,
                     waker,
                     group,
@@ -377,7 +377,7 @@ impl Executor {
                 Next::Stale => {}
                 Next::Poll {
                     id,
-                    gen,
+                    r#gen,
                     mut fut,
                     waker,
                     group,
@@ -403,7 +403,7 @@ impl Executor {
                         let dead = c.tasks.is_dead(group);
                         let slot = &mut c.tasks.slots[id];
                         if done || dead {
-                            if slot.gen == gen && slot.live {
+                            if slot.r#gen == r#gen && slot.live {
                                 slot.live = false;
                                 c.tasks.free.push(id);
                             }
@@ -440,8 +440,8 @@ impl Executor {
             let mut fired = 0u64;
             let timers = &mut c.timers;
             let mut at = None;
-            while let Some(&Reverse((t, _, idx, gen))) = timers.heap.peek() {
-                if !timers.is_live(idx, gen) {
+            while let Some(&Reverse((t, _, idx, r#gen))) = timers.heap.peek() {
+                if !timers.is_live(idx, r#gen) {
                     timers.heap.pop();
                     continue;
                 }
@@ -457,7 +457,7 @@ impl Executor {
                     Some(_) => {}
                 }
                 timers.heap.pop();
-                if let Some(w) = timers.release(idx, gen) {
+                if let Some(w) = timers.release(idx, r#gen) {
                     fired += 1;
                     if first.is_none() {
                         first = Some(w);
@@ -606,25 +606,25 @@ impl ExecHandle {
                         fut: None,
                         waker: None,
                         group,
-                        gen: 0,
+                        r#gen: 0,
                         live: false,
                     });
                     tasks.slots.len() - 1
                 }
             };
             let slot = &mut tasks.slots[id];
-            slot.gen = slot.gen.wrapping_add(1);
+            slot.r#gen = slot.r#gen.wrapping_add(1);
             slot.group = group;
             slot.live = true;
             slot.fut = Some(fut);
             slot.waker = Some(Arc::new(TaskWaker {
                 id,
-                gen: slot.gen,
+                r#gen: slot.r#gen,
                 queued: AtomicBool::new(true),
                 core,
             }));
-            let gen = slot.gen;
-            c.ready.push((id, gen));
+            let r#gen = slot.r#gen;
+            c.ready.push((id, r#gen));
             None
         });
         // Dropped outside the executor's state.
@@ -683,8 +683,8 @@ impl ExecHandle {
             let mut i = 0;
             while i < c.parked.len() {
                 if c.parked[i].2 == group {
-                    let (id, gen, _) = c.parked.remove(i);
-                    c.ready.push((id, gen));
+                    let (id, r#gen, _) = c.parked.remove(i);
+                    c.ready.push((id, r#gen));
                 } else {
                     i += 1;
                 }
@@ -954,18 +954,18 @@ impl Future for SimSleep {
     type Output = ();
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.shared.now() >= self.deadline {
-            if let Some((idx, gen)) = self.slot.take() {
-                let w = self.shared.try_with(|c| c.timers.release(idx, gen));
+            if let Some((idx, r#gen)) = self.slot.take() {
+                let w = self.shared.try_with(|c| c.timers.release(idx, r#gen));
                 drop(w);
             }
             return Poll::Ready(());
         }
         match self.slot {
-            Some((idx, gen)) => {
+            Some((idx, r#gen)) => {
                 let old = self.shared.with(|c| {
                     let slot = &mut c.timers.slots[idx as usize];
                     match &slot.waker {
-                        _ if slot.gen != gen => None,
+                        _ if slot.r#gen != r#gen => None,
                         Some(old) if old.will_wake(cx.waker()) => None,
                         _ => slot.waker.replace(cx.waker().clone()),
                     }
@@ -986,9 +986,9 @@ impl Future for SimSleep {
 
 impl Drop for SimSleep {
     fn drop(&mut self) {
-        if let Some((idx, gen)) = self.slot.take() {
+        if let Some((idx, r#gen)) = self.slot.take() {
             // A cancelled timer no longer counts as scheduled work (deadlock detection).
-            let w = self.shared.try_with(|c| c.timers.release(idx, gen));
+            let w = self.shared.try_with(|c| c.timers.release(idx, r#gen));
             drop(w);
         }
     }
