@@ -22,20 +22,28 @@ const SEED: &str = "SEKRIT";
 fn env() {
     static SET: Once = Once::new();
     SET.call_once(|| {
-        std::env::set_var("KEEPFRESH_T_PRESENT", "env-SEKRIT-1");
-        std::env::set_var("KEEPFRESH_T_EMPTY", "");
-        std::env::set_var("KEEPFRESH_T_CRLF", "env-SEKRIT\r\nX-Injected: 1");
-        std::env::set_var("KEEPFRESH_T_LF", "env-SEKRIT\nX-Injected: 1");
-        std::env::set_var("KEEPFRESH_T_NUL_LIKE", "env-SEKRIT\u{7f}");
-        std::env::set_var("KEEPFRESH_T_SPACES", " env-SEKRIT ");
-        std::env::set_var("KEEPFRESH_T_BOTH", "from-env-SEKRIT");
+        // TODO: Audit that the environment access only happens in single-threaded code.
+        unsafe { std::env::set_var("KEEPFRESH_T_PRESENT", "env-SEKRIT-1") };
+        // TODO: Audit that the environment access only happens in single-threaded code.
+        unsafe { std::env::set_var("KEEPFRESH_T_EMPTY", "") };
+        // TODO: Audit that the environment access only happens in single-threaded code.
+        unsafe { std::env::set_var("KEEPFRESH_T_CRLF", "env-SEKRIT\r\nX-Injected: 1") };
+        // TODO: Audit that the environment access only happens in single-threaded code.
+        unsafe { std::env::set_var("KEEPFRESH_T_LF", "env-SEKRIT\nX-Injected: 1") };
+        // TODO: Audit that the environment access only happens in single-threaded code.
+        unsafe { std::env::set_var("KEEPFRESH_T_NUL_LIKE", "env-SEKRIT\u{7f}") };
+        // TODO: Audit that the environment access only happens in single-threaded code.
+        unsafe { std::env::set_var("KEEPFRESH_T_SPACES", " env-SEKRIT ") };
+        // TODO: Audit that the environment access only happens in single-threaded code.
+        unsafe { std::env::set_var("KEEPFRESH_T_BOTH", "from-env-SEKRIT") };
         #[cfg(unix)]
         {
             use std::os::unix::ffi::OsStrExt;
-            std::env::set_var(
+            // TODO: Audit that the environment access only happens in single-threaded code.
+            unsafe { std::env::set_var(
                 "KEEPFRESH_T_NOT_UTF8",
                 std::ffi::OsStr::from_bytes(b"env-SEKRIT-\xff\xfe"),
-            );
+            ) };
         }
     });
 }

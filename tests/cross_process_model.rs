@@ -186,7 +186,7 @@ struct LeaseRec {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct StoreState {
     version: u8,
-    gen: Option<Gen>,
+    r#gen: Option<Gen>,
     /// At most one, except in the `LeaseNotExclusive` store.
     leases: Vec<LeaseRec>,
     leases_granted: u64,
@@ -356,7 +356,7 @@ impl Hash for State {
         let rank = |p: usize| order.iter().position(|&i| i == p);
         self.now.hash(h);
         self.store.version.hash(h);
-        self.store.gen.hash(h);
+        self.store.r#gen.hash(h);
         self.store.leases_granted.hash(h);
         for l in &self.store.leases {
             (l.id, rank(l.holder), l.until).hash(h);
@@ -393,7 +393,7 @@ impl State {
     }
 
     fn content(&self) -> Option<(u8, Gen)> {
-        self.store.gen.map(|g| (self.store.version, g))
+        self.store.r#gen.map(|g| (self.store.version, g))
     }
 }
 
@@ -765,7 +765,7 @@ impl Xproc {
         proc.flight = None;
         // The generations the provider issued to this process die with it, unless durable:
         // nobody else learns a generation but from the store.
-        let durable = s.store.gen.map_or(0, |d| (2u32 << d) - 1);
+        let durable = s.store.r#gen.map_or(0, |d| (2u32 << d) - 1);
         let lost = proc.received & !durable;
         if lost != 0 {
             s.history.crash_lost |= lost;
@@ -815,11 +815,11 @@ impl Xproc {
             Effect::Save { expected, set } => {
                 let g = gen_of(set);
                 flight_mut(s, p).saved = Some(g);
-                let current = s.store.gen.map(|_| u64::from(s.store.version));
+                let current = s.store.r#gen.map(|_| u64::from(s.store.version));
                 let writes = self.cfg.store == StoreKind::NoCas || current == expected.map(|v| v.0);
                 if writes {
                     s.store.version += 1;
-                    s.store.gen = Some(g);
+                    s.store.r#gen = Some(g);
                     self.store_changed(s, p);
                 }
                 match (outcome, writes) {
@@ -833,19 +833,19 @@ impl Xproc {
             }
             Effect::Clear { .. } if store_fails => Fb::Cleared(None),
             Effect::Clear { expected } => {
-                let clears = s.store.gen.is_some() && u64::from(s.store.version) == expected.0;
+                let clears = s.store.r#gen.is_some() && u64::from(s.store.version) == expected.0;
                 if clears {
                     let failed = s.procs[p].flight.as_ref().unwrap().invalid_grant;
-                    if s.store.gen != failed {
+                    if s.store.r#gen != failed {
                         let what = format!(
                             "P{p} cleared gen {:?}, but the provider refused it {failed:?}",
-                            s.store.gen
+                            s.store.r#gen
                         );
                         self.violate(s, Rule::Cleared, what);
                     }
                     Coverage::hit(&self.cover.cleared);
                     s.store.version += 1;
-                    s.store.gen = None;
+                    s.store.r#gen = None;
                     self.store_changed(s, p);
                 }
                 Fb::Cleared(Some(clears))
@@ -908,7 +908,7 @@ impl Xproc {
                         .as_ref()
                         .and_then(|f| f.plan.lease())
                         .is_some_and(|l| l.id == old.id);
-                    if let (false, true, Some(g)) = (holder.crashed, still_held, s.store.gen) {
+                    if let (false, true, Some(g)) = (holder.crashed, still_held, s.store.r#gen) {
                         s.history.stolen |= 1 << g;
                         Coverage::hit(&self.cover.stolen);
                     }
@@ -1028,7 +1028,7 @@ impl Xproc {
     /// What the credential does with a report (`credential/report.rs`), and rule 4.
     fn apply(&self, s: &mut State, p: usize, f: &Flight, report: Report) {
         let store = s.content();
-        let newer_than_store = |g: Gen| s.store.gen.map_or(true, |d| d < g);
+        let newer_than_store = |g: Gen| s.store.r#gen.map_or(true, |d| d < g);
         let mut broken = None;
         match report {
             Report::Refreshed {
@@ -1147,7 +1147,7 @@ impl Model for Xproc {
             now: 0,
             store: StoreState {
                 version: 1,
-                gen: Some(0),
+                r#gen: Some(0),
                 leases: Vec::new(),
                 leases_granted: 0,
             },
@@ -1243,7 +1243,7 @@ impl Model for Xproc {
             Action::Crash(p) => self.crash(&mut s, p),
             Action::Run(p, outcome) => self.run(&mut s, p, outcome),
         }
-        if let Some(g) = s.store.gen {
+        if let Some(g) = s.store.r#gen {
             if s.history.newest_stored.is_some_and(|m| g < m) {
                 let what = format!(
                     "the store went back to gen {g} after holding gen {:?}",

@@ -442,10 +442,10 @@ fn tower_api<B: Send + 'static>(
     http::Request<B>,
     Response = http::Response<String>,
     Error = BoxError,
-    Future = impl Send,
+    Future = impl Send + use<B>,
 > + Clone
        + Send
-       + 'static {
+       + 'static + use<B> {
     let api = api.clone();
     service_fn(move |request: http::Request<B>| {
         let api = api.clone();

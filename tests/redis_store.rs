@@ -35,7 +35,7 @@ macro_rules! server {
             None => return,
         }
     };
-    ($($arg:expr),+) => {
+    ($($arg:expr_2021),+) => {
         match RedisServer::start_with(&[$($arg),+]) {
             Some(server) => server,
             None => return,
@@ -92,7 +92,7 @@ fn acquired(outcome: LeaseOutcome) -> keepfresh::store::Lease {
 
 /// Evaluates `check` (which may `.await`) every 20 ms until it is true, at most `limit`.
 macro_rules! eventually {
-    ($limit:expr, $what:expr, $check:expr) => {{
+    ($limit:expr_2021, $what:expr_2021, $check:expr_2021) => {{
         let limit: Duration = $limit;
         let deadline = Instant::now() + limit;
         loop {

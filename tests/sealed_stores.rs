@@ -442,7 +442,8 @@ fn key_from_env_takes_base64_and_hex_and_never_echoes_the_value() {
     ];
     for (i, (label, value)) in cases.iter().enumerate() {
         let var = format!("KEEPFRESH_TEST_KEY_OK_{i}");
-        std::env::set_var(&var, value);
+        // TODO: Audit that the environment access only happens in single-threaded code.
+        unsafe { std::env::set_var(&var, value) };
         assert_eq!(Key::from_env(&var).unwrap().id(), key.id(), "{label}");
     }
     let bad = [
@@ -457,7 +458,8 @@ fn key_from_env_takes_base64_and_hex_and_never_echoes_the_value() {
     ];
     for (i, (label, value)) in bad.iter().enumerate() {
         let var = format!("KEEPFRESH_TEST_KEY_BAD_{i}");
-        std::env::set_var(&var, value);
+        // TODO: Audit that the environment access only happens in single-threaded code.
+        unsafe { std::env::set_var(&var, value) };
         let e = Key::from_env(&var).unwrap_err();
         assert_eq!(e.kind(), StoreErrorKind::Config, "{label}");
         let text = format!("{e} {e:?}");
@@ -994,7 +996,8 @@ async fn specs_open_encrypted_file_stores() {
     use keepfresh::store::spec::StoreSpec;
     let dir = private_dir();
     let key = Key::generate().unwrap();
-    std::env::set_var("KEEPFRESH_TEST_SPEC_KEY", key.to_base64().as_str());
+    // TODO: Audit that the environment access only happens in single-threaded code.
+    unsafe { std::env::set_var("KEEPFRESH_TEST_SPEC_KEY", key.to_base64().as_str()) };
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, key.to_base64().as_bytes()).unwrap();
     std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();

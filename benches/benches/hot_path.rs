@@ -108,7 +108,7 @@ pub(crate) fn poll_ready<F: Future>(fut: F) -> F::Output {
 /// closure makes one call and drops its result. A macro rather than a list of `dyn Fn`, so that
 /// each contender's call is monomorphized and inlined into its timed loop like user code.
 macro_rules! each_contender {
-    ($c:expr, $visit:ident $(, $arg:expr)*) => {{
+    ($c:expr_2021, $visit:ident $(, $arg:expr_2021)*) => {{
         let c: &Contenders = $c;
         $visit($($arg,)* "floor_arcswap_instant", || {
             black_box(c.floor.get().expect("fresh"));

@@ -240,13 +240,13 @@ struct Slot {
     fut: Option<BoxFuture<'static, ()>>,
     waker: Option<Arc<TaskWaker>>,
     group: Group,
-    gen: u32,
+    generation: u32,
     live: bool,
 }
 
 struct TaskWaker {
     id: usize,
-    gen: u32,
+    generation: u32,
     /// Already in the ready queue (only touched on the executor's thread; an atomic for
     /// `Sync`, read and written with plain loads and stores).
     queued: AtomicBool,
@@ -258,7 +258,7 @@ impl ArcWake for TaskWaker {
         arc_self.core.try_with(|c| {
             if !arc_self.queued.load(Ordering::Relaxed) {
                 arc_self.queued.store(true, Ordering::Relaxed);
-                c.ready.push((arc_self.id, arc_self.gen));
+                c.ready.push((arc_self.id, arc_self.generation));
             }
         });
     }
@@ -461,7 +461,7 @@ enum Next {
     Idle,
     Poll {
         id: usize,
-        gen: u32,
+        generation: u32,
         fut: BoxFuture<'static, ()>,
         waker: Arc<TaskWaker>,
         group: Group,
@@ -472,7 +472,7 @@ enum Next {
 /// executor's state (unless its group died meanwhile).
 struct Carry {
     id: usize,
-    gen: u32,
+    generation: u32,
     fut: BoxFuture<'static, ()>,
     waker: Arc<TaskWaker>,
     group: Group,
@@ -493,7 +493,7 @@ impl Core {
         let dead = self.tasks.is_dead(t.group);
         let slot = &mut self.tasks.slots[t.id];
         if dead {
-            if slot.gen == t.gen && slot.live {
+            if slot.generation == t.generation && slot.live {
                 slot.live = false;
                 self.tasks.free.push(t.id);
             }
@@ -525,17 +525,17 @@ impl Core {
         } else {
             self.rng.below(len)
         };
-        let (id, gen) = self.ready.swap_remove(i);
+        let (id, generation) = self.ready.swap_remove(i);
         let frozen = self.tasks.any_frozen > 0;
         let Some(slot) = self.tasks.slots.get_mut(id) else {
             return Next::Stale;
         };
-        if slot.gen != gen || !slot.live {
+        if slot.generation != generation || !slot.live {
             return Next::Stale;
         }
         if frozen && self.tasks.frozen.get(slot.group.0 as usize).copied() == Some(true) {
             // The host is suspended: the task runs when it resumes.
-            self.parked.push((id, gen, slot.group));
+            self.parked.push((id, generation, slot.group));
             return Next::Stale;
         }
         let Some(fut) = slot.fut.take() else {
@@ -548,7 +548,7 @@ impl Core {
         self.polls += 1;
         Next::Poll {
             id,
-            gen,
+            generation,
             fut,
             waker,
             group,
@@ -640,7 +640,7 @@ impl Executor {
                 Next::Dead(fut, waker) => drop((fut, waker)),
                 Next::Poll {
                     id,
-                    gen,
+                    generation,
                     mut fut,
                     waker,
                     group,
@@ -665,7 +665,7 @@ impl Executor {
                     if done {
                         core.with(|c| {
                             let slot = &mut c.tasks.slots[id];
-                            if slot.gen == gen && slot.live {
+                            if slot.generation == generation && slot.live {
                                 slot.live = false;
                                 c.tasks.free.push(id);
                             }
@@ -675,7 +675,7 @@ impl Executor {
                     } else {
                         carry = Some(Carry {
                             id,
-                            gen,
+                            generation,
                             fut,
                             waker,
                             group,
@@ -814,25 +814,25 @@ impl ExecHandle {
                         fut: None,
                         waker: None,
                         group,
-                        gen: 0,
+                        generation: 0,
                         live: false,
                     });
                     tasks.slots.len() - 1
                 }
             };
             let slot = &mut tasks.slots[id];
-            slot.gen = slot.gen.wrapping_add(1);
+            slot.generation = slot.generation.wrapping_add(1);
             slot.group = group;
             slot.live = true;
             slot.fut = Some(fut);
             slot.waker = Some(Arc::new(TaskWaker {
                 id,
-                gen: slot.gen,
+                generation: slot.generation,
                 queued: AtomicBool::new(true),
                 core,
             }));
-            let gen = slot.gen;
-            c.ready.push((id, gen));
+            let generation = slot.generation;
+            c.ready.push((id, generation));
             None
         });
         // Dropped outside the executor's state.
@@ -891,8 +891,8 @@ impl ExecHandle {
             let mut i = 0;
             while i < c.parked.len() {
                 if c.parked[i].2 == group {
-                    let (id, gen, _) = c.parked.remove(i);
-                    c.ready.push((id, gen));
+                    let (id, generation, _) = c.parked.remove(i);
+                    c.ready.push((id, generation));
                 } else {
                     i += 1;
                 }

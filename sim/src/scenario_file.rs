@@ -1046,7 +1046,7 @@ impl ScenarioFile {
             profile.at_lifetime = d.0;
         }
         macro_rules! set {
-            ($field:ident, $v:expr) => {
+            ($field:ident, $v:expr_2021) => {
                 if let Some(v) = $v {
                     profile.$field = v;
                 }

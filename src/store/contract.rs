@@ -102,7 +102,7 @@ impl std::error::Error for Violation {}
 type Checked = Result<(), String>;
 
 macro_rules! ensure {
-    ($cond:expr, $($msg:tt)+) => {
+    ($cond:expr_2021, $($msg:tt)+) => {
         if !$cond {
             return Err(format!($($msg)+));
         }

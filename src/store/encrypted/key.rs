@@ -31,12 +31,14 @@ pub(crate) const KEY_LEN: usize = 32;
 /// | `Key::from_keyring` (feature `keyring`) | the OS keyring; a random key is created on first use | base64 text |
 /// | [`Key::from_bytes`] | your own secret manager | 32 bytes |
 ///
-/// ```
+/// ```standalone_crate
 /// use keepfresh::store::Key;
 ///
 /// let key = Key::generate().unwrap();
 /// // Hand it to another process, for example in an environment variable.
-/// std::env::set_var("KEEPFRESH_DOC_KEY", key.to_base64().as_str());
+/// // SAFETY: this example runs alone in its own process (`standalone_crate`), on one thread:
+/// // nothing reads or writes the environment concurrently.
+/// unsafe { std::env::set_var("KEEPFRESH_DOC_KEY", key.to_base64().as_str()) };
 /// let same = Key::from_env("KEEPFRESH_DOC_KEY").unwrap();
 /// assert_eq!(same.id(), key.id());
 /// // Debug shows the fingerprint only.
