@@ -329,11 +329,11 @@ impl Listeners {
             events.push(e);
         }
         let mut lists = self.lists.lock();
-        if let Some(l) = lists.as_deref_mut() {
-            if !l.streams.is_empty() {
-                l.streams
-                    .retain(|tx| events.iter().all(|e| tx.unbounded_send(e.clone()).is_ok()));
-            }
+        if let Some(l) = lists.as_deref_mut()
+            && !l.streams.is_empty()
+        {
+            l.streams
+                .retain(|tx| events.iter().all(|e| tx.unbounded_send(e.clone()).is_ok()));
         }
     }
 }

@@ -716,16 +716,16 @@ impl Machine {
 
     /// Raises re-authorization for a token without refresh token at its refresh point.
     fn note_time(&mut self, now: MonoTime) {
-        if self.reauth.is_none() {
-            if let Some(c) = &self.current {
-                if !c.has_refresh_token && (now >= c.timing.refresh_at || c.rejected) {
-                    self.reauth = Some(if c.rejected {
-                        ReauthReason::TokenRejected
-                    } else {
-                        ReauthReason::NoRefreshToken
-                    });
-                }
-            }
+        if self.reauth.is_none()
+            && let Some(c) = &self.current
+            && !c.has_refresh_token
+            && (now >= c.timing.refresh_at || c.rejected)
+        {
+            self.reauth = Some(if c.rejected {
+                ReauthReason::TokenRejected
+            } else {
+                ReauthReason::NoRefreshToken
+            });
         }
     }
 

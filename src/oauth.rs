@@ -137,22 +137,22 @@ pub(crate) fn parse_token_response_redacting(
 ) -> Result<TokenResponse, RefreshError> {
     let fields = parse_body(answer.content_type, answer.body);
     let success = (200..300).contains(&answer.status);
-    if let Some(fields) = &fields {
-        if let Some(code) = error_code(fields) {
-            let class = classify(&code, answer.status);
-            // Redacted before it is cut to length, so no prefix of a secret survives the cut.
-            let shown_code = sanitize(&redactor.apply(&code), 64);
-            let mut message = format!("HTTP {}: {shown_code}", answer.status);
-            if let Some(Value::String(desc)) = &fields.error_description {
-                message.push_str(": ");
-                message.push_str(&sanitize(&redactor.apply(desc), MAX_ERROR_TEXT_CHARS));
-            }
-            let mut e = RefreshError::new(class, message);
-            if let Some(ra) = answer.retry_after {
-                e = e.with_retry_after(ra);
-            }
-            return Err(e);
+    if let Some(fields) = &fields
+        && let Some(code) = error_code(fields)
+    {
+        let class = classify(&code, answer.status);
+        // Redacted before it is cut to length, so no prefix of a secret survives the cut.
+        let shown_code = sanitize(&redactor.apply(&code), 64);
+        let mut message = format!("HTTP {}: {shown_code}", answer.status);
+        if let Some(Value::String(desc)) = &fields.error_description {
+            message.push_str(": ");
+            message.push_str(&sanitize(&redactor.apply(desc), MAX_ERROR_TEXT_CHARS));
         }
+        let mut e = RefreshError::new(class, message);
+        if let Some(ra) = answer.retry_after {
+            e = e.with_retry_after(ra);
+        }
+        return Err(e);
     }
     if !success {
         let class = match answer.status {

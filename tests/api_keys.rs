@@ -40,10 +40,12 @@ fn env() {
         {
             use std::os::unix::ffi::OsStrExt;
             // TODO: Audit that the environment access only happens in single-threaded code.
-            unsafe { std::env::set_var(
-                "KEEPFRESH_T_NOT_UTF8",
-                std::ffi::OsStr::from_bytes(b"env-SEKRIT-\xff\xfe"),
-            ) };
+            unsafe {
+                std::env::set_var(
+                    "KEEPFRESH_T_NOT_UTF8",
+                    std::ffi::OsStr::from_bytes(b"env-SEKRIT-\xff\xfe"),
+                )
+            };
         }
     });
 }

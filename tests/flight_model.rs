@@ -481,10 +481,10 @@ impl Driver {
                 assert!(owed.is_some(), "a hand-over without an owed set");
                 // The owed set was refreshed from this plan's base: older from now on, as the
                 // credential records it.
-                if let Some(b) = &base {
-                    if owed.as_ref() != Some(b) {
-                        self.older.push(b.clone());
-                    }
+                if let Some(b) = &base
+                    && owed.as_ref() != Some(b)
+                {
+                    self.older.push(b.clone());
                 }
                 next = Some(
                     Start::new(FlightId(plan_no + 1), self.now, owed.or(base), expected)

@@ -745,14 +745,14 @@ impl Harness {
             } => {
                 let flight = self.pick(*target);
                 let retry_after = retry_after.map(Duration::from_secs);
-                if self.model.fail(now, flight, *class, retry_after) {
-                    if let Some(b) = self.model.backoff {
-                        check_backoff_delay(
-                            b.attempts,
-                            retry_after,
-                            b.until.saturating_duration_since(now),
-                        );
-                    }
+                if self.model.fail(now, flight, *class, retry_after)
+                    && let Some(b) = self.model.backoff
+                {
+                    check_backoff_delay(
+                        b.attempts,
+                        retry_after,
+                        b.until.saturating_duration_since(now),
+                    );
                 }
                 Input::RefreshFailed {
                     now,

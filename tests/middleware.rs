@@ -443,9 +443,11 @@ fn tower_api<B: Send + 'static>(
     Response = http::Response<String>,
     Error = BoxError,
     Future = impl Send + use<B>,
-> + Clone
+>
+       + Clone
        + Send
-       + 'static + use<B> {
+       + 'static
+       + use<B> {
     let api = api.clone();
     service_fn(move |request: http::Request<B>| {
         let api = api.clone();

@@ -63,11 +63,11 @@ async fn s33_secrets_never_print() {
     let calls = Arc::new(AtomicU32::new(0));
     let seen = cap.clone();
     let counter = calls.clone();
-    let refresher = refresher_fn(move |req: RefreshRequest| {
-        seen.debug(&req);
-        let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
-        async move {
-            let r =
+    let refresher =
+        refresher_fn(move |req: RefreshRequest| {
+            seen.debug(&req);
+            let n = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            async move {
                 match n {
                     2 => Err(RefreshError::transient("HTTP 503")
                         .with_retry_after(Duration::from_secs(1))),
@@ -75,10 +75,9 @@ async fn s33_secrets_never_print() {
                         .with_refresh_token(RefreshToken::new(format!("rt-{SEED}-3")))),
                     5 => Err(RefreshError::invalid_grant("HTTP 400: invalid_grant")),
                     n => Ok(answer(n)),
-                };
-            r
-        }
-    });
+                }
+            }
+        });
     let store = FlakyStore::new(MemoryStore::with_clock(Arc::new(clock.clone())));
     let initial = tokens(
         &clock,

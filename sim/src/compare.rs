@@ -461,11 +461,11 @@ pub fn main(a: CompareArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    if let Some(path) = &a.svg {
-        if let Err(e) = std::fs::write(path, svg(&c)) {
-            eprintln!("error: cannot write {}: {e}", path.display());
-            return 1;
-        }
+    if let Some(path) = &a.svg
+        && let Err(e) = std::fs::write(path, svg(&c))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return 1;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&c).expect("json"));

@@ -625,10 +625,10 @@ impl Executor {
         let mut carry: Option<Carry> = None;
         loop {
             let next = core.with(|c| {
-                if let Some(t) = carry.take() {
-                    if let Some((fut, waker)) = c.put_back(t) {
-                        return Next::Dead(fut, waker);
-                    }
+                if let Some(t) = carry.take()
+                    && let Some((fut, waker)) = c.put_back(t)
+                {
+                    return Next::Dead(fut, waker);
                 }
                 c.next(start, max_steps, horizon)
             });
@@ -851,12 +851,13 @@ impl ExecHandle {
             let mut out = Vec::new();
             let mut freed = Vec::new();
             for (id, slot) in tasks.slots.iter_mut().enumerate() {
-                if slot.live && slot.group == group {
-                    if let Some(f) = slot.fut.take() {
-                        out.push((f, slot.waker.take()));
-                        slot.live = false;
-                        freed.push(id);
-                    }
+                if slot.live
+                    && slot.group == group
+                    && let Some(f) = slot.fut.take()
+                {
+                    out.push((f, slot.waker.take()));
+                    slot.live = false;
+                    freed.push(id);
                 }
             }
             tasks.free.extend(freed);
@@ -870,11 +871,11 @@ impl ExecHandle {
     /// frozen group does nothing.
     pub fn freeze(&self, group: Group) {
         self.shared.with(|c| {
-            if let Some(f) = c.tasks.frozen.get_mut(group.0 as usize) {
-                if !*f {
-                    *f = true;
-                    c.tasks.any_frozen += 1;
-                }
+            if let Some(f) = c.tasks.frozen.get_mut(group.0 as usize)
+                && !*f
+            {
+                *f = true;
+                c.tasks.any_frozen += 1;
             }
         });
     }
@@ -882,11 +883,11 @@ impl ExecHandle {
     /// Lets a frozen group run again: its tasks that became ready meanwhile are queued.
     pub fn thaw(&self, group: Group) {
         self.shared.with(|c| {
-            if let Some(f) = c.tasks.frozen.get_mut(group.0 as usize) {
-                if *f {
-                    *f = false;
-                    c.tasks.any_frozen -= 1;
-                }
+            if let Some(f) = c.tasks.frozen.get_mut(group.0 as usize)
+                && *f
+            {
+                *f = false;
+                c.tasks.any_frozen -= 1;
             }
             let mut i = 0;
             while i < c.parked.len() {
@@ -1391,8 +1392,8 @@ mod tests {
             }
             assert_eq!(ex.run(MonoTime::MAX, 1_000), RunEnd::Idle);
             assert_eq!(ex.now(), MonoTime::from_duration(Duration::from_secs(10)));
-            let v = log.lock().clone();
-            v
+
+            log.lock().clone()
         }
         assert_eq!(order(1), order(1));
         assert!((2..20).any(|s| order(s) != order(1)));

@@ -272,11 +272,11 @@ fn run(a: RunArgs, replay: bool) -> i32 {
     let strategy_name = strategy.name();
     let out = runner::run_world(&cfg, seed, strategy.clone(), a.trace || replay);
     let figures = report::figures(&cfg, seed, &out);
-    if let Some(path) = &a.svg {
-        if let Err(e) = std::fs::write(path, report::svg(&cfg, seed, &out)) {
-            eprintln!("error: cannot write {}: {e}", path.display());
-            return 1;
-        }
+    if let Some(path) = &a.svg
+        && let Err(e) = std::fs::write(path, report::svg(&cfg, seed, &out))
+    {
+        eprintln!("error: cannot write {}: {e}", path.display());
+        return 1;
     }
     if a.json {
         let mut f = figures.clone();

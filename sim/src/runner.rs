@@ -265,11 +265,11 @@ pub fn shrink(
     for kind in base.active_faults() {
         let mut o = best.clone();
         o.disable_faults.push(kind);
-        if let Some(f) = fails(&o) {
-            if f.kind == first.kind {
-                best = o;
-                best_failure = f;
-            }
+        if let Some(f) = fails(&o)
+            && f.kind == first.kind
+        {
+            best = o;
+            best_failure = f;
         }
     }
     Some((best, best_failure))

@@ -224,10 +224,10 @@ async fn store_for(
     let keyring: StoreSpec = format!("keyring:keepfresh/{name}")
         .parse()
         .map_err(|e| format!("{e}"))?;
-    if let Ok(store) = keyring.open().await {
-        if store.load().await.is_ok() {
-            return Ok((keyring.to_string(), store));
-        }
+    if let Ok(store) = keyring.open().await
+        && store.load().await.is_ok()
+    {
+        return Ok((keyring.to_string(), store));
     }
     let dir = config_dir();
     let key = dir.join("keys").join(format!("{name}.key"));

@@ -223,10 +223,11 @@ impl Core {
     pub(crate) fn install(&mut self, set: Arc<TokenSet>, newer: bool) {
         let new_access = set.access_token();
         self.replaced.retain(|r| !r.has_access_token(new_access));
-        if let Some(old) = self.tokens.replace(set) {
-            if newer && self.tokens.as_deref() != Some(&*old) {
-                self.retire(old);
-            }
+        if let Some(old) = self.tokens.replace(set)
+            && newer
+            && self.tokens.as_deref() != Some(&*old)
+        {
+            self.retire(old);
         }
     }
 
@@ -477,10 +478,10 @@ impl Inner {
 
     /// Wakes the waiters of `flight` once the machine has its result.
     pub(crate) fn end_flight(&self, core: &mut Core, flight: FlightId, after: &mut After) {
-        if core.flight().is_some_and(|(f, _)| *f == flight) {
-            if let Some((_, cell)) = core.take_flight() {
-                after.complete.push(cell);
-            }
+        if core.flight().is_some_and(|(f, _)| *f == flight)
+            && let Some((_, cell)) = core.take_flight()
+        {
+            after.complete.push(cell);
         }
         core.settle();
     }

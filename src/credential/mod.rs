@@ -398,10 +398,10 @@ impl Inner {
             match store_io::store_op(&self.common.rt, limit, store.save(expected, set)).await? {
                 SaveOutcome::Saved(v) => return Ok(Some(v)),
                 SaveOutcome::Conflict(held) => {
-                    if let Some(h) = &held {
-                        if h.tokens == **set {
-                            return Ok(Some(h.version));
-                        }
+                    if let Some(h) = &held
+                        && h.tokens == **set
+                    {
+                        return Ok(Some(h.version));
                     }
                     self.listeners.emit(vec![Event::StoreConflict {
                         at: self.common.rt.now(),

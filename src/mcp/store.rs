@@ -237,12 +237,12 @@ impl<S: TokenStore> RmcpStore<S> {
                 credentials.client_id, self.client_id
             )));
         }
-        if let (Some(theirs), Some(ours)) = (&credentials.issuer, &self.issuer) {
-            if theirs.as_str() != &**ours {
-                return Err(refused(format!(
-                    "credentials issued by {theirs:?} cannot be saved for issuer {ours:?}"
-                )));
-            }
+        if let (Some(theirs), Some(ours)) = (&credentials.issuer, &self.issuer)
+            && theirs.as_str() != &**ours
+        {
+            return Err(refused(format!(
+                "credentials issued by {theirs:?} cannot be saved for issuer {ours:?}"
+            )));
         }
         let Some(response) = &credentials.token_response else {
             return Err(refused("credentials without a token response".to_owned()));

@@ -59,10 +59,10 @@ struct Task {
 
 impl ArcWake for Task {
     fn wake_by_ref(arc_self: &Arc<Self>) {
-        if !arc_self.queued.swap(true, Ordering::AcqRel) {
-            if let Some(shared) = arc_self.shared.upgrade() {
-                shared.ready.lock().push_back(arc_self.clone());
-            }
+        if !arc_self.queued.swap(true, Ordering::AcqRel)
+            && let Some(shared) = arc_self.shared.upgrade()
+        {
+            shared.ready.lock().push_back(arc_self.clone());
         }
     }
 }

@@ -167,10 +167,10 @@ impl TokenStore for MemoryStore {
     async fn try_lease(&self, ttl: Duration) -> Result<LeaseOutcome, StoreError> {
         let now = self.clock.monotonic();
         let mut s = self.shared.lock();
-        if let Some((_, until)) = s.lease {
-            if now < until {
-                return Ok(LeaseOutcome::Held);
-            }
+        if let Some((_, until)) = s.lease
+            && now < until
+        {
+            return Ok(LeaseOutcome::Held);
         }
         s.next_lease += 1;
         let id = s.next_lease;

@@ -159,11 +159,11 @@ impl Refresher for Provider {
             if s.revoked {
                 return Err(RefreshError::invalid_grant("grant revoked"));
             }
-            if let Some(live) = &s.live {
-                if presented.as_ref() != Some(live) {
-                    s.revoked = true;
-                    return Err(RefreshError::invalid_grant("refresh token replayed"));
-                }
+            if let Some(live) = &s.live
+                && presented.as_ref() != Some(live)
+            {
+                s.revoked = true;
+                return Err(RefreshError::invalid_grant("refresh token replayed"));
             }
             s.script.pop_front().unwrap_or_else(|| s.default.clone())
         };

@@ -70,10 +70,10 @@ impl ProcessClient for Client {
     async fn token(&self) -> Result<ServedToken, ClientError> {
         let rt = &self.ctx.runtime;
         let mut cached = self.token.lock().await;
-        if let Some(h) = cached.as_ref() {
-            if !h.within(rt.now(), EXPIRY_DELTA) {
-                return Ok(h.served(rt));
-            }
+        if let Some(h) = cached.as_ref()
+            && !h.within(rt.now(), EXPIRY_DELTA)
+        {
+            return Ok(h.served(rt));
         }
         // Still holding the mutex: every other caller waits for this call.
         let refresh = cached.as_ref().and_then(|h| h.refresh.clone());

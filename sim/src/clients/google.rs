@@ -82,10 +82,11 @@ impl ProcessClient for Client {
         let rt = &self.ctx.runtime;
         let forced = self.forced.take();
         let seen = self.current.lock().clone();
-        if let Some(h) = &seen {
-            if !forced && !h.within(rt.now(), REFRESH_THRESHOLD) {
-                return Ok(h.served(rt));
-            }
+        if let Some(h) = &seen
+            && !forced
+            && !h.within(rt.now(), REFRESH_THRESHOLD)
+        {
+            return Ok(h.served(rt));
         }
         let refresh = seen.and_then(|h| h.refresh);
         let mut delay = BACKOFF;

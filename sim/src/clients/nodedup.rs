@@ -67,10 +67,11 @@ impl ProcessClient for Client {
         let rt = &self.ctx.runtime;
         let forced = self.forced.take();
         let seen = self.current.lock().clone();
-        if let Some(h) = &seen {
-            if !forced && !h.within(rt.now(), WINDOW) {
-                return Ok(h.served(rt));
-            }
+        if let Some(h) = &seen
+            && !forced
+            && !h.within(rt.now(), WINDOW)
+        {
+            return Ok(h.served(rt));
         }
         let refresh = seen.and_then(|h| h.refresh);
         match redeem(&self.ctx, refresh, self.generations.next()).await {

@@ -106,10 +106,8 @@ impl ProcessClient for Client {
                 .as_ref()
                 .map_or(true, |h| needs_refresh(h, rt.now()));
         let mut manager = self.manager.lock().await;
-        if !decided {
-            if let Some(h) = manager.as_ref() {
-                return Ok(h.served(rt));
-            }
+        if !decided && let Some(h) = manager.as_ref() {
+            return Ok(h.served(rt));
         }
         // No re-check: the decision made before the mutex stands.
         let lease = self.guard().await;

@@ -72,10 +72,11 @@ impl ProcessClient for Client {
         let rt = &self.ctx.runtime;
         let forced = self.forced.take();
         let seen = self.current.lock().clone();
-        if let Some(h) = &seen {
-            if !forced && !h.within(rt.now(), MARGIN) {
-                return Ok(h.served(rt));
-            }
+        if let Some(h) = &seen
+            && !forced
+            && !h.within(rt.now(), MARGIN)
+        {
+            return Ok(h.served(rt));
         }
         // No dedup: this caller refreshes with the refresh token it saw.
         let refresh = seen.and_then(|h| h.refresh);

@@ -407,12 +407,11 @@ impl Refresher for Counting {
             Err(e) => e.class().to_string(),
         };
         *log.outcomes.entry(name).or_default() += 1;
-        if let (Ok(resp), Some(old)) = (&result, presented) {
-            if let Some(new) = resp.refresh_token().map(RefreshToken::fingerprint) {
-                if new != old {
-                    log.rotated_away.insert(old);
-                }
-            }
+        if let (Ok(resp), Some(old)) = (&result, presented)
+            && let Some(new) = resp.refresh_token().map(RefreshToken::fingerprint)
+            && new != old
+        {
+            log.rotated_away.insert(old);
         }
         result
     }

@@ -469,19 +469,19 @@ impl Provider {
             return self.error("invalid_grant", "refresh token revoked");
         }
         let p = &self.profile;
-        if let Some(abs) = p.rt_absolute_expiry {
-            if now >= self.families[family].login_at.saturating_add(abs) {
-                self.revoke_family(family, "absolute expiry");
-                return self.error("invalid_grant", "refresh token expired");
-            }
+        if let Some(abs) = p.rt_absolute_expiry
+            && now >= self.families[family].login_at.saturating_add(abs)
+        {
+            self.revoke_family(family, "absolute expiry");
+            return self.error("invalid_grant", "refresh token expired");
         }
-        if let Some(idle) = p.rt_idle_expiry {
-            if now >= rec.last_used.saturating_add(idle) {
-                if let Some(r) = self.rts.get_mut(rt) {
-                    r.dead = true;
-                }
-                return self.error("invalid_grant", "refresh token expired (idle)");
+        if let Some(idle) = p.rt_idle_expiry
+            && now >= rec.last_used.saturating_add(idle)
+        {
+            if let Some(r) = self.rts.get_mut(rt) {
+                r.dead = true;
             }
+            return self.error("invalid_grant", "refresh token expired (idle)");
         }
         let mut grace_hit = false;
         // With a racy check, a rotation not yet written is invisible: the token looks unused.

@@ -13,11 +13,11 @@ pub(super) async fn issue(caller: &Arc<Caller>, i: usize, group: Group) {
     // A request that needs nothing but its token, which the client hands out at once (the
     // fleet's every request but a refresh's first): the same steps as `request` polled once
     // to completion, without building, boxing and dropping its future and the client's.
-    if !caller.w.cfg.resource_server {
-        if let Some(t) = caller.client.token_now() {
-            request_now(&caller.w, i, &t);
-            return;
-        }
+    if !caller.w.cfg.resource_server
+        && let Some(t) = caller.client.token_now()
+    {
+        request_now(&caller.w, i, &t);
+        return;
     }
     let mut fut = Box::pin(request(caller.clone(), i));
     let first =
@@ -351,13 +351,13 @@ pub(super) async fn perform(w: &Arc<Shared>, action: Action) {
             restart_after,
         } => {
             let client = w.procs[proc].client.lock().clone();
-            if let Some(c) = client {
-                if catching_injected(c.shutdown()).await.is_none() {
-                    let now = w.exec.now();
-                    w.state
-                        .lock()
-                        .trace_line(now, format!("p{proc} panicked while shutting down"));
-                }
+            if let Some(c) = client
+                && catching_injected(c.shutdown()).await.is_none()
+            {
+                let now = w.exec.now();
+                w.state
+                    .lock()
+                    .trace_line(now, format!("p{proc} panicked while shutting down"));
             }
             kill(w, proc);
             w.exec.sleep(restart_after).await;

@@ -277,10 +277,10 @@ pub(super) fn kill(w: &Arc<Shared>, proc: usize) {
                 s.metrics.tokens_lost += 1;
             }
         }
-        if let (Some(stored), Some(newest)) = (stored, newest) {
-            if stored != newest {
-                s.provider.mark_undelivered(&stored, now);
-            }
+        if let (Some(stored), Some(newest)) = (stored, newest)
+            && stored != newest
+        {
+            s.provider.mark_undelivered(&stored, now);
         }
     }
     w.exec.kill(group);

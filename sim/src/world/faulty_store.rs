@@ -367,10 +367,10 @@ impl FaultyStore {
                 t.refresh_token().map(|r| r.expose_secret()),
             )
         };
-        if let (Some(new), Some(old)) = (order(tokens), order(&prior.tokens)) {
-            if new.family > old.family {
-                s.lost_grant[self.cred] = true;
-            }
+        if let (Some(new), Some(old)) = (order(tokens), order(&prior.tokens))
+            && new.family > old.family
+        {
+            s.lost_grant[self.cred] = true;
         }
         // Every rotation from the stored set's refresh token up to the lost set's is hidden:
         // a process holding one of those tokens finds the store behind its own set, not the
@@ -433,10 +433,10 @@ impl TokenStore for FaultyStore {
     ) -> Result<SaveOutcome, StoreError> {
         self.delay().await;
         let fault = self.write_fault(tokens);
-        if let WriteFault::Lost = fault {
-            if let Some(outcome) = self.lose(expected, tokens) {
-                return Ok(outcome);
-            }
+        if let WriteFault::Lost = fault
+            && let Some(outcome) = self.lose(expected, tokens)
+        {
+            return Ok(outcome);
         }
         match fault {
             WriteFault::None | WriteFault::Lost => {

@@ -284,10 +284,10 @@ impl Refresher for ProviderClient {
         if let Ok(r) = &result {
             let access = r.access_token().expose_secret().to_owned();
             let refresh = r.refresh_token().map(|t| t.expose_secret().to_owned());
-            if let (Some(sent), Some(new)) = (&rt, &refresh) {
-                if sent != new {
-                    s.seen_rotated[self.proc].insert(sent.clone());
-                }
+            if let (Some(sent), Some(new)) = (&rt, &refresh)
+                && sent != new
+            {
+                s.seen_rotated[self.proc].insert(sent.clone());
             }
             s.record_delivered(self.cred, self.proc, now, access, refresh.or(rt));
         }
@@ -303,18 +303,18 @@ impl ProviderClient {
         if s.seen_rotated[self.proc].contains(rt) || !s.store_misled(self.proc, rt) {
             return;
         }
-        if let Some(r) = s.provider.replays.last_mut() {
-            if !r.excused {
-                r.excused = true;
-                r.store_lie = true;
-                s.trace_line(
+        if let Some(r) = s.provider.replays.last_mut()
+            && !r.excused
+        {
+            r.excused = true;
+            r.store_lie = true;
+            s.trace_line(
                     now,
                     format!(
                         "c{} p{}: the store hid this refresh token's rotation (a lost save or a stale read): the replay is the store's failure",
                         self.cred, self.proc
                     ),
                 );
-            }
         }
     }
 }

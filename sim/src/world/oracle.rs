@@ -218,17 +218,17 @@ impl State {
         let Some(new) = order(self, written) else {
             return;
         };
-        if let Some(newest) = self.store_family[cred] {
-            if new.family < newest {
-                self.violate_correctness(
+        if let Some(newest) = self.store_family[cred]
+            && new.family < newest
+        {
+            self.violate_correctness(
                     now,
                     format!(
                         "c{cred}: {writer} wrote a token set of grant {} over the store of the newer grant {newest} (a login was overwritten)",
                         new.family
                     ),
                 );
-                return;
-            }
+            return;
         }
         self.store_family[cred] = Some(new.family.max(self.store_family[cred].unwrap_or(0)));
         let Some(old) = prior.and_then(|p| order(self, p)) else {

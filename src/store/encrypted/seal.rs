@@ -96,10 +96,10 @@ impl Sealer {
     /// current key.
     pub(crate) fn end_rotation(&self, rewritten: bool) {
         let mut keys = self.keys.write();
-        if let Some(old) = keys.previous.take() {
-            if !rewritten {
-                keys.current = old;
-            }
+        if let Some(old) = keys.previous.take()
+            && !rewritten
+        {
+            keys.current = old;
         }
     }
 
@@ -170,12 +170,12 @@ impl Sealer {
         let file_key = KeyId(sealed[KEY_ID].try_into().map_err(|_| internal())?);
         let key = {
             let keys = self.keys.read();
-            let found = [Some(&keys.current), keys.previous.as_ref()]
+
+            [Some(&keys.current), keys.previous.as_ref()]
                 .into_iter()
                 .flatten()
                 .find(|k| k.id() == file_key)
-                .cloned();
-            found
+                .cloned()
         };
         let Some(key) = key else {
             return Err(self.corrupt(format_args!(

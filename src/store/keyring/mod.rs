@@ -315,13 +315,13 @@ impl KeyringStoreBuilder {
                     .join(format!("{stem}.sealed")),
             ),
         };
-        if let Some(path) = &fallback_path {
-            if path.file_name().is_none() {
-                return Err(StoreError::new(
-                    StoreErrorKind::Config,
-                    format!("{} does not name a file", path.display()),
-                ));
-            }
+        if let Some(path) = &fallback_path
+            && path.file_name().is_none()
+        {
+            return Err(StoreError::new(
+                StoreErrorKind::Config,
+                format!("{} does not name a file", path.display()),
+            ));
         }
         let blob = KeyringBlob {
             entry,

@@ -150,10 +150,10 @@ impl Locks {
 /// Blocks until the lease file can be locked shared, that is until no one holds the lease,
 /// then wakes the waiters. One such thread runs per path at a time.
 fn watch(path: &Path, shared: &Mutex<PathState>) {
-    if let Ok(file) = fsx::open_lock_file(path) {
-        if file.lock_shared().is_ok() {
-            let _ = file.unlock();
-        }
+    if let Ok(file) = fsx::open_lock_file(path)
+        && file.lock_shared().is_ok()
+    {
+        let _ = file.unlock();
     }
     let mut state = shared.lock();
     state.watcher_running = false;
