@@ -182,3 +182,46 @@ fn the_same_seed_gives_the_same_comparison() {
     let b = named("stampede", 3, &["keepfresh", "rmcp"]);
     assert_eq!(a.rows, b.rows);
 }
+
+/// A client that never writes the store and never needs to refresh (tokens fresh for the whole
+/// world) loses nothing: the store check must not blame it. Once the grant rotates, the same
+/// client fails the check (a restart would lose the rotated refresh token).
+#[test]
+fn the_store_check_blames_only_a_lost_rotation() {
+    let mut quiet = WorldConfig::base(
+        "no-refresh-needed",
+        Profile::strict(Duration::from_secs(3600)),
+    );
+    quiet.processes = 2;
+    quiet.duration = Duration::from_secs(600);
+    quiet.settle = Duration::from_secs(60);
+    let rotating = {
+        let mut w = quiet.clone();
+        w.scenario = "rotating".into();
+        // One process: two would replay each other's rotated tokens, a failure of its own.
+        w.processes = 1;
+        w.duration = Duration::from_secs(3 * 3600);
+        w
+    };
+    // The models that never persist (docs/client-models.md).
+    for client in ["golang-oauth2", "aws-lazy-cache", "google-auth"] {
+        let c = compare_world(&quiet, 1, 1, &strategies(&["keepfresh", client]));
+        assert_eq!(row(&c, client).token_calls, 0, "{client}");
+        assert!(
+            row(&c, client).invariants_broken.is_empty(),
+            "{client} never refreshed and was blamed: {:?}",
+            row(&c, client).invariants_broken
+        );
+        let c = compare_world(&rotating, 1, 1, &strategies(&["keepfresh", client]));
+        assert!(row(&c, client).token_calls > 0, "{client}");
+        assert_clean(&c);
+        assert!(
+            row(&c, client)
+                .invariants_broken
+                .iter()
+                .any(|m| m.contains("newest refresh token")),
+            "{client} lost a rotation and passed: {:?}",
+            row(&c, client).invariants_broken
+        );
+    }
+}

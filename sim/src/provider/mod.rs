@@ -346,6 +346,13 @@ impl Provider {
         self.families.get(family).and_then(|f| f.revoked)
     }
 
+    /// How many times the family's refresh token was rotated since the login.
+    pub fn rotations(&self, family: FamilyId) -> usize {
+        self.families
+            .get(family)
+            .map_or(0, |f| f.rt_chain.len().saturating_sub(1))
+    }
+
     /// The newest refresh token of a family.
     pub fn current_refresh_token(&self, family: FamilyId) -> Option<&str> {
         self.families

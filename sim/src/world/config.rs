@@ -4,7 +4,7 @@
 use super::*;
 
 /// Transport, store and host faults, active until the world heals.
-#[derive(Clone, Debug, Serialize, PartialEq)]
+#[derive(Clone, Copy, Debug, Serialize, PartialEq)]
 pub struct Faults {
     /// Token-endpoint latency range, milliseconds.
     pub latency_ms: (u64, u64),
@@ -127,7 +127,8 @@ impl Faults {
 
     /// Every fault rate with its kind.
     pub(crate) fn rates(&self) -> Vec<(FaultKind, f64)> {
-        let mut me = self.clone();
+        // A copy of plain numbers, so that the kind-to-field match lives once (`rate_mut`).
+        let mut me = *self;
         FaultKind::ALL
             .into_iter()
             .filter_map(|k| me.rate_mut(k).map(|p| (k, *p)))

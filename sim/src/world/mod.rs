@@ -328,7 +328,7 @@ fn run_one(
     let state = Arc::new(Mutex::new(State {
         provider,
         rng: SimRng::new(derive(seed, 4)),
-        faults: cfg.faults.clone(),
+        faults: cfg.faults,
         healed: false,
         inflight: vec![0; cfg.credentials],
         proc_inflight: vec![0; procs_total],

@@ -104,7 +104,7 @@ impl Refresher for ProviderClient {
                 s.metrics.duplicate_calls += 1;
             }
             let healed = s.healed;
-            let f = s.faults.clone();
+            let f = s.faults;
             let rng = &mut s.rng;
             let mut latency = rng.range(f.latency_ms.0, f.latency_ms.1);
             if rng.chance(f.latency_tail) {

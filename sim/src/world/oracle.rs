@@ -481,6 +481,11 @@ pub(super) fn final_checks(w: &Arc<Shared>, now: MonoTime) {
                     .refresh_token()
                     .map(|r| r.expose_secret().to_owned())
             });
+            if stored.is_none() && s.provider.rotations(f) == 0 {
+                // Nothing was ever issued after the login's tokens, which the host holds: a
+                // client that never writes the store has lost nothing (yet).
+                continue;
+            }
             if newest.is_some() && stored != newest {
                 if stored
                     .as_ref()
