@@ -6,8 +6,7 @@
 //! [`ClientStrategy`] is given (see [`crate::strategy`]), and every oracle observes the
 //! provider, the store and the callers only.
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;

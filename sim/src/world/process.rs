@@ -184,43 +184,11 @@ pub(super) async fn drive_callers(
         Pattern::Steady { mean } => {
             let mean_ns = mean.as_nanos() as u64;
             let now = host.mono_at(w.exec.now()).as_nanos();
-            // Callers by next request time, ties by caller index. Packed into one u64 per
-            // caller (time above the index bits) when every time fits, which halves the heap
-            // and its comparisons; the order is the same as the `(time, caller)` heap.
-            let bits = u64::BITS - (cfg.callers.max(1) as u64 - 1).leading_zeros();
-            let latest = end
-                .as_nanos()
-                .saturating_add(mean_ns.saturating_mul(3) / 2)
-                .saturating_add(1);
-            if bits < 64 && latest.leading_zeros() >= bits {
-                let mask = (1u64 << bits) - 1;
-                let mut heap = MinHeap4::with_capacity(cfg.callers);
-                for c in 0..cfg.callers as u64 {
-                    heap.push((now + rng.range(0, mean_ns)) << bits | c);
-                }
-                while let Some(key) = heap.pop() {
-                    let (t, c) = (key >> bits, key & mask);
-                    if t >= end.as_nanos() {
-                        break;
-                    }
-                    w.exec.sleep_until(MonoTime::from_nanos(t)).await;
-                    if host.ever_suspended() {
-                        w.exec.sleep_until_on(&host, MonoTime::from_nanos(t)).await;
-                        if w.exec.now() >= end {
-                            break;
-                        }
-                    }
-                    issue(&caller, i, group).await;
-                    let next = t + rng.range(mean_ns / 2, mean_ns * 3 / 2);
-                    heap.push(next << bits | c);
-                }
-                return;
+            let mut queue = CallerQueue::new(cfg.callers, end.as_nanos(), mean_ns);
+            for c in 0..cfg.callers as u64 {
+                queue.push(now + rng.range(0, mean_ns), c);
             }
-            let mut heap = BinaryHeap::new();
-            for c in 0..cfg.callers {
-                heap.push(Reverse((now + rng.range(0, mean_ns), c)));
-            }
-            while let Some(Reverse((t, c))) = heap.pop() {
+            while let Some((t, c)) = queue.pop() {
                 if t >= end.as_nanos() {
                     break;
                 }
@@ -232,7 +200,7 @@ pub(super) async fn drive_callers(
                     }
                 }
                 issue(&caller, i, group).await;
-                heap.push(Reverse((t + rng.range(mean_ns / 2, mean_ns * 3 / 2), c)));
+                queue.push(t + rng.range(mean_ns / 2, mean_ns * 3 / 2), c);
             }
         }
         Pattern::Bursts { first, every } => {
@@ -250,6 +218,88 @@ pub(super) async fn drive_callers(
                 }
                 t = t.saturating_add(*every);
             }
+        }
+    }
+}
+
+/// A process's steady callers by next request time (nanoseconds), ties by caller index.
+///
+/// Packed into one `u64` per caller (time above the index bits) when every time the run can
+/// reach fits, which halves the heap and its comparisons; otherwise `(time, caller)` pairs.
+/// Both give the same order.
+enum CallerQueue {
+    Packed { heap: MinHeap4<u64>, bits: u32 },
+    Wide(MinHeap4<(u64, u64)>),
+}
+
+impl CallerQueue {
+    /// A queue for `callers` callers whose times stay below `end_ns` plus one and a half
+    /// intervals of `mean_ns`.
+    fn new(callers: usize, end_ns: u64, mean_ns: u64) -> CallerQueue {
+        let bits = u64::BITS - (callers.max(1) as u64 - 1).leading_zeros();
+        let latest = end_ns
+            .saturating_add(mean_ns.saturating_mul(3) / 2)
+            .saturating_add(1);
+        if bits < 64 && latest.leading_zeros() >= bits {
+            CallerQueue::Packed {
+                heap: MinHeap4::with_capacity(callers),
+                bits,
+            }
+        } else {
+            CallerQueue::Wide(MinHeap4::with_capacity(callers))
+        }
+    }
+
+    fn push(&mut self, t: u64, c: u64) {
+        match self {
+            CallerQueue::Packed { heap, bits } => heap.push(t << *bits | c),
+            CallerQueue::Wide(heap) => heap.push((t, c)),
+        }
+    }
+
+    fn pop(&mut self) -> Option<(u64, u64)> {
+        match self {
+            CallerQueue::Packed { heap, bits } => heap
+                .pop()
+                .map(|key| (key >> *bits, key & ((1u64 << *bits) - 1))),
+            CallerQueue::Wide(heap) => heap.pop(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CallerQueue;
+
+    /// Packed and wide queues hand out the same `(time, caller)` sequence, ties by caller.
+    #[test]
+    fn packed_and_wide_queues_agree() {
+        let mut packed = CallerQueue::new(100, 1 << 40, 1 << 20);
+        let mut wide = CallerQueue::new(100, u64::MAX - 1, 1 << 20);
+        assert!(matches!(packed, CallerQueue::Packed { .. }));
+        assert!(matches!(wide, CallerQueue::Wide(_)));
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for c in 0..100 {
+            // Few distinct times, so that ties between callers are common.
+            let t = next() % 50;
+            packed.push(t, c);
+            wide.push(t, c);
+        }
+        let mut last = (0, 0);
+        for _ in 0..1000 {
+            let (a, b) = (packed.pop().unwrap(), wide.pop().unwrap());
+            assert_eq!(a, b);
+            assert!(a >= last, "{a:?} after {last:?}");
+            last = a;
+            let t = a.0 + next() % 50;
+            packed.push(t, a.1);
+            wide.push(t, a.1);
         }
     }
 }
