@@ -462,17 +462,7 @@ async fn middleware(sink: &Sink) {
         )
         .mount(&api)
         .await;
-    let token_endpoint = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(400)
-                .insert_header("content-type", "application/json")
-                .set_body_string(format!(
-                    r#"{{"error":"invalid_grant","error_description":"{RT}"}}"#
-                )),
-        )
-        .mount(&token_endpoint)
-        .await;
+    let token_endpoint = refusing_token_endpoint(&RT.to_owned()).await;
     let credential = credential_for_tower(&token_endpoint).await;
     sink.attach(&credential, "middleware engine event");
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
@@ -531,6 +521,26 @@ async fn middleware(sink: &Sink) {
     }
 }
 
+/// A token endpoint's `invalid_grant` refusal whose `error_description` is `description`.
+fn invalid_grant(description: &str) -> ResponseTemplate {
+    ResponseTemplate::new(400)
+        .insert_header("content-type", "application/json")
+        .set_body_json(serde_json::json!({
+            "error": "invalid_grant",
+            "error_description": description,
+        }))
+}
+
+/// A token endpoint that refuses every request with [`invalid_grant`].
+async fn refusing_token_endpoint(description: &str) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(invalid_grant(description))
+        .mount(&server)
+        .await;
+    server
+}
+
 /// A credential holding the seeded tokens whose refreshes hit `token_endpoint`.
 async fn credential_for_tower(token_endpoint: &MockServer) -> Credential {
     let now = time::OffsetDateTime::now_utc();
@@ -561,13 +571,7 @@ async fn login(sink: &Sink) {
     let token_endpoint = MockServer::start().await;
     Mock::given(method("POST"))
         .and(wiremock::matchers::body_string_contains("code=kfAC"))
-        .respond_with(
-            ResponseTemplate::new(400)
-                .insert_header("content-type", "application/json")
-                .set_body_string(format!(
-                    r#"{{"error":"invalid_grant","error_description":"code {AC} for {CS} ({AT}, {RT})"}}"#
-                )),
-        )
+        .respond_with(invalid_grant(&format!("code {AC} for {CS} ({AT}, {RT})")))
         .mount(&token_endpoint)
         .await;
     Mock::given(method("POST"))
@@ -650,17 +654,7 @@ async fn mcp(sink: &Sink) {
     };
     use rmcp::transport::streamable_http_client::StreamableHttpClient;
 
-    let token_endpoint = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(400)
-                .insert_header("content-type", "application/json")
-                .set_body_string(format!(
-                    r#"{{"error":"invalid_grant","error_description":"{RT} {AT} {CS}"}}"#
-                )),
-        )
-        .mount(&token_endpoint)
-        .await;
+    let token_endpoint = refusing_token_endpoint(&format!("{RT} {AT} {CS}")).await;
     let server = MockServer::start().await;
     Mock::given(path("/mcp"))
         .respond_with(
@@ -738,17 +732,7 @@ async fn cli(sink: &Sink) {
         now - time::Duration::hours(1),
     );
     fs.save(None, &set).await.unwrap();
-    let token_endpoint = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(400)
-                .insert_header("content-type", "application/json")
-                .set_body_string(format!(
-                    r#"{{"error":"invalid_grant","error_description":"{RT} / {CS}"}}"#
-                )),
-        )
-        .mount(&token_endpoint)
-        .await;
+    let token_endpoint = refusing_token_endpoint(&format!("{RT} / {CS}")).await;
     let spec = format!("file:{}", store.display());
     let bin = env!("CARGO_BIN_EXE_keepfresh");
     let runs: Vec<Vec<String>> = vec![
