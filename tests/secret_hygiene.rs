@@ -462,7 +462,7 @@ async fn middleware(sink: &Sink) {
         )
         .mount(&api)
         .await;
-    let token_endpoint = refusing_token_endpoint(&RT.to_owned()).await;
+    let token_endpoint = refusing_token_endpoint(RT).await;
     let credential = credential_for_tower(&token_endpoint).await;
     sink.attach(&credential, "middleware engine event");
     let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
