@@ -235,6 +235,28 @@ fn bounded<'de, D: Deserializer<'de>>(
     Ok(v as u64)
 }
 
+fn world_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    if name.trim().is_empty() || name.chars().any(char::is_control) || name.len() > 100 {
+        return Err(de::Error::custom(
+            "name must be 1 to 100 printable characters",
+        ));
+    }
+    Ok(name)
+}
+
+fn profile_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let name = String::deserialize(d)?;
+    if !Profile::NAMES.contains(&name.as_str()) {
+        return Err(de::Error::custom(format!(
+            "unknown provider profile `{}`; known: {}",
+            name.chars().take(40).collect::<String>(),
+            Profile::NAMES.join(", ")
+        )));
+    }
+    Ok(name)
+}
+
 fn credentials<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     bounded(d, "credentials", 1, MAX_CREDENTIALS)
 }
@@ -281,7 +303,8 @@ impl<'de> Deserialize<'de> for RateKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScenarioFile {
-    /// The world's name in reports.
+    /// The world's name in reports (1 to 100 printable characters).
+    #[serde(deserialize_with = "world_name")]
     pub name: String,
     /// What the world is about (free text).
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -326,6 +349,7 @@ fn default_settle() -> Dur {
 #[serde(deny_unknown_fields)]
 pub struct ProviderSection {
     /// Preset: `strict`, `okta`, `auth0`, `xero`, `github-user`, `slack`, `salesforce`, `google`.
+    #[serde(deserialize_with = "profile_name")]
     pub profile: String,
     /// Access-token lifetime (default: the preset's, 1 h unless the provider fixes it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -910,30 +934,8 @@ impl ScenarioFile {
     fn check(&self, text: &str) -> Result<(), ScenarioFileError> {
         let err =
             |span: Range<usize>, msg: String| Err(ScenarioFileError::at(text, Some(span), msg));
-        if self.name.trim().is_empty()
-            || self.name.chars().any(char::is_control)
-            || self.name.len() > 100
-        {
-            return Err(ScenarioFileError::at(
-                text,
-                text.find("name").map(|i| i..i),
-                "name must be 1 to 100 printable characters",
-            ));
-        }
         if self.duration.0.is_zero() {
             return Err(ScenarioFileError::new("duration must be more than zero"));
-        }
-        if Profile::by_name(&self.provider.profile, Duration::from_secs(3600)).is_err() {
-            return Err(ScenarioFileError::at(
-                text,
-                text.find(&format!("\"{}\"", self.provider.profile))
-                    .map(|i| i..i),
-                format!(
-                    "unknown provider profile `{}`; known: {}",
-                    self.provider.profile,
-                    Profile::NAMES.join(", ")
-                ),
-            ));
         }
         let count = *self.callers.count.get_ref();
         let total = self.world.credentials * self.world.processes;

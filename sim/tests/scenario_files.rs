@@ -212,6 +212,9 @@ fn bad_files_are_refused_with_their_position() {
         .contains("name"));
     assert!(parse_err("name = \"x\"\n").to_string().contains("duration"));
     assert!(parse_err("").to_string().contains("name"));
+    let blank = parse_err("duration = \"1h\"\nname = \"  \"\n");
+    assert_eq!(blank.line(), Some(2), "{blank}");
+    assert!(blank.to_string().contains("printable"), "{blank}");
     assert!(parse_err("name = \"x\"\nduration = \"0s\"\n")
         .to_string()
         .contains("duration"));
