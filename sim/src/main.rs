@@ -521,7 +521,7 @@ fn scenario_command(c: ScenarioCommand) -> i32 {
                     w.credentials,
                     w.processes,
                     w.callers,
-                    humantime_secs(w.duration),
+                    humantime::format_duration(w.duration),
                     w.schedule.len(),
                     if w.active_faults().is_empty() {
                         "none".to_string()
@@ -534,8 +534,4 @@ fn scenario_command(c: ScenarioCommand) -> i32 {
             Err(e) => usage(&e.to_string()),
         },
     }
-}
-
-fn humantime_secs(d: std::time::Duration) -> String {
-    format!("{} s", d.as_secs())
 }
