@@ -18,17 +18,19 @@
 //! - the step-up and re-authorization paths end in the structured tool errors, and a user who
 //!   authorizes again is served on their next call.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use common::Running;
 use keepfresh::store::{FileStore, TokenStore};
 use keepfresh::{AccessToken, RefreshToken, TokenSet};
 use keepfresh_mcp_example::token_digest;
 use keepfresh_sim::http::{Grant, HttpProvider, ServeConfig, ServerSummary};
 use serde_json::Value;
+
+mod common;
 
 /// Every token the mock provider mints contains it (`keepfresh_sim::provider::SECRET_MARKER`).
 const MOCK_SECRET: &str = "kfs~";
@@ -156,16 +158,6 @@ impl World {
     }
 }
 
-/// A child process that is killed when the test ends, however it ends.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// The HTTP example server for `users` (name, bearer token), its log in `log`; the MCP
 /// endpoint's URL.
 fn start_http_server(world: &World, users: &[(&str, String)], log: &Path) -> (Running, String) {
@@ -175,27 +167,15 @@ fn start_http_server(world: &World, users: &[(&str, String)], log: &Path) -> (Ru
         .map(|(name, token)| (name.to_string(), token_digest(token).into()))
         .collect();
     std::fs::write(&users_file, serde_json::to_string(&table).unwrap()).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-server-http"))
-        .args(["--listen", "127.0.0.1:0", "--users"])
-        .arg(&users_file)
-        .arg("--store-dir")
-        .arg(world.path("tokens"))
-        .args(world.upstream_args())
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    (Running(child), url)
+    common::start_http_server(|c| {
+        c.arg("--users")
+            .arg(&users_file)
+            .arg("--store-dir")
+            .arg(world.path("tokens"))
+            .args(world.upstream_args())
+            .env("RUST_LOG", "debug")
+            .stderr(std::fs::File::create(log).unwrap());
+    })
 }
 
 /// Runs the Python driver with `args`; its JSON answer.

@@ -4,12 +4,12 @@
 //! refresh brings a known one, and the retried request — the MCP handshake itself — goes
 //! through. Runs without Python.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
+use common::Running;
 use keepfresh::mcp::CredentialHttpClient;
 use keepfresh::{refresher_fn, AccessToken, Credential, RefreshToken, TokenResponse, TokenSet};
 use keepfresh_mcp_example::token_digest;
@@ -19,43 +19,24 @@ use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::ServiceExt;
 
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+mod common;
 
 fn start_server(dir: &Path, provider: &HttpProvider, token: &str) -> (Running, String) {
     let users = dir.join("users.json");
     std::fs::write(&users, format!(r#"{{"alice": "{}"}}"#, token_digest(token))).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mcp-server-http"))
-        .args(["--listen", "127.0.0.1:0", "--users"])
-        .arg(&users)
-        .arg("--store-dir")
-        .arg(dir.join("tokens"))
-        .args([
-            "--token-url",
-            &provider.token_url(),
-            "--api-url",
-            &provider.resource_url(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap()
-        .to_owned();
-    (Running(child), url)
+    common::start_http_server(|c| {
+        c.arg("--users")
+            .arg(&users)
+            .arg("--store-dir")
+            .arg(dir.join("tokens"))
+            .args([
+                "--token-url",
+                &provider.token_url(),
+                "--api-url",
+                &provider.resource_url(),
+            ])
+            .stderr(Stdio::null());
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
