@@ -98,6 +98,9 @@ struct Core {
     injected_panics: u64,
     /// Ready tasks of frozen groups, put back in the ready queue when their group thaws.
     parked: Vec<(usize, u32, Group)>,
+    /// The task being polled: its slot, generation and the address of its waker's data, so
+    /// a timer registered with that waker is kept as [`TimerWake::Task`]. `None` between polls.
+    polling: Option<(usize, u32, usize)>,
 }
 
 thread_local! {
@@ -139,6 +142,7 @@ impl CoreRef {
             spawns: 0,
             injected_panics: 0,
             parked: Vec::new(),
+            polling: None,
         };
         CORES.with(|c| {
             let mut c = c.borrow_mut();
@@ -242,13 +246,29 @@ struct Slot {
     group: Group,
     generation: u32,
     live: bool,
+    /// The live task is in the ready queue (or parked): woken once until polled. Kept here,
+    /// beside what a wake reads anyway, rather than behind the waker's pointer; a task's
+    /// [`TaskWaker::queued`] takes it over when the task ends ([`Slot::retire`]).
+    queued: bool,
+}
+
+impl Slot {
+    /// Ends the live task of this slot: from now on its waker's own flag says whether it
+    /// is queued.
+    fn retire(&mut self, waker: Option<&Arc<TaskWaker>>) {
+        self.live = false;
+        if let Some(w) = waker.or(self.waker.as_ref()) {
+            w.queued.store(self.queued, Ordering::Relaxed);
+        }
+    }
 }
 
 struct TaskWaker {
     id: usize,
     generation: u32,
-    /// Already in the ready queue (only touched on the executor's thread; an atomic for
-    /// `Sync`, read and written with plain loads and stores).
+    /// Once its task has ended: already in the ready queue (only touched on the executor's
+    /// thread; an atomic for `Sync`, read and written with plain loads and stores). While
+    /// the task lives, [`Slot::queued`] says it.
     queued: AtomicBool,
     core: CoreRef,
 }
@@ -256,9 +276,20 @@ struct TaskWaker {
 impl ArcWake for TaskWaker {
     fn wake_by_ref(arc_self: &Arc<Self>) {
         arc_self.core.try_with(|c| {
-            if !arc_self.queued.load(Ordering::Relaxed) {
-                arc_self.queued.store(true, Ordering::Relaxed);
-                c.ready.push((arc_self.id, arc_self.generation));
+            let (id, generation) = (arc_self.id, arc_self.generation);
+            match c.tasks.slots.get_mut(id) {
+                Some(slot) if slot.generation == generation && slot.live => {
+                    if !slot.queued {
+                        slot.queued = true;
+                        c.ready.push((id, generation));
+                    }
+                }
+                _ => {
+                    if !arc_self.queued.load(Ordering::Relaxed) {
+                        arc_self.queued.store(true, Ordering::Relaxed);
+                        c.ready.push((id, generation));
+                    }
+                }
             }
         });
     }
@@ -388,7 +419,30 @@ const FREE: u64 = u64::MAX;
 struct TimerSlot {
     /// Registration order of the timer held, or [`FREE`].
     seq: u64,
-    waker: Option<Waker>,
+    wake: TimerWake,
+}
+
+/// What a timer wakes when it fires.
+///
+/// Nearly every timer is registered by a task's own future with the waker the executor
+/// polls it with (a process's caller loop, the engine's refresh-ahead sleep). Such a timer
+/// names the task by slot and generation and is woken inside the executor's state: no
+/// waker clone and drop (two atomic reference-count updates) and no separate visit to the
+/// state per fired timer. The task is woken exactly as its waker would wake it. Any other
+/// waker (a combinator's, a waker from outside the executor) is kept as it is.
+enum TimerWake {
+    /// A free slot, or a timer already fired or cancelled.
+    Empty,
+    /// The task polled when the timer was registered, by slot and generation.
+    Task(usize, u32),
+    /// Any other waker.
+    Waker(Waker),
+}
+
+impl TimerWake {
+    fn take(&mut self) -> TimerWake {
+        std::mem::replace(self, TimerWake::Empty)
+    }
 }
 
 #[inline]
@@ -409,13 +463,13 @@ fn timer_parts(key: u128) -> (u64, u64, u32) {
 
 impl Timers {
     /// Registers a timer at `at`: its slot and registration order.
-    fn register(&mut self, at: u64, waker: Waker) -> (u32, u64) {
+    fn register(&mut self, at: u64, wake: TimerWake) -> (u32, u64) {
         let idx = match self.free.pop() {
             Some(i) => i,
             None => {
                 self.slots.push(TimerSlot {
                     seq: FREE,
-                    waker: None,
+                    wake: TimerWake::Empty,
                 });
                 (self.slots.len() - 1) as u32
             }
@@ -427,22 +481,22 @@ impl Timers {
         );
         self.seq += 1;
         let slot = &mut self.slots[idx as usize];
-        slot.waker = Some(waker);
+        slot.wake = wake;
         slot.seq = seq;
         self.heap.push(timer_key(at, seq, idx));
         (idx, seq)
     }
 
-    /// Frees slot `idx` if it still holds the timer registered `seq`th; returns its waker (to
-    /// be dropped or woken outside the executor's state).
-    fn release(&mut self, idx: u32, seq: u64) -> Option<Waker> {
+    /// Frees slot `idx` if it still holds the timer registered `seq`th; returns what it wakes
+    /// (a [`TimerWake::Waker`] is to be dropped or woken outside the executor's state).
+    fn release(&mut self, idx: u32, seq: u64) -> Option<TimerWake> {
         let slot = &mut self.slots[idx as usize];
         if slot.seq != seq {
             return None;
         }
         slot.seq = FREE;
         self.free.push(idx);
-        slot.waker.take()
+        Some(slot.wake.take())
     }
 
     fn is_live(&self, idx: u32, seq: u64) -> bool {
@@ -455,8 +509,9 @@ enum Next {
     Stale,
     /// A task found dead when it was to be put back: its future, to drop.
     Dead(BoxFuture<'static, ()>, Arc<TaskWaker>),
-    /// Timers fired at the earliest deadline: their wakers, to wake in order.
-    Fired(Option<Waker>, Vec<Waker>),
+    /// Timers fired at the earliest deadline whose wakes must happen outside the executor's
+    /// state, in this order (the ones before them were woken inside it).
+    Fired(Vec<TimerWake>),
     Horizon,
     Idle,
     Poll {
@@ -494,7 +549,7 @@ impl Core {
         let slot = &mut self.tasks.slots[t.id];
         if dead {
             if slot.generation == t.generation && slot.live {
-                slot.live = false;
+                slot.retire(Some(&t.waker));
                 self.tasks.free.push(t.id);
             }
             Some((t.fut, t.waker))
@@ -507,15 +562,28 @@ impl Core {
 
     /// The next step of [`Executor::run`]: the ready task to poll (drawn from the seed), or,
     /// with none ready, the timers at the earliest pending deadline (time moves to it; to
-    /// `horizon` if that lies beyond).
+    /// `horizon` if that lies beyond). Timers that wake their own task are woken here and the
+    /// step goes on to the pick, as the visit after their firing would.
     #[inline]
     fn next(&mut self, start: u64, max_steps: u64, horizon: MonoTime) -> Next {
-        if self.polls + self.timer_fires - start >= max_steps {
-            return Next::StepCap;
+        self.polling = None;
+        loop {
+            if self.polls + self.timer_fires - start >= max_steps {
+                return Next::StepCap;
+            }
+            if !self.ready.is_empty() {
+                return self.pick();
+            }
+            match self.fire_timers(horizon) {
+                Next::Fired(outside) if outside.is_empty() => {}
+                other => return other,
+            }
         }
-        if self.ready.is_empty() {
-            return self.fire_timers(horizon);
-        }
+    }
+
+    /// Takes a ready task to poll, drawn from the seed.
+    #[inline]
+    fn pick(&mut self) -> Next {
         let len = self.ready.len();
         // `below(1)` is always 0: the draw is still made (the generator moves on exactly as
         // before), without the 64-bit division.
@@ -544,8 +612,10 @@ impl Core {
         // Moved out and back rather than cloned: no reference counting per poll.
         let waker = slot.waker.take().expect("live slot has a waker");
         let group = slot.group;
-        waker.queued.store(false, Ordering::Relaxed);
+        slot.queued = false;
         self.polls += 1;
+        // The data of the waker `run` builds with `waker_ref` is the `TaskWaker` itself.
+        self.polling = Some((id, generation, Arc::as_ptr(&waker) as usize));
         Next::Poll {
             id,
             generation,
@@ -555,12 +625,42 @@ impl Core {
         }
     }
 
-    /// Takes every live timer at the earliest pending deadline (their wakers are woken outside
-    /// the executor's state). `Idle` when no timer is pending; `Horizon` when the earliest lies
-    /// beyond `horizon` (time is then moved to it).
+    /// What a timer registered now with `waker` is to wake: the task being polled if `waker`
+    /// is its own, else a clone of `waker`.
+    #[inline]
+    fn timer_wake(&self, waker: &Waker) -> TimerWake {
+        match self.polling {
+            Some((id, generation, data)) if waker.data() as usize == data => {
+                TimerWake::Task(id, generation)
+            }
+            _ => TimerWake::Waker(waker.clone()),
+        }
+    }
+
+    /// Wakes task `id` of `generation` as its [`TaskWaker`] would: queued once until polled.
+    /// A task that no longer lives is queued all the same and skipped when drawn.
+    #[inline]
+    fn wake_task(tasks: &mut Tasks, ready: &mut Vec<(usize, u32)>, id: usize, generation: u32) {
+        if let Some(slot) = tasks.slots.get_mut(id)
+            && slot.generation == generation
+            && slot.live
+        {
+            if !slot.queued {
+                slot.queued = true;
+                ready.push((id, generation));
+            }
+            return;
+        }
+        ready.push((id, generation));
+    }
+
+    /// Takes every live timer at the earliest pending deadline. Timers that wake a task are
+    /// woken here, in firing order, until the first that holds another waker; from that one
+    /// on, they are returned to be woken in order outside the executor's state. `Idle` when
+    /// no timer is pending; `Horizon` when the earliest lies beyond `horizon` (time is then
+    /// moved to it).
     fn fire_timers(&mut self, horizon: MonoTime) -> Next {
-        let mut first: Option<Waker> = None;
-        let mut more: Vec<Waker> = Vec::new();
+        let mut outside: Vec<TimerWake> = Vec::new();
         let mut fired = 0u64;
         let timers = &mut self.timers;
         let mut at = None;
@@ -582,12 +682,14 @@ impl Core {
                 Some(_) => {}
             }
             timers.heap.pop();
-            if let Some(w) = timers.release(idx, seq) {
+            if let Some(wake) = timers.release(idx, seq) {
                 fired += 1;
-                if first.is_none() {
-                    first = Some(w);
-                } else {
-                    more.push(w);
+                match wake {
+                    TimerWake::Task(id, generation) if outside.is_empty() => {
+                        Self::wake_task(&mut self.tasks, &mut self.ready, id, generation);
+                    }
+                    TimerWake::Empty => {}
+                    other => outside.push(other),
                 }
             }
         }
@@ -596,7 +698,7 @@ impl Core {
             self.set_now(at);
         }
         self.timer_fires += fired;
-        Next::Fired(first, more)
+        Next::Fired(outside)
     }
 }
 
@@ -647,6 +749,7 @@ impl Executor {
                 } => {
                     let done = {
                         let w = waker_ref(&waker);
+                        debug_assert_eq!(w.data(), Arc::as_ptr(&waker).cast::<()>());
                         let mut cx = Context::from_waker(&w);
                         if group == Group::WORLD {
                             fut.as_mut().poll(&mut cx).is_ready()
@@ -656,7 +759,10 @@ impl Executor {
                                 None => {
                                     // Like a host runtime, drop the task that panicked and
                                     // keep the process's other tasks running.
-                                    core.with(|c| c.injected_panics += 1);
+                                    core.with(|c| {
+                                        c.polling = None;
+                                        c.injected_panics += 1;
+                                    });
                                     true
                                 }
                             }
@@ -664,9 +770,10 @@ impl Executor {
                     };
                     if done {
                         core.with(|c| {
+                            c.polling = None;
                             let slot = &mut c.tasks.slots[id];
                             if slot.generation == generation && slot.live {
-                                slot.live = false;
+                                slot.retire(Some(&waker));
                                 c.tasks.free.push(id);
                             }
                         });
@@ -682,13 +789,16 @@ impl Executor {
                         });
                     }
                 }
-                Next::Fired(first, more) => {
+                Next::Fired(outside) => {
                     // Woken outside the executor's state: a wake re-enters it.
-                    if let Some(w) = first {
-                        w.wake();
-                    }
-                    for w in more {
-                        w.wake();
+                    for wake in outside {
+                        match wake {
+                            TimerWake::Task(id, generation) => core.with(|c| {
+                                Core::wake_task(&mut c.tasks, &mut c.ready, id, generation);
+                            }),
+                            TimerWake::Waker(w) => w.wake(),
+                            TimerWake::Empty => {}
+                        }
                     }
                 }
                 Next::Horizon => return RunEnd::Horizon,
@@ -742,11 +852,7 @@ impl Drop for Executor {
         let wakers: Vec<_> = core
             .try_with(|c| {
                 c.timers.heap.clear();
-                c.timers
-                    .slots
-                    .iter_mut()
-                    .filter_map(|s| s.waker.take())
-                    .collect()
+                c.timers.slots.iter_mut().map(|s| s.wake.take()).collect()
             })
             .unwrap_or_default();
         drop(wakers);
@@ -816,6 +922,7 @@ impl ExecHandle {
                         group,
                         generation: 0,
                         live: false,
+                        queued: false,
                     });
                     tasks.slots.len() - 1
                 }
@@ -824,6 +931,7 @@ impl ExecHandle {
             slot.generation = slot.generation.wrapping_add(1);
             slot.group = group;
             slot.live = true;
+            slot.queued = true;
             slot.fut = Some(fut);
             slot.waker = Some(Arc::new(TaskWaker {
                 id,
@@ -855,8 +963,8 @@ impl ExecHandle {
                     && slot.group == group
                     && let Some(f) = slot.fut.take()
                 {
+                    slot.retire(None);
                     out.push((f, slot.waker.take()));
-                    slot.live = false;
                     freed.push(id);
                 }
             }
@@ -1180,15 +1288,28 @@ impl Future for SimSleep {
         // One visit to the executor's state to (re)register the timer.
         let old = this.shared.with(|c| match *slot {
             Some((idx, seq)) => {
-                let s = &mut c.timers.slots[idx as usize];
-                match &s.waker {
-                    _ if s.seq != seq => None,
-                    Some(old) if old.will_wake(cx.waker()) => None,
-                    _ => s.waker.replace(cx.waker().clone()),
+                if c.timers.slots[idx as usize].seq != seq {
+                    return None;
                 }
+                let same = match &c.timers.slots[idx as usize].wake {
+                    TimerWake::Task(id, generation) => c.polling.is_some_and(|(i, g, data)| {
+                        (i, g) == (*id, *generation) && cx.waker().data() as usize == data
+                    }),
+                    TimerWake::Waker(old) => old.will_wake(cx.waker()),
+                    TimerWake::Empty => false,
+                };
+                if same {
+                    return None;
+                }
+                let wake = c.timer_wake(cx.waker());
+                Some(std::mem::replace(
+                    &mut c.timers.slots[idx as usize].wake,
+                    wake,
+                ))
             }
             None => {
-                *slot = Some(c.timers.register(deadline, cx.waker().clone()));
+                let wake = c.timer_wake(cx.waker());
+                *slot = Some(c.timers.register(deadline, wake));
                 None
             }
         });
@@ -1428,6 +1549,91 @@ mod tests {
         }
         assert_eq!(ours.pop(), None);
         assert_eq!(timer_parts(timer_key(5, 6, 7)), (5, 6, 7));
+    }
+
+    #[test]
+    fn a_timer_wakes_the_task_that_last_polled_it_whatever_its_waker() {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let ex = Executor::new(11);
+        let h = ex.handle();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let secs = |s: u64| Duration::from_secs(s);
+        // Polled with the task's own waker.
+        let (h1, l1) = (h.clone(), log.clone());
+        h.spawn_in(Group::WORLD, async move {
+            h1.sleep(secs(3)).await;
+            l1.lock().push(("direct", h1.now()));
+        });
+        // Polled with a combinator's waker, at the same deadline as another task's own.
+        let (h2, l2) = (h.clone(), log.clone());
+        h.spawn_in(Group::WORLD, async move {
+            let mut set: FuturesUnordered<_> = (1..=3u64).map(|k| h2.sleep(secs(k))).collect();
+            while set.next().await.is_some() {}
+            l2.lock().push(("combinator", h2.now()));
+        });
+        // Registered by one task, then handed to another that polls it: the second wakes.
+        let (tx, rx) = futures::channel::oneshot::channel::<SimSleep>();
+        let (h3, l3) = (h.clone(), log.clone());
+        h.spawn_in(Group::WORLD, async move {
+            let mut sleep = h3.sleep(secs(5));
+            let mut once = false;
+            futures::future::poll_fn(|cx| {
+                if !once {
+                    once = true;
+                    assert!(Pin::new(&mut sleep).poll(cx).is_pending());
+                }
+                Poll::Ready(())
+            })
+            .await;
+            tx.send(sleep).expect("receiver alive");
+            l3.lock().push(("handed over", h3.now()));
+        });
+        let (h4, l4) = (h.clone(), log.clone());
+        h.spawn_in(Group::WORLD, async move {
+            let sleep = rx.await.expect("sender sends");
+            sleep.await;
+            l4.lock().push(("received", h4.now()));
+        });
+        assert_eq!(ex.run(MonoTime::MAX, 1_000), RunEnd::Idle);
+        assert_eq!(ex.live_tasks(), 0);
+        let mut got = log.lock().clone();
+        got.sort_by_key(|&(name, _)| name);
+        let at = |s: u64| MonoTime::from_duration(secs(s));
+        assert_eq!(
+            got,
+            vec![
+                ("combinator", at(3)),
+                ("direct", at(3)),
+                ("handed over", at(0)),
+                ("received", at(5)),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_step_cap_counts_every_poll_and_timer_fire() {
+        for cap in [1, 2, 5, 9, 17] {
+            let ex = Executor::new(4);
+            let h = ex.handle();
+            for i in 0..8u64 {
+                let h2 = h.clone();
+                h.spawn_in(Group::WORLD, async move {
+                    for k in 0..3 {
+                        h2.sleep(Duration::from_secs(1 + (i + k) % 2)).await;
+                    }
+                });
+            }
+            assert_eq!(ex.run(MonoTime::MAX, cap), RunEnd::StepCap, "cap {cap}");
+            let events = ex.stats().events();
+            // Timers at one deadline fire together, so a cap may be passed by the rest of them.
+            assert!(
+                events >= cap && events < cap + 8,
+                "cap {cap}: {events} events"
+            );
+            assert_eq!(ex.run(MonoTime::MAX, 1_000), RunEnd::Idle);
+            // 8 first polls, then 3 timers and 3 polls per task.
+            assert_eq!(ex.stats().events(), 8 + 8 * 6);
+        }
     }
 
     #[test]
