@@ -360,11 +360,30 @@ impl<K: Copy + Ord> MinHeap4<K> {
     /// Takes the least key out.
     pub(crate) fn pop(&mut self) -> Option<K> {
         let last = self.v.pop()?;
-        let n = self.v.len();
-        if n == 0 {
+        if self.v.is_empty() {
             return Some(last);
         }
         let top = self.v[0];
+        self.sift_down(last);
+        Some(top)
+    }
+
+    /// Takes the least key out and adds `key` (distinct from every key held), in one pass
+    /// down the heap: `pop` then `push`, without the `push`. `None` (and `key` is added) if
+    /// the heap was empty.
+    pub(crate) fn replace_top(&mut self, key: K) -> Option<K> {
+        let Some(&top) = self.v.first() else {
+            self.v.push(key);
+            return None;
+        };
+        self.sift_down(key);
+        Some(top)
+    }
+
+    /// Fills the root with `key`, moved down to its place (the root's key is overwritten).
+    #[inline]
+    fn sift_down(&mut self, key: K) {
+        let n = self.v.len();
         let mut i = 0;
         loop {
             let first = 4 * i + 1;
@@ -393,14 +412,13 @@ impl<K: Copy + Ord> MinHeap4<K> {
                 }
                 (m, mk)
             };
-            if mk >= last {
+            if mk >= key {
                 break;
             }
             self.v[i] = mk;
             i = m;
         }
-        self.v[i] = last;
-        Some(top)
+        self.v[i] = key;
     }
 
     fn clear(&mut self) {
@@ -1539,8 +1557,15 @@ mod tests {
                 seq += 1;
                 ours.push(key);
                 std_heap.push(Reverse(key));
-            } else {
+            } else if rng.below(2) == 0 {
                 assert_eq!(ours.pop(), std_heap.pop().map(|Reverse(k)| k));
+            } else {
+                // A later key in place of the least one, as a caller queue does.
+                let key = timer_key(round / 4 + 50 + rng.below(50) as u64, seq, 0);
+                seq += 1;
+                let top = std_heap.pop().map(|Reverse(k)| k);
+                std_heap.push(Reverse(key));
+                assert_eq!(ours.replace_top(key), top);
             }
             assert_eq!(ours.peek(), std_heap.peek().map(|&Reverse(k)| k));
         }

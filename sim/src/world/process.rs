@@ -188,7 +188,9 @@ pub(super) async fn drive_callers(
             for c in 0..cfg.callers as u64 {
                 queue.push(now + rng.range(0, mean_ns), c);
             }
-            while let Some((t, c)) = queue.pop() {
+            // Each turn serves the earliest caller and puts it back at its next time in one
+            // pass down the queue (`replace_top`), not a `pop` and a `push`.
+            while let Some((t, c)) = queue.peek() {
                 if t >= end.as_nanos() {
                     break;
                 }
@@ -200,7 +202,7 @@ pub(super) async fn drive_callers(
                     }
                 }
                 issue(&caller, i, group).await;
-                queue.push(t + rng.range(mean_ns / 2, mean_ns * 3 / 2), c);
+                queue.replace_top(t + rng.range(mean_ns / 2, mean_ns * 3 / 2), c);
             }
         }
         Pattern::Bursts { first, every } => {
@@ -257,6 +259,30 @@ impl CallerQueue {
         }
     }
 
+    /// The earliest `(time, caller)`.
+    fn peek(&self) -> Option<(u64, u64)> {
+        match self {
+            CallerQueue::Packed { heap, bits } => heap
+                .peek()
+                .map(|key| (key >> *bits, key & ((1u64 << *bits) - 1))),
+            CallerQueue::Wide(heap) => heap.peek(),
+        }
+    }
+
+    /// Puts the earliest caller, `c`, back at time `t` (it must be the earliest).
+    fn replace_top(&mut self, t: u64, c: u64) {
+        debug_assert_eq!(self.peek().map(|p| p.1), Some(c));
+        match self {
+            CallerQueue::Packed { heap, bits } => {
+                heap.replace_top(t << *bits | c);
+            }
+            CallerQueue::Wide(heap) => {
+                heap.replace_top((t, c));
+            }
+        }
+    }
+
+    #[cfg(test)]
     fn pop(&mut self) -> Option<(u64, u64)> {
         match self {
             CallerQueue::Packed { heap, bits } => heap
@@ -292,14 +318,21 @@ mod tests {
             wide.push(t, c);
         }
         let mut last = (0, 0);
-        for _ in 0..1000 {
-            let (a, b) = (packed.pop().unwrap(), wide.pop().unwrap());
+        for round in 0..2000 {
+            let (a, b) = (packed.peek().unwrap(), wide.peek().unwrap());
             assert_eq!(a, b);
             assert!(a >= last, "{a:?} after {last:?}");
             last = a;
             let t = a.0 + next() % 50;
-            packed.push(t, a.1);
-            wide.push(t, a.1);
+            if round % 2 == 0 {
+                packed.replace_top(t, a.1);
+                wide.replace_top(t, a.1);
+            } else {
+                assert_eq!(packed.pop(), Some(a));
+                assert_eq!(wide.pop(), Some(a));
+                packed.push(t, a.1);
+                wide.push(t, a.1);
+            }
         }
     }
 }
