@@ -104,7 +104,7 @@ struct Shared {
 /// independent shards of that many credentials, one after the other: shard `k` is the world
 /// with credentials `k * shard ..` (local indices in its trace and messages) and seed
 /// `derive(seed, SHARD_SEED + k)` and its own step cap of `max_steps`. Figures are summed
-/// (maxima for maxima), the trace hash is FNV-1a over the shards' hashes in order, and the
+/// (maxima for maxima), the trace hash mixes the shards' hashes in order, and the
 /// first failing shard's failure is the run's (named with its shard and credential range), so
 /// a failing seed replays exactly. [`WorldConfig::shard_jobs`] threads run shards at once.
 pub fn run(

@@ -40,7 +40,7 @@ pub(crate) fn delivered_span(kept: &VecDeque<Delivered>) -> (MonoTime, MonoTime)
 #[derive(Debug)]
 pub struct Trace {
     pub(crate) ring: VecDeque<(MonoTime, String)>,
-    /// FNV-1a over every traced line and serve.
+    /// A hash of every traced line and serve, in order (see [`Trace::mix`]).
     pub hash: u64,
     /// Lines traced.
     pub lines: u64,
@@ -57,12 +57,29 @@ impl Trace {
         }
     }
 
+    /// Mixes `bytes` into the hash eight at a time: each little-endian word (the last one
+    /// zero-padded, with the count of its bytes in the top three bits) is xored into the
+    /// state, which is then multiplied by an odd constant and rotated. Each step is a
+    /// bijection of the state, so two traces that differ in a single word never hash alike.
+    /// (It replaced FNV-1a, whose byte at a time was a dependent multiply per byte: 8 per
+    /// caller request, about 100 per trace line.)
     #[inline]
     pub(crate) fn mix(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.hash ^= *b as u64;
-            self.hash = self.hash.wrapping_mul(0x0100_0000_01b3);
+        const K: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut h = self.hash;
+        let mut words = bytes.chunks_exact(8);
+        for w in &mut words {
+            let w = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            h = (h ^ w).wrapping_mul(K).rotate_left(29);
         }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            let w = u64::from_le_bytes(last) ^ (rest.len() as u64) << 61;
+            h = (h ^ w).wrapping_mul(K).rotate_left(29);
+        }
+        self.hash = h;
     }
 
     /// The last lines with their simulated timestamps.
@@ -507,5 +524,37 @@ pub(super) fn final_checks(w: &Arc<Shared>, now: MonoTime) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Trace;
+
+    fn hash(parts: &[&[u8]]) -> u64 {
+        let mut t = Trace::new(false);
+        for p in parts {
+            t.mix(p);
+        }
+        t.hash
+    }
+
+    /// Any one changed byte, a moved line end or a trailing zero changes the trace hash.
+    #[test]
+    fn the_trace_hash_tells_apart_traces_that_differ_in_one_byte() {
+        let line = b"p3 Refreshed { at: 86465012.855s, flight: FlightId(25), generation: 26 }";
+        let base = hash(&[line]);
+        assert_eq!(base, hash(&[line]));
+        for i in 0..line.len() {
+            for bit in 0..8 {
+                let mut changed = line.to_vec();
+                changed[i] ^= 1 << bit;
+                assert_ne!(hash(&[&changed]), base, "byte {i} bit {bit}");
+            }
+        }
+        assert_ne!(hash(&[b"a"]), hash(&[b"a\0"]));
+        assert_ne!(hash(&[b""]), hash(&[b"\0"]));
+        assert_ne!(hash(&[b"12345678", b"9"]), hash(&[b"12345678", b"8"]));
+        assert_ne!(hash(&[b"x", b"y"]), hash(&[b"y", b"x"]));
     }
 }
