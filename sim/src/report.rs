@@ -43,6 +43,7 @@ pub fn figures(cfg: &WorldConfig, seed: u64, out: &Outcome) -> Value {
         "served_past_unstated_expiry": m.served_past_true_expiry,
         "resource_server_401": m.rs_unauthorized,
         "resource_server_401_after_retry": m.rs_unauthorized_after_retry,
+        "resource_server_401_after_retry_unreported": m.rs_retry_revoked_unreported,
         "resource_server_requests": m.rs_requests,
         "resource_server_403_step_up": m.rs_step_up,
         "reauth_signals": m.reauths,

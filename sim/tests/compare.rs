@@ -225,3 +225,31 @@ fn the_store_check_blames_only_a_lost_rotation() {
         );
     }
 }
+
+/// The retry check still catches a client that ignores a 401: golang's and aws's models keep
+/// handing out the token the resource server rejected, and each of their retries is served the
+/// very token its process was told was rejected (the check excuses only revocations no 401 had
+/// reported yet). keepfresh drops it and refreshes, and breaks nothing.
+#[test]
+fn a_client_that_ignores_401s_fails_the_retry_check_keepfresh_passes() {
+    let c = named(
+        "revoked-token-401",
+        97000122,
+        &["keepfresh", "golang-oauth2", "aws-lazy-cache"],
+    );
+    for client in ["golang-oauth2", "aws-lazy-cache"] {
+        let r = row(&c, client);
+        assert!(
+            r.invariants_broken.iter().any(|m| m.contains(
+                "retries after a 401 were served a token the resource server also rejected"
+            )),
+            "{client}: {r:?}"
+        );
+    }
+    // Two revocations 1.7 s apart make keepfresh refresh twice that close together, which the
+    // comparison's duplicate count (any call soon after a delivered refresh) counts; every
+    // invariant holds.
+    let k = row(&c, "keepfresh");
+    assert!(k.invariants_broken.is_empty(), "{:?}", k.invariants_broken);
+    assert_eq!((k.replays, k.grants_revoked, k.reauth), (0, 0, 0), "{k:?}");
+}

@@ -134,7 +134,11 @@ pub(super) async fn request(caller: Arc<Caller>, i: usize) {
         }
         _ => return,
     }
-    w.state.lock().metrics.rs_unauthorized += 1;
+    {
+        let mut s = w.state.lock();
+        s.metrics.rs_unauthorized += 1;
+        s.reported_rejected[i].insert(token.access.expose_secret().to_owned());
+    }
     client.unauthorized(&token);
     let retry_start = w.exec.now();
     let retry_valid = w.state.lock().valid_token_at(w.procs[i].cred, retry_start);
@@ -143,9 +147,15 @@ pub(super) async fn request(caller: Arc<Caller>, i: usize) {
     if let Some(t2) = served(w, i, retry_mono, retry_valid, again, &mut pending, false) {
         let mut s = w.state.lock();
         let now = w.exec.now();
-        if s.provider.check_resource(t2.access.expose_secret(), now) == ResourceAnswer::Unauthorized
-        {
-            s.metrics.rs_unauthorized_after_retry += 1;
+        let access = t2.access.expose_secret();
+        if s.provider.check_resource(access, now) == ResourceAnswer::Unauthorized {
+            // Blamed only for a token the process was told was rejected: a revocation no 401
+            // has reported yet is one no client can know of.
+            if s.reported_rejected[i].contains(access) {
+                s.metrics.rs_unauthorized_after_retry += 1;
+            } else {
+                s.metrics.rs_retry_revoked_unreported += 1;
+            }
         }
     }
 }

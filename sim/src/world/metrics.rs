@@ -132,8 +132,11 @@ pub struct Metrics {
     pub served_past_true_expiry: u64,
     /// Resource-server 401s seen by callers.
     pub rs_unauthorized: u64,
-    /// 401s again after the one retry.
+    /// 401s again after the one retry, for a token the process had been told was rejected.
     pub rs_unauthorized_after_retry: u64,
+    /// 401s again after the one retry, for a token revoked since it was issued that no 401 had
+    /// reported to the process yet (no client can know of it; not a failure).
+    pub rs_retry_revoked_unreported: u64,
     /// Resource requests checked by the resource server.
     pub rs_requests: u64,
     /// Resource-server 403 `insufficient_scope` answers (step-ups; never a refresh).
@@ -211,6 +214,7 @@ impl Metrics {
         self.served_past_true_expiry += o.served_past_true_expiry;
         self.rs_unauthorized += o.rs_unauthorized;
         self.rs_unauthorized_after_retry += o.rs_unauthorized_after_retry;
+        self.rs_retry_revoked_unreported += o.rs_retry_revoked_unreported;
         self.rs_requests += o.rs_requests;
         self.rs_step_up += o.rs_step_up;
         self.reauths += o.reauths;

@@ -364,6 +364,7 @@ fn run_one(
         lost_grant: vec![false; cfg.credentials],
         misled: vec![false; procs_total],
         seen_rotated: vec![HashSet::new(); procs_total],
+        reported_rejected: vec![HashSet::new(); procs_total],
         served_sets: vec![Vec::new(); procs_total],
     }));
     if cfg.faults.listener_panics > 0.0 {

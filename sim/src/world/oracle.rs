@@ -150,6 +150,9 @@ pub struct State {
     /// Per process instance: refresh tokens whose rotation answer reached it. It knows they are
     /// spent; sending one again is its own replay, whatever the store says.
     pub(crate) seen_rotated: Vec<HashSet<String>>,
+    /// Per process instance: the access tokens a resource server's 401 was reported to it
+    /// for. A retry served one of them again was served a token it knew was rejected.
+    pub(crate) reported_rejected: Vec<HashSet<String>>,
     /// Per process instance: the access tokens it served, as (grant, issue order), first
     /// serving first.
     pub(crate) served_sets: Vec<Vec<(FamilyId, u64)>>,

@@ -16,6 +16,7 @@ pub(super) fn start_process(w: &Arc<Shared>, i: usize) {
         s.gen_cache[i] = (u64::MAX, MonoTime::ZERO, 0);
         // A new instance knows nothing of what the one before it saw.
         s.seen_rotated[i].clear();
+        s.reported_rejected[i].clear();
         s.served_sets[i].clear();
         s.misled[i] = false;
         s.instance[i]
