@@ -40,7 +40,8 @@ pub(crate) fn delivered_span(kept: &VecDeque<Delivered>) -> (MonoTime, MonoTime)
 #[derive(Debug)]
 pub struct Trace {
     pub(crate) ring: VecDeque<(MonoTime, String)>,
-    /// A hash of every traced line and serve, in order (see [`Trace::mix`]).
+    /// A hash of every traced line and serve, in order (eight bytes per step: xor, odd
+    /// multiply, rotate).
     pub hash: u64,
     /// Lines traced.
     pub lines: u64,
