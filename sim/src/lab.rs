@@ -240,6 +240,7 @@ impl Lab {
                 store: None,
                 policy: None,
                 op_limit: OP_LIMIT,
+                progress: None,
             },
             seeds: Seeds::List(vec![0]),
             keep_going: false,

@@ -227,6 +227,27 @@ fn overrides(a: &RunArgs) -> Overrides {
     }
 }
 
+/// A progress bar on stderr for one run of `simulated` simulated time, redrawn when the
+/// percentage moves.
+fn progress_bar(simulated: std::time::Duration) -> keepfresh_sim::world::Progress {
+    let shown = std::sync::atomic::AtomicU64::new(u64::MAX);
+    std::sync::Arc::new(move |done: f64| {
+        let pct = (done.clamp(0.0, 1.0) * 100.0) as u64;
+        if shown.swap(pct, std::sync::atomic::Ordering::Relaxed) == pct {
+            return;
+        }
+        let width = 40;
+        let filled = (pct * width / 100) as usize;
+        eprint!(
+            "\r[{}{}] {pct:>3}% of {} simulated",
+            "#".repeat(filled),
+            " ".repeat(width as usize - filled),
+            humantime::format_duration(simulated)
+        );
+        let _ = std::io::stderr().flush();
+    })
+}
+
 fn run(a: RunArgs, replay: bool) -> i32 {
     let strategy = match runner::strategy(&a.strategy) {
         Ok(s) => s,
@@ -270,7 +291,22 @@ fn run(a: RunArgs, replay: bool) -> i32 {
         println!("config {}", serde_json::to_string(&cfg).expect("json"));
     }
     let strategy_name = strategy.name();
-    let out = runner::run_world(&cfg, seed, strategy.clone(), a.trace || replay);
+    let tracing = a.trace || replay;
+    // A live bar on a terminal (a run of a large world takes seconds); nothing in a log, and
+    // nothing under a trace, which prints to the same terminal.
+    let out = if !tracing && std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let out = runner::run_world_with_progress(
+            &cfg,
+            seed,
+            strategy.clone(),
+            false,
+            progress_bar(cfg.duration + cfg.settle),
+        );
+        eprint!("\r\x1b[K");
+        out
+    } else {
+        runner::run_world(&cfg, seed, strategy.clone(), tracing)
+    };
     let figures = report::figures(&cfg, seed, &out);
     if let Some(path) = &a.svg
         && let Err(e) = std::fs::write(path, report::svg(&cfg, seed, &out))

@@ -93,6 +93,18 @@ pub fn run_world(
     world::run(cfg, seed, strategy, trace)
 }
 
+/// [`run_world`], reporting the fraction of simulated time done to `progress` as it goes
+/// (see [`world::run_with_progress`]).
+pub fn run_world_with_progress(
+    cfg: &WorldConfig,
+    seed: u64,
+    strategy: Arc<dyn ClientStrategy>,
+    trace: bool,
+    progress: world::Progress,
+) -> Outcome {
+    world::run_with_progress(cfg, seed, strategy, trace, progress)
+}
+
 /// The command that replays a run of `client` (a strategy name: `keepfresh` or the model of
 /// another client), exactly: the client is named unless it is keepfresh, the default.
 pub fn replay_command(

@@ -307,3 +307,42 @@ fn swarm_regression_http_date_retry_after_read_against_the_server_date() {
 fn swarm_regression_wall_clock_step_back_then_restart_with_the_first_tokens() {
     check("swarm", 51_000_782);
 }
+
+/// A run reports its progress in order up to the end, for one world and for shards on one
+/// thread or two, and reporting it does not change the run.
+#[test]
+fn a_run_reports_its_progress_in_order_and_runs_the_same() {
+    use keepfresh_sim::world;
+    // About 36,000 executor events: several reports of 10,000 events each.
+    let mut cfg = scenario::fleet(30, 100);
+    cfg.duration = std::time::Duration::from_secs(3 * 3600);
+    for (shard, jobs) in [(0, 1), (10, 1), (10, 2)] {
+        cfg.shard_credentials = shard;
+        cfg.shard_jobs = jobs;
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let with = world::run_with_progress(
+            &cfg,
+            3,
+            Arc::new(Keepfresh),
+            false,
+            Arc::new(move |f| s2.lock().push(f)),
+        );
+        let without = runner::run_world(&cfg, 3, Arc::new(Keepfresh), false);
+        assert_eq!(
+            (with.trace_hash, with.events),
+            (without.trace_hash, without.events)
+        );
+        let seen = seen.lock();
+        assert!(seen.len() >= 3, "shards {shard} jobs {jobs}: {seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[0] <= w[1]),
+            "shards {shard} jobs {jobs}: not in order: {seen:?}"
+        );
+        assert!(seen[0] < 0.5, "shards {shard} jobs {jobs}: {seen:?}");
+        assert!(
+            (seen[seen.len() - 1] - 1.0).abs() < 1e-9,
+            "shards {shard} jobs {jobs}: {seen:?}"
+        );
+    }
+}

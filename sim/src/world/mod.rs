@@ -123,6 +123,26 @@ pub(crate) type StoreFactory =
 /// A host's policy: the engine policy for a run's seed.
 pub(crate) type PolicyFactory = Arc<dyn Fn(u64) -> RefreshPolicy + Send + Sync>;
 
+/// A run's progress report: the fraction of its simulated time done, from 0 to 1, in order.
+pub type Progress = Arc<dyn Fn(f64) + Send + Sync>;
+
+/// [`run`], reporting progress to `progress` as the run goes (after every 10,000 executor
+/// events; a sharded world reports its shards' progress as one). The report does not change
+/// the run.
+pub fn run_with_progress(
+    cfg: &WorldConfig,
+    seed: u64,
+    strategy: Arc<dyn ClientStrategy>,
+    print_trace: bool,
+    progress: Progress,
+) -> Outcome {
+    let parts = HostParts {
+        progress: Some(progress),
+        ..HostParts::default()
+    };
+    run_with(cfg, seed, strategy, print_trace, &parts)
+}
+
 /// What a host ([`crate::lab`]) puts into a world in place of the simulator's own parts.
 #[derive(Clone, Default)]
 pub(crate) struct HostParts {
@@ -132,6 +152,8 @@ pub(crate) struct HostParts {
     pub(crate) policy: Option<PolicyFactory>,
     /// Real time one operation of a host's store may take before it is reported as stuck.
     pub(crate) op_limit: Duration,
+    /// Where the run reports its progress (see [`run_with_progress`]).
+    pub(crate) progress: Option<Progress>,
 }
 
 /// [`run`] with a host's parts.
@@ -149,8 +171,19 @@ pub(crate) fn run_with(
     let started = Instant::now();
     let shards = cfg.credentials.div_ceil(shard);
     let range = |k: usize| (k * shard, shard.min(cfg.credentials - k * shard));
+    // Shards run one after the other report their own progress within their share; shards on
+    // several threads report as each one ends.
+    let sequential = print_trace || cfg.shard_jobs.clamp(1, shards) == 1;
+    let shards_done = std::sync::atomic::AtomicUsize::new(0);
     let run_shard = |k: usize| {
         let (lo, n) = range(k);
+        let mut shard_parts = parts.clone();
+        if let Some(p) = &parts.progress {
+            shard_parts.progress = sequential.then(|| {
+                let p = p.clone();
+                Arc::new(move |f: f64| p((k as f64 + f) / shards as f64)) as Progress
+            });
+        }
         let mut sub = cfg.clone();
         sub.credentials = n;
         sub.shard_credentials = 0;
@@ -166,8 +199,12 @@ pub(crate) fn run_with(
             derive(seed, SHARD_SEED + k as u64),
             strategy.clone(),
             print_trace,
-            parts,
+            &shard_parts,
         );
+        if !sequential && let Some(p) = &parts.progress {
+            let done = shards_done.fetch_add(1, Ordering::Relaxed) + 1;
+            p(done as f64 / shards as f64);
+        }
         if let Some(f) = &mut out.failure {
             f.message = format!(
                 "shard {k} (credentials c{lo}..c{}, indices local to the shard): {}",
@@ -423,6 +460,9 @@ fn run_one(
     let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| loop {
         end = exec.run(horizon_t, 10_000);
         flush_incident(&shared, exec.now());
+        if let Some(p) = &parts.progress {
+            p((exec.now().as_nanos() as f64 / horizon_t.as_nanos().max(1) as f64).min(1.0));
+        }
         if (state.lock().failure.is_some() && !cfg.keep_going) || end != RunEnd::StepCap {
             break;
         }
