@@ -57,18 +57,22 @@
 //! nothing else in the world runs meanwhile. Supported: stores whose futures complete without
 //! an async runtime's timers or I/O reactor — memory-like stores, stores on `std::sync` or
 //! `parking_lot`, stores that hand blocking work to a thread pool and are woken from it (such
-//! as keepfresh's `FileStore`, feature `file`, in a temporary directory). Not supported: stores
-//! that need a tokio runtime (`RedisStore`) or wait for another task. An operation still
-//! pending after [`Lab::op_limit`] of real time (10 s by default) fails the run with a
-//! message saying so; a store that panics fails the run naming the operation; a store that
-//! returns errors is simply a store with errors, which the engine must live with.
+//! as keepfresh's `FileStore`, feature `file`, in a temporary directory). Stores built on tokio
+//! (keepfresh's `RedisStore`) work when the lab is given a multi-thread runtime
+//! ([`Lab::tokio`]): each operation then runs in its context, and its workers drive the
+//! store's sockets and timers. Not supported: stores that wait for another task of the
+//! world. An operation still pending after [`Lab::op_limit`] of real time (10 s by default)
+//! fails the run with a message saying so; a store that panics fails the run naming the
+//! operation; a store that returns errors is simply a store with errors, which the engine must
+//! live with.
 //!
 //! [`TokenStore::changed`] is not forwarded: the engine polls while another process holds the
 //! lease (as with a store without change notices). Anything in your store that keeps time
 //! must use [`StoreSeat::clock`]; a store on the system clock (`MemoryStore::new()`,
-//! `FileStore`'s in-process lease time-to-live) sees almost no time pass in a simulated
-//! hour, so its leases only end when released: scenarios that kill a lease holder then report
-//! a liveness failure that belongs to the clock, not the store.
+//! `FileStore`'s in-process lease time-to-live, a Redis server's key expiry) sees almost no
+//! time pass in a simulated hour, so its leases only end when released: scenarios that kill or
+//! hang a lease holder (`lease-faults`) then report a liveness failure that belongs to the
+//! clock, not the store.
 
 use std::any::Any;
 use std::fmt;
@@ -241,6 +245,8 @@ impl Lab {
                 policy: None,
                 op_limit: OP_LIMIT,
                 progress: None,
+                #[cfg(feature = "load")]
+                tokio: None,
             },
             seeds: Seeds::List(vec![0]),
             keep_going: false,
@@ -447,6 +453,71 @@ impl Lab {
     /// ```
     pub fn op_limit(mut self, limit: Duration) -> Lab {
         self.parts.op_limit = limit;
+        self
+    }
+
+    /// Runs each operation of the store under test inside `runtime`'s context, so that a
+    /// store built on tokio (its timers, its sockets: keepfresh's `RedisStore`) works in the
+    /// lab. The runtime must be multi-threaded: its workers drive the store's I/O and timers
+    /// while the simulator's thread waits for the operation. Feature `load` (on by default).
+    ///
+    /// Such a store keeps real time: an operation takes no simulated time, and a lease's
+    /// time-to-live runs on the real clock, so in a simulated hour it ends only when
+    /// released (see [which stores](self#which-stores)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use keepfresh::store::{
+    ///     Lease, LeaseOutcome, MemoryStore, SaveOutcome, StoreError, Stored, TokenStore, Version,
+    /// };
+    /// use keepfresh::TokenSet;
+    /// use keepfresh_sim::lab::Lab;
+    ///
+    /// /// A memory store whose every operation first waits 1 ms on a tokio timer.
+    /// struct OnTokio(MemoryStore);
+    ///
+    /// async fn tick() {
+    ///     tokio::time::sleep(Duration::from_millis(1)).await;
+    /// }
+    ///
+    /// #[async_trait::async_trait]
+    /// impl TokenStore for OnTokio {
+    ///     async fn load(&self) -> Result<Option<Stored>, StoreError> {
+    ///         tick().await;
+    ///         self.0.load().await
+    ///     }
+    ///     async fn save(&self, expected: Option<Version>, t: &TokenSet) -> Result<SaveOutcome, StoreError> {
+    ///         tick().await;
+    ///         self.0.save(expected, t).await
+    ///     }
+    ///     async fn clear(&self, expected: Version) -> Result<bool, StoreError> {
+    ///         tick().await;
+    ///         self.0.clear(expected).await
+    ///     }
+    ///     async fn try_lease(&self, ttl: Duration) -> Result<LeaseOutcome, StoreError> {
+    ///         tick().await;
+    ///         self.0.try_lease(ttl).await
+    ///     }
+    ///     async fn release(&self, lease: Lease) -> Result<(), StoreError> {
+    ///         tick().await;
+    ///         self.0.release(lease).await
+    ///     }
+    ///     async fn renew_lease(&self, lease: &Lease, ttl: Duration) -> Result<bool, StoreError> {
+    ///         tick().await;
+    ///         self.0.renew_lease(lease, ttl).await
+    ///     }
+    /// }
+    ///
+    /// let runtime = tokio::runtime::Runtime::new().unwrap();
+    /// Lab::scenario("shared-store")
+    ///     .store(|seat| OnTokio(MemoryStore::with_clock(seat.clock())))
+    ///     .tokio(runtime.handle().clone())
+    ///     .seed(4)
+    ///     .check();
+    /// ```
+    #[cfg(feature = "load")]
+    pub fn tokio(mut self, runtime: tokio::runtime::Handle) -> Lab {
+        self.parts.tokio = Some(runtime);
         self
     }
 

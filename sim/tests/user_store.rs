@@ -393,3 +393,60 @@ fn scenario_files_run_in_the_lab() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A throwaway `redis-server`, shared with keepfresh's own tests and the benchmarks.
+#[cfg(feature = "load")]
+#[path = "../../tests/common/redis.rs"]
+mod redis_server;
+
+/// keepfresh's `RedisStore`, which needs a tokio runtime for its connection and timeouts, in
+/// the lab's multi-process worlds on a real Redis (`Lab::tokio`): every invariant holds, each
+/// run in a namespace of its own. Without the runtime the lab reports the store as panicking
+/// (no reactor), naming the operation.
+#[cfg(feature = "load")]
+#[test]
+fn redis_store_in_the_lab_on_a_tokio_runtime() {
+    use keepfresh::store::RedisStore;
+    let Some(redis) = redis_server::RedisServer::start() else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    // A namespace per world and seed: a run starts from an empty store, as in memory.
+    let open = |world: &'static str| {
+        let (handle, url) = (runtime.handle().clone(), url.clone());
+        move |seat: &StoreSeat| {
+            handle
+                .block_on(
+                    RedisStore::builder(&url)
+                        .namespace(format!("lab-{world}-{}", seat.seed()))
+                        .open(&format!("c{}", seat.credential())),
+                )
+                .expect("open the Redis store")
+        }
+    };
+    for scenario in [
+        "shared-store",
+        "lease-reread",
+        "stampede",
+        "newer-during-save-retry",
+        "store-outage",
+    ] {
+        let report = Lab::scenario(scenario)
+            .store(open(scenario))
+            .tokio(runtime.handle().clone())
+            .seeds(1..=3)
+            .run()
+            .unwrap_or_else(|e| panic!("{scenario}: {e}"));
+        assert!(report.passed(), "{scenario}: {report}");
+        assert_eq!(report.runs().len(), 3, "{scenario}");
+    }
+    let without = Lab::scenario("shared-store")
+        .store(open("no-runtime"))
+        .seed(1)
+        .run()
+        .expect("runs");
+    assert!(!without.passed(), "a tokio store without the runtime fails");
+    let text = without.to_string();
+    assert!(text.contains("panicked"), "{text}");
+}

@@ -47,6 +47,10 @@ pub(crate) struct HostStore {
     pub(crate) broken: Arc<std::sync::atomic::AtomicBool>,
     /// Real time an operation may take before it is reported as stuck.
     pub(crate) op_limit: Duration,
+    /// A multi-thread tokio runtime whose context each operation runs in: its workers drive
+    /// the timers and sockets the store registers, and wake this thread.
+    #[cfg(feature = "load")]
+    pub(crate) tokio: Option<tokio::runtime::Handle>,
 }
 
 struct Unpark(std::thread::Thread);
@@ -75,6 +79,8 @@ impl HostStore {
                 "the store under test failed earlier in this run",
             ));
         }
+        #[cfg(feature = "load")]
+        let _runtime = self.tokio.as_ref().map(tokio::runtime::Handle::enter);
         let mut fut = std::pin::pin!(fut);
         let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
         let mut cx = Context::from_waker(&waker);

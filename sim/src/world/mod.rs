@@ -154,6 +154,10 @@ pub(crate) struct HostParts {
     pub(crate) op_limit: Duration,
     /// Where the run reports its progress (see [`run_with_progress`]).
     pub(crate) progress: Option<Progress>,
+    /// The runtime whose context the host's store operations run in (see
+    /// [`crate::lab::Lab::tokio`]).
+    #[cfg(feature = "load")]
+    pub(crate) tokio: Option<tokio::runtime::Handle>,
 }
 
 /// [`run`] with a host's parts.
@@ -357,6 +361,8 @@ fn run_one(
                 incident: incident.clone(),
                 broken: broken.clone(),
                 op_limit: parts.op_limit,
+                #[cfg(feature = "load")]
+                tokio: parts.tokio.clone(),
             }),
         });
     }
