@@ -64,6 +64,16 @@ pub const MAX_PROCESSES: u64 = 64;
 /// Most caller requests a file's world may plan (callers in all × workload ÷ interval); the
 /// built-in fleet plans about 48 million. Bounds how long one run can take.
 pub const MAX_PLANNED_REQUESTS: u64 = 250_000_000;
+/// Most executor events a file's world may plan for one executor (the whole world, or one
+/// shard of it: `shard_credentials`): three quarters of
+/// [`DEFAULT_MAX_STEPS`](crate::world::DEFAULT_MAX_STEPS), at which a run stops with a
+/// liveness failure, leaving the rest to refreshes, waits and retries. A larger plan is
+/// refused here, clearly, instead of ending in that failure after a long run.
+///
+/// The plan counts two events per steady request (its timer and its poll), two per burst
+/// and process (a burst's requests served at once take none of their own), and two more
+/// per request that spends I/O time at the resource server.
+pub const MAX_PLANNED_EVENTS_PER_EXECUTOR: u64 = 150_000_000;
 /// Most scheduled actions.
 pub const MAX_SCHEDULE: usize = 10_000;
 /// Longest workload, settle time or any other duration in a file: 400 days.
@@ -964,6 +974,28 @@ impl ScenarioFile {
                     count * total,
                     humantime::format_duration(self.duration.0),
                     humantime::format_duration(every.0)
+                ),
+            );
+        }
+        let bursts = matches!(self.callers.pattern, PatternSpec::Bursts { .. });
+        let wakeups = total as u128 * self.duration.0.as_nanos() / every.0.as_nanos().max(1);
+        let io = self.callers.resource_server && !self.callers.io_time.0.is_zero();
+        let per_request = if bursts { 0 } else { 2 } + if io { 2 } else { 0 };
+        let events = planned * per_request + if bursts { 2 * wakeups } else { 0 };
+        // Shards run only without a schedule (see `shard_credentials`).
+        let credentials = self.world.credentials.max(1);
+        let shard = self.world.shard_credentials;
+        let per_executor = if shard > 0 && shard < credentials && self.schedule.is_empty() {
+            (events * u128::from(shard)).div_ceil(u128::from(credentials))
+        } else {
+            events
+        };
+        if per_executor > MAX_PLANNED_EVENTS_PER_EXECUTOR as u128 {
+            return err(
+                self.callers.count.span(),
+                format!(
+                    "this world plans about {per_executor} executor events on one executor ({planned} caller requests in all); a run stops at {} events, so a file plans at most {MAX_PLANNED_EVENTS_PER_EXECUTOR} per executor: run independent credentials in shards ([world] shard_credentials, without a schedule) or plan fewer",
+                    crate::world::DEFAULT_MAX_STEPS
                 ),
             );
         }

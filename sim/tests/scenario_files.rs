@@ -159,6 +159,11 @@ fn bad_files_are_refused_with_their_position() {
             Some(6),
             &["plans about"],
         ),
+        (
+            "[world]\ncredentials = 2000\n[callers]\ncount = 100\npattern = { kind = \"steady\", mean = \"10s\" }\n",
+            Some(6),
+            &["on one executor", "shard_credentials"],
+        ),
         ("[world]\nprocesses = -1\n", Some(4), &["processes"]),
         ("[callers]\nio_time = \"soon\"\n", Some(4), &["not a duration"]),
         ("[callers]\nio_time = \"500 days\"\n", Some(4), &["longer"]),
@@ -368,4 +373,18 @@ fn fuzz_corpus_replays() {
     }
     assert!(n >= 5, "{n} corpus files");
     keepfresh_sim::scenario_file::fuzz_check(&std::fs::read(example()).unwrap());
+}
+
+/// The plan per executor counts one shard: the world refused above on one executor is
+/// accepted in shards of 100 credentials, and refused again when a schedule keeps it whole.
+#[test]
+fn a_large_world_in_shards_is_accepted_and_whole_is_refused() {
+    let world = "[world]\ncredentials = 2000\nshard_credentials = 100\n[callers]\ncount = 100\npattern = { kind = \"steady\", mean = \"10s\" }\n";
+    let f =
+        ScenarioFile::parse(&format!("{HEAD}{world}")).unwrap_or_else(|e| panic!("refused: {e}"));
+    assert_eq!(f.world().shard_credentials, 100);
+    let scheduled =
+        format!("{HEAD}{world}[[schedule]]\naction = \"revoke\"\nat = \"1h\"\ncredential = 0\n");
+    let e = parse_err(&scheduled).to_string();
+    assert!(e.contains("on one executor"), "{e}");
 }

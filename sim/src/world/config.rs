@@ -295,6 +295,10 @@ pub enum ReauthExpect {
     ExactlyOnce(String),
 }
 
+/// The executor events after which a run stops with a liveness failure (an event storm or a
+/// livelock), unless a world sets its own [`WorldConfig::max_steps`].
+pub const DEFAULT_MAX_STEPS: u64 = 200_000_000;
+
 /// A fully resolved world: everything one run needs besides the seed and the strategy.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorldConfig {
@@ -414,7 +418,7 @@ impl WorldConfig {
             check_unauthorized_retries: false,
             check_convergence: true,
             lifetime_known: true,
-            max_steps: 200_000_000,
+            max_steps: DEFAULT_MAX_STEPS,
             shard_credentials: 0,
             shard_jobs: 1,
             keep_going: false,
