@@ -276,21 +276,13 @@ struct TaskWaker {
 impl ArcWake for TaskWaker {
     fn wake_by_ref(arc_self: &Arc<Self>) {
         arc_self.core.try_with(|c| {
-            let (id, generation) = (arc_self.id, arc_self.generation);
-            match c.tasks.slots.get_mut(id) {
-                Some(slot) if slot.generation == generation && slot.live => {
-                    if !slot.queued {
-                        slot.queued = true;
-                        c.ready.push((id, generation));
-                    }
-                }
-                _ => {
-                    if !arc_self.queued.load(Ordering::Relaxed) {
-                        arc_self.queued.store(true, Ordering::Relaxed);
-                        c.ready.push((id, generation));
-                    }
-                }
-            }
+            Core::wake_task(
+                &mut c.tasks,
+                &mut c.ready,
+                arc_self.id,
+                arc_self.generation,
+                Some(&arc_self.queued),
+            );
         });
     }
 }
@@ -655,10 +647,18 @@ impl Core {
         }
     }
 
-    /// Wakes task `id` of `generation` as its [`TaskWaker`] would: queued once until polled.
-    /// A task that no longer lives is queued all the same and skipped when drawn.
+    /// Wakes task `id` of `generation`: a live task is queued once until polled (its slot's
+    /// flag). A task that ended is queued, to be skipped when drawn, unless its waker's own
+    /// flag (`retired`, [`Slot::retire`]) says it already is; a timer, which has no waker,
+    /// passes `None` and always queues it.
     #[inline]
-    fn wake_task(tasks: &mut Tasks, ready: &mut Vec<(usize, u32)>, id: usize, generation: u32) {
+    fn wake_task(
+        tasks: &mut Tasks,
+        ready: &mut Vec<(usize, u32)>,
+        id: usize,
+        generation: u32,
+        retired: Option<&AtomicBool>,
+    ) {
         if let Some(slot) = tasks.slots.get_mut(id)
             && slot.generation == generation
             && slot.live
@@ -667,6 +667,9 @@ impl Core {
                 slot.queued = true;
                 ready.push((id, generation));
             }
+            return;
+        }
+        if retired.is_some_and(|flag| flag.swap(true, Ordering::Relaxed)) {
             return;
         }
         ready.push((id, generation));
@@ -704,7 +707,7 @@ impl Core {
                 fired += 1;
                 match wake {
                     TimerWake::Task(id, generation) if outside.is_empty() => {
-                        Self::wake_task(&mut self.tasks, &mut self.ready, id, generation);
+                        Self::wake_task(&mut self.tasks, &mut self.ready, id, generation, None);
                     }
                     TimerWake::Empty => {}
                     other => outside.push(other),
@@ -812,7 +815,7 @@ impl Executor {
                     for wake in outside {
                         match wake {
                             TimerWake::Task(id, generation) => core.with(|c| {
-                                Core::wake_task(&mut c.tasks, &mut c.ready, id, generation);
+                                Core::wake_task(&mut c.tasks, &mut c.ready, id, generation, None);
                             }),
                             TimerWake::Waker(w) => w.wake(),
                             TimerWake::Empty => {}

@@ -236,16 +236,28 @@ fn progress_bar(simulated: std::time::Duration) -> keepfresh_sim::world::Progres
         if shown.swap(pct, std::sync::atomic::Ordering::Relaxed) == pct {
             return;
         }
-        let width = 40;
-        let filled = (pct * width / 100) as usize;
-        eprint!(
-            "\r[{}{}] {pct:>3}% of {} simulated",
-            "#".repeat(filled),
-            " ".repeat(width as usize - filled),
-            humantime::format_duration(simulated)
+        draw_bar(
+            pct,
+            100,
+            format_args!(
+                "{pct:>3}% of {} simulated",
+                humantime::format_duration(simulated)
+            ),
         );
-        let _ = std::io::stderr().flush();
     })
+}
+
+/// Redraws a 40-column bar, `done` of `total` full, on stderr's current line, followed by
+/// `tail`.
+fn draw_bar(done: u64, total: u64, tail: std::fmt::Arguments<'_>) {
+    const WIDTH: usize = 40;
+    let filled = (done.min(total) * WIDTH as u64 / total.max(1)) as usize;
+    eprint!(
+        "\r[{}{}] {tail}",
+        "#".repeat(filled),
+        " ".repeat(WIDTH - filled)
+    );
+    let _ = std::io::stderr().flush();
 }
 
 fn run(a: RunArgs, replay: bool) -> i32 {
@@ -448,14 +460,7 @@ fn sweep(a: SweepArgs) -> i32 {
             return;
         }
         if done.is_multiple_of(10) || done == total {
-            let width = 40;
-            let filled = (done * width / total.max(1)) as usize;
-            eprint!(
-                "\r[{}{}] {done}/{total}",
-                "#".repeat(filled),
-                " ".repeat(width as usize - filled)
-            );
-            let _ = std::io::stderr().flush();
+            draw_bar(done, total, format_args!("{done}/{total}"));
             if done == total {
                 eprintln!();
             }

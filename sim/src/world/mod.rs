@@ -177,7 +177,12 @@ pub(crate) fn run_with(
     let range = |k: usize| (k * shard, shard.min(cfg.credentials - k * shard));
     // Shards run one after the other report their own progress within their share; shards on
     // several threads report as each one ends.
-    let sequential = print_trace || cfg.shard_jobs.clamp(1, shards) == 1;
+    let jobs = if print_trace {
+        1
+    } else {
+        cfg.shard_jobs.clamp(1, shards)
+    };
+    let sequential = jobs == 1;
     let shards_done = std::sync::atomic::AtomicUsize::new(0);
     let run_shard = |k: usize| {
         let (lo, n) = range(k);
@@ -222,12 +227,7 @@ pub(crate) fn run_with(
     // Shards are claimed in order, so when shard k ran, every shard before it ran too; a
     // failure stops claiming, and only shards up to the first failing one are merged: the
     // result does not depend on the number of threads.
-    let jobs = if print_trace {
-        1
-    } else {
-        cfg.shard_jobs.clamp(1, shards)
-    };
-    let results: Vec<Option<Outcome>> = if jobs == 1 {
+    let results: Vec<Option<Outcome>> = if sequential {
         let mut v = Vec::with_capacity(shards);
         for k in 0..shards {
             let out = run_shard(k);
